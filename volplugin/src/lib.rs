@@ -1,1 +1,12 @@
-//! volplugin
+//! volplugin: Berth's Docker volume plugin. Volumes are real block devices with a size and a
+//! filesystem (a loop-mounted sparse file on single hosts), with usage figures in
+//! `docker volume inspect`, crash-safe metadata and ref-counted mounts.
+
+pub mod backend;
+pub mod error;
+pub mod handlers;
+pub mod metrics;
+pub mod protocol;
+pub mod service;
+pub mod spec;
+pub mod store;

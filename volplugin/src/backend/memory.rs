@@ -1,0 +1,169 @@
+//! The simulator: volumes as records in memory, with failures that tests can inject at any
+//! step, so the service's rollback and resume logic is tested without root.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{Attachment, Backend, BackendError, Usage};
+use crate::spec::VolumeSpec;
+
+#[derive(Debug, Clone)]
+struct SimVolume {
+    spec: VolumeSpec,
+    mounted_at: Option<PathBuf>,
+    minor: u32,
+}
+
+#[derive(Default)]
+pub struct MemoryBackend {
+    volumes: Mutex<HashMap<String, SimVolume>>,
+    next_minor: Mutex<u32>,
+    failures: Mutex<HashMap<&'static str, u32>>,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next `times` calls of `operation` (`provision`, `deprovision`, `mount`,
+    /// `unmount`) fail.
+    pub fn fail_next(&self, operation: &'static str, times: u32) {
+        self.failures.lock().unwrap().insert(operation, times);
+    }
+
+    fn injected(&self, operation: &'static str) -> Result<(), BackendError> {
+        let mut failures = self.failures.lock().unwrap();
+        match failures.get_mut(operation) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Err(BackendError::Refused(format!(
+                    "injected {operation} failure"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Simulates storage left by something else (or a crash of another implementation).
+    pub fn insert_stray(&self, name: &str, spec: VolumeSpec) {
+        self.volumes.lock().unwrap().insert(
+            name.to_string(),
+            SimVolume {
+                spec,
+                mounted_at: None,
+                minor: 0,
+            },
+        );
+    }
+
+    /// Simulates a reboot: nothing stays mounted.
+    pub fn drop_all_mounts(&self) {
+        for v in self.volumes.lock().unwrap().values_mut() {
+            v.mounted_at = None;
+        }
+    }
+
+    pub fn is_mounted(&self, name: &str) -> bool {
+        self.volumes
+            .lock()
+            .unwrap()
+            .get(name)
+            .is_some_and(|v| v.mounted_at.is_some())
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn provision(&self, name: &str, spec: &VolumeSpec) -> Result<(), BackendError> {
+        self.injected("provision")?;
+        let mut volumes = self.volumes.lock().unwrap();
+        if volumes.contains_key(name) {
+            return Err(BackendError::Refused(format!(
+                "storage for {name} already exists but belongs to no volume"
+            )));
+        }
+        volumes.insert(
+            name.to_string(),
+            SimVolume {
+                spec: spec.clone(),
+                mounted_at: None,
+                minor: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn deprovision(&self, name: &str) -> Result<(), BackendError> {
+        self.injected("deprovision")?;
+        self.volumes.lock().unwrap().remove(name);
+        Ok(())
+    }
+
+    fn stored(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self.volumes.lock().unwrap().keys().cloned().collect())
+    }
+
+    fn mount(
+        &self,
+        name: &str,
+        _spec: &VolumeSpec,
+        target: &Path,
+    ) -> Result<Attachment, BackendError> {
+        self.injected("mount")?;
+        let mut volumes = self.volumes.lock().unwrap();
+        let mut next = self.next_minor.lock().unwrap();
+        let volume = volumes
+            .get_mut(name)
+            .ok_or_else(|| BackendError::Refused(format!("no storage for {name}")))?;
+        if volume.mounted_at.is_none() {
+            *next += 1;
+            volume.minor = *next;
+            volume.mounted_at = Some(target.to_path_buf());
+        }
+        Ok(Attachment {
+            source: format!("/dev/sim{}", volume.minor),
+            device: format!("253:{}", volume.minor),
+        })
+    }
+
+    fn unmount(&self, name: &str, _target: &Path) -> Result<(), BackendError> {
+        self.injected("unmount")?;
+        if let Some(volume) = self.volumes.lock().unwrap().get_mut(name) {
+            volume.mounted_at = None;
+        }
+        Ok(())
+    }
+
+    fn attachment(&self, name: &str, target: &Path) -> Result<Option<Attachment>, BackendError> {
+        let volumes = self.volumes.lock().unwrap();
+        Ok(volumes
+            .get(name)
+            .filter(|v| v.mounted_at.as_deref() == Some(target))
+            .map(|v| Attachment {
+                source: format!("/dev/sim{}", v.minor),
+                device: format!("253:{}", v.minor),
+            }))
+    }
+
+    fn usage(&self, name: &str, mounted_at: Option<&Path>) -> Result<Usage, BackendError> {
+        let volumes = self.volumes.lock().unwrap();
+        let volume = volumes
+            .get(name)
+            .ok_or_else(|| BackendError::Refused(format!("no storage for {name}")))?;
+        let allocated = volume.spec.size_bytes / 100;
+        Ok(Usage {
+            allocated_bytes: allocated,
+            used_bytes: mounted_at.map(|_| allocated),
+            free_bytes: mounted_at.map(|_| volume.spec.size_bytes - allocated),
+        })
+    }
+
+    fn release_stray_devices(&self) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+}

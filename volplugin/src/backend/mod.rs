@@ -1,0 +1,99 @@
+//! Where volumes live. The service sees only the `Backend` trait; `loopfile` is the real
+//! single-host implementation, `memory` the simulator the unit tests run on.
+
+use std::path::Path;
+
+use crate::spec::VolumeSpec;
+
+pub mod loopdev;
+pub mod loopfile;
+pub mod memory;
+pub mod mountinfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl BackendError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+        let context = context.into();
+        move |source| BackendError::Io { context, source }
+    }
+}
+
+/// A volume's device while it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The block device, e.g. `/dev/loop3`.
+    pub source: String,
+    /// `MAJ:MIN`, what cgroup IO limits are keyed by.
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// What the volume really takes on the backing store.
+    pub allocated_bytes: u64,
+    /// Filesystem figures (statvfs); only while mounted.
+    pub used_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+}
+
+/// Storage for volumes. Every method is idempotent where the trait says so, because the
+/// service retries and resumes operations after crashes.
+pub trait Backend: Send + Sync {
+    /// `loopfile`, `lvm-thin`, `memory`: shown in Status.
+    fn kind(&self) -> &'static str;
+
+    /// Makes the storage and its filesystem. Storage that already exists for `name` is
+    /// refused, never overwritten: it is not ours to destroy.
+    fn provision(&self, name: &str, spec: &VolumeSpec) -> Result<(), BackendError>;
+
+    /// Destroys the storage (releasing any device first); absent storage is success.
+    fn deprovision(&self, name: &str) -> Result<(), BackendError>;
+
+    /// Names that have storage, whether or not a record exists.
+    fn stored(&self) -> Result<Vec<String>, BackendError>;
+
+    /// Mounts the volume's filesystem at `target` (which exists); already mounted there is
+    /// success and returns the current attachment.
+    fn mount(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        target: &Path,
+    ) -> Result<Attachment, BackendError>;
+
+    /// Unmounts `target` and releases the device; not mounted is success.
+    fn unmount(&self, name: &str, target: &Path) -> Result<(), BackendError>;
+
+    /// What is mounted at `target` now, from the kernel's view.
+    fn attachment(&self, name: &str, target: &Path) -> Result<Option<Attachment>, BackendError>;
+
+    fn usage(&self, name: &str, mounted_at: Option<&Path>) -> Result<Usage, BackendError>;
+
+    /// Releases devices of ours that no mount uses (left by a crash); returns what it released.
+    fn release_stray_devices(&self) -> Result<Vec<String>, BackendError>;
+}
+
+/// statvfs of a mounted filesystem: (used, free for unprivileged users).
+pub fn fs_usage(target: &Path) -> Result<(u64, u64), BackendError> {
+    let st = nix::sys::statvfs::statvfs(target)
+        .map_err(|e| BackendError::io(format!("statvfs {}", target.display()))(e.into()))?;
+    let frsize = st.fragment_size();
+    let used = (st.blocks() - st.blocks_free()) * frsize;
+    Ok((used, st.blocks_available() * frsize))
+}

@@ -1,0 +1,305 @@
+//! Docker's VolumeDriver API and the admin API, mapped onto the service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use plugin_transport::{PluginError, Reply, Request, Router};
+
+use crate::error::VolError;
+use crate::protocol::*;
+use crate::service::{display, VolumeService};
+
+/// Docker waits 2 min for Create and Mount and 1 min for the rest (protocols.md §1); answer
+/// well before, so the user sees our error rather than Docker's timeout.
+const SLOW_OP: Duration = Duration::from_secs(100);
+const FAST_OP: Duration = Duration::from_secs(50);
+
+/// Runs blocking work (syscalls, mkfs, fsync) off the async workers, bounded in time.
+async fn blocking<T, F>(
+    operation: &'static str,
+    name: &str,
+    limit: Duration,
+    work: F,
+) -> Result<T, PluginError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, VolError> + Send + 'static,
+{
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(result)) => result.map_err(PluginError::from),
+        Ok(Err(join)) => Err(PluginError::internal(format!(
+            "{operation} {name}: worker failed: {join}"
+        ))),
+        Err(_) => Err(VolError::Timeout {
+            operation,
+            name: name.to_string(),
+            secs: limit.as_secs(),
+        }
+        .into()),
+    }
+}
+
+pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
+    let s = svc.clone();
+    let router = Router::new()
+        .post_json("/Plugin.Activate", |_: Empty| async {
+            Ok(ActivateResponse {
+                implements: vec!["VolumeDriver"],
+            })
+        })
+        .post_json("/VolumeDriver.Capabilities", |_: Empty| async {
+            Ok(CapabilitiesResponse {
+                capabilities: Capabilities { scope: "local" },
+            })
+        })
+        .post_json("/VolumeDriver.Create", move |req: CreateRequest| {
+            let s = s.clone();
+            async move {
+                let name = req.name.clone();
+                let opts = req.opts.unwrap_or_default();
+                blocking("create", &name, SLOW_OP, move || s.create(&req.name, &opts)).await?;
+                Ok(ErrOnly::default())
+            }
+        });
+    let s = svc.clone();
+    let router = router.post_json("/VolumeDriver.Remove", move |req: NameRequest| {
+        let s = s.clone();
+        async move {
+            let name = req.name.clone();
+            blocking("remove", &name, FAST_OP, move || s.remove(&req.name)).await?;
+            Ok(ErrOnly::default())
+        }
+    });
+    let s = svc.clone();
+    let router = router.post_json("/VolumeDriver.Mount", move |req: MountRequest| {
+        let s = s.clone();
+        async move {
+            let name = req.name.clone();
+            let target =
+                blocking("mount", &name, SLOW_OP, move || s.mount(&req.name, &req.id)).await?;
+            Ok(MountpointResponse {
+                mountpoint: target.display().to_string(),
+                err: String::new(),
+            })
+        }
+    });
+    let s = svc.clone();
+    let router = router.post_json("/VolumeDriver.Unmount", move |req: MountRequest| {
+        let s = s.clone();
+        async move {
+            let name = req.name.clone();
+            blocking("unmount", &name, FAST_OP, move || {
+                s.unmount(&req.name, &req.id)
+            })
+            .await?;
+            Ok(ErrOnly::default())
+        }
+    });
+    let s = svc.clone();
+    let router = router.post_json("/VolumeDriver.Path", move |req: NameRequest| {
+        let s = s.clone();
+        async move {
+            let name = req.name.clone();
+            let path = blocking("path", &name, FAST_OP, move || s.path(&req.name)).await?;
+            Ok(MountpointResponse {
+                mountpoint: display(path.as_deref()),
+                err: String::new(),
+            })
+        }
+    });
+    let s = svc.clone();
+    let router = router.post_json("/VolumeDriver.Get", move |req: NameRequest| {
+        let s = s.clone();
+        async move {
+            let name = req.name.clone();
+            let info = blocking("get", &name, FAST_OP, move || s.get(&req.name)).await?;
+            Ok(GetResponse {
+                volume: VolumeEntry {
+                    status: Some(info.status()),
+                    name: info.name,
+                    mountpoint: info.mountpoint,
+                    created_at: Some(info.created_at),
+                },
+                err: String::new(),
+            })
+        }
+    });
+    let s = svc;
+    router.post_json("/VolumeDriver.List", move |_: Empty| {
+        let s = s.clone();
+        async move {
+            let names = blocking("list", "volumes", FAST_OP, move || s.names()).await?;
+            let volumes = names
+                .into_iter()
+                .map(|name| VolumeEntry {
+                    mountpoint: String::new(),
+                    name,
+                    created_at: None,
+                    status: None,
+                })
+                .collect();
+            Ok(ListResponse {
+                volumes,
+                err: String::new(),
+            })
+        }
+    })
+}
+
+/// The admin socket: `GET /volumes`, `GET /volumes/NAME`.
+pub fn admin_router(svc: Arc<VolumeService>) -> Router {
+    let s = svc.clone();
+    Router::new()
+        .route(Method::GET, "/volumes", move |_req: Request| {
+            let s = s.clone();
+            async move {
+                match blocking("list", "volumes", FAST_OP, move || s.list()).await {
+                    Ok(list) => Reply::json(&list),
+                    Err(e) => Reply::error(&e),
+                }
+            }
+        })
+        .route_prefix(Method::GET, "/volumes/", move |req: Request| {
+            let s = svc.clone();
+            async move {
+                let name = req.path.trim_start_matches("/volumes/").to_string();
+                let shown = name.clone();
+                match blocking("inspect", &shown, FAST_OP, move || s.get(&name)).await {
+                    Ok(info) => Reply::json(&info),
+                    Err(e) => Reply::error(&e),
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::spec::{Filesystem, SpecPolicy};
+    use crate::store::MetaStore;
+    use bytes::Bytes;
+
+    fn router() -> Router {
+        let svc = VolumeService::new(
+            MetaStore::in_memory().unwrap(),
+            Arc::new(MemoryBackend::new()),
+            SpecPolicy {
+                default_size: 1 << 30,
+                max_size: 1 << 40,
+                default_fs: Filesystem::Xfs,
+            },
+            "/mnt/b".into(),
+        );
+        plugin_router(Arc::new(svc))
+    }
+
+    async fn call(router: &Router, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let reply = router
+            .dispatch(Request {
+                method: Method::POST,
+                path: path.into(),
+                query: None,
+                body: Bytes::from(body.to_string()),
+            })
+            .await;
+        (
+            reply.status.as_u16(),
+            serde_json::from_slice(&reply.body).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn docker_exchange() {
+        let r = router();
+        assert_eq!(
+            call(&r, "/Plugin.Activate", "").await,
+            (200, serde_json::json!({"Implements":["VolumeDriver"]}))
+        );
+        assert_eq!(
+            call(&r, "/VolumeDriver.Capabilities", "{}\n").await.1,
+            serde_json::json!({"Capabilities":{"Scope":"local"}})
+        );
+        let (status, body) = call(&r, "/VolumeDriver.Get", "{\"Name\":\"v\"}\n").await;
+        assert_eq!(status, 404);
+        assert!(body["Err"].as_str().unwrap().contains("no such volume"));
+        assert_eq!(
+            call(
+                &r,
+                "/VolumeDriver.Create",
+                "{\"Name\":\"v\",\"Opts\":null}\n"
+            )
+            .await,
+            (200, serde_json::json!({"Err":""}))
+        );
+        let (status, body) = call(&r, "/VolumeDriver.Get", "{\"Name\":\"v\"}\n").await;
+        assert_eq!(status, 200);
+        assert_eq!(body["Volume"]["Name"], "v");
+        assert_eq!(body["Volume"]["Status"]["backend"], "memory");
+        assert_eq!(body["Volume"]["Status"]["size_bytes"], 1u64 << 30);
+        assert!(body["Volume"]["CreatedAt"].as_str().unwrap().ends_with('Z'));
+        let (_, body) = call(
+            &r,
+            "/VolumeDriver.Mount",
+            "{\"Name\":\"v\",\"ID\":\"abc\"}\n",
+        )
+        .await;
+        assert_eq!(body["Mountpoint"], "/mnt/b/v");
+        assert_eq!(
+            call(&r, "/VolumeDriver.Path", "{\"Name\":\"v\"}").await.1["Mountpoint"],
+            "/mnt/b/v"
+        );
+        let (_, body) = call(&r, "/VolumeDriver.List", "{}").await;
+        assert_eq!(body["Volumes"][0]["Name"], "v");
+        let (status, body) = call(&r, "/VolumeDriver.Remove", "{\"Name\":\"v\"}").await;
+        assert_eq!(status, 409);
+        assert!(body["Err"].as_str().unwrap().contains("in use"));
+        assert_eq!(
+            call(
+                &r,
+                "/VolumeDriver.Unmount",
+                "{\"Name\":\"v\",\"ID\":\"abc\"}"
+            )
+            .await
+            .0,
+            200
+        );
+        assert_eq!(
+            call(&r, "/VolumeDriver.Path", "{\"Name\":\"v\"}").await.1["Mountpoint"],
+            ""
+        );
+        assert_eq!(
+            call(&r, "/VolumeDriver.Remove", "{\"Name\":\"v\"}").await.0,
+            200
+        );
+        assert_eq!(
+            call(&r, "/VolumeDriver.Remove", "{\"Name\":\"v\"}").await.0,
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn hostile_input() {
+        let r = router();
+        let (status, body) = call(&r, "/VolumeDriver.Create", "{\"Name\":\"../../etc\"}").await;
+        assert_eq!(status, 400);
+        assert!(body["Err"]
+            .as_str()
+            .unwrap()
+            .contains("invalid volume name"));
+        let (status, body) = call(&r, "/VolumeDriver.Create", "").await;
+        assert_eq!(status, 400);
+        assert!(body["Err"].as_str().unwrap().contains("Name"));
+        let (status, body) = call(
+            &r,
+            "/VolumeDriver.Create",
+            "{\"Name\":\"v\",\"Opts\":{\"size\":5}}",
+        )
+        .await;
+        assert_eq!(status, 400, "{body}");
+        let (status, body) = call(&r, "/VolumeDriver.Mount", "{\"Name\":\"v\"}").await;
+        assert_eq!(status, 400);
+        assert!(body["Err"].as_str().unwrap().contains("ID"));
+    }
+}

@@ -1,0 +1,435 @@
+//! The volume state machine. Handlers call these methods; they see only the `Backend` trait
+//! and the metadata store. Every multi-step operation records its intent first, so a crash at
+//! any point is rolled back or finished by `reconcile` at the next start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::backend::{Backend, BackendError};
+use crate::error::{describe_spec, VolError};
+use crate::spec::{validate_name, SpecPolicy};
+use crate::store::{MetaStore, Phase, VolumeRecord};
+
+/// What `docker volume inspect` shows under Status, and what the admin CLI prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub mountpoint: String,
+    pub created_at: String,
+    pub backend: String,
+    pub fs: String,
+    pub size_bytes: u64,
+    pub allocated_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+    /// `MAJ:MIN` while attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub mounts: u32,
+    pub state: String,
+}
+
+impl VolumeInfo {
+    /// The Status map of Docker's Get: everything but what Docker shows at the top level.
+    pub fn status(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        for key in ["name", "mountpoint", "created_at"] {
+            map.remove(key);
+        }
+        map
+    }
+}
+
+/// What reconcile found and did at startup.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub rolled_back_creates: Vec<String>,
+    pub finished_removes: Vec<String>,
+    pub cleared_mounts: Vec<String>,
+    pub unmounted: Vec<String>,
+    pub released_devices: Vec<String>,
+    pub unknown_storage: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub struct VolumeService {
+    store: MetaStore,
+    backend: Arc<dyn Backend>,
+    policy: SpecPolicy,
+    mount_root: PathBuf,
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
+}
+
+impl VolumeService {
+    pub fn new(
+        store: MetaStore,
+        backend: Arc<dyn Backend>,
+        policy: SpecPolicy,
+        mount_root: PathBuf,
+    ) -> Self {
+        Self {
+            store,
+            backend,
+            policy,
+            mount_root,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.mount_root.join(name)
+    }
+
+    /// Operations on one volume run one at a time; different volumes run in parallel.
+    fn lock(&self, name: &str) -> Arc<Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("lock table")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn forget_lock(&self, name: &str) {
+        let mut locks = self.locks.lock().expect("lock table");
+        if locks.get(name).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(name);
+        }
+    }
+
+    fn backend_err<'a>(
+        operation: &'static str,
+        name: &'a str,
+    ) -> impl FnOnce(BackendError) -> VolError + 'a {
+        move |e| VolError::backend(operation, name, e)
+    }
+
+    pub fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<(), VolError> {
+        validate_name(name)?;
+        let spec = self.policy.parse(opts)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().expect("volume lock");
+        if let Some(existing) = self.store.get(name)? {
+            // Docker may repeat a Create; the same request again is success. New explicit
+            // options that disagree are an error rather than a silent no-op.
+            if opts.is_empty() || existing.spec == spec {
+                return Ok(());
+            }
+            return Err(VolError::Conflict {
+                name: name.into(),
+                existing: describe_spec(&existing.spec),
+            });
+        }
+        let mut record = VolumeRecord {
+            name: name.to_string(),
+            spec: spec.clone(),
+            phase: Phase::Creating,
+            created_at: now_rfc3339(),
+            mounts: BTreeMap::new(),
+        };
+        self.store.put(&record)?;
+        if let Err(e) = self.backend.provision(name, &spec) {
+            // The backend removes what it made on failure; drop the intent record too.
+            self.store.delete(name)?;
+            return Err(VolError::backend("create", name, e));
+        }
+        record.phase = Phase::Ready;
+        if let Err(e) = self.store.put(&record) {
+            let _ = self.backend.deprovision(name);
+            let _ = self.store.delete(name);
+            return Err(e);
+        }
+        info!(volume = name, spec = %describe_spec(&spec), "created");
+        Ok(())
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), VolError> {
+        validate_name(name)?;
+        let lock = self.lock(name);
+        let guard = lock.lock().expect("volume lock");
+        let Some(mut record) = self.store.get(name)? else {
+            return Ok(());
+        };
+        if record.phase == Phase::Ready && record.mount_count() > 0 {
+            return Err(VolError::InUse {
+                name: name.into(),
+                mounts: record.mount_count(),
+                ids: record
+                    .mounts
+                    .keys()
+                    .map(|id| id.chars().take(12).collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        record.phase = Phase::Removing;
+        self.store.put(&record)?;
+        self.finish_remove(name)?;
+        drop(guard);
+        self.forget_lock(name);
+        info!(volume = name, "removed");
+        Ok(())
+    }
+
+    /// The steps after the Removing record; each is idempotent, so startup can repeat them.
+    fn finish_remove(&self, name: &str) -> Result<(), VolError> {
+        let target = self.mountpoint(name);
+        self.backend
+            .unmount(name, &target)
+            .map_err(Self::backend_err("remove", name))?;
+        self.backend
+            .deprovision(name)
+            .map_err(Self::backend_err("remove", name))?;
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(volume = name, error = %e, "mountpoint directory not removed"),
+        }
+        self.store.delete(name)
+    }
+
+    pub fn mount(&self, name: &str, id: &str) -> Result<PathBuf, VolError> {
+        validate_name(name)?;
+        if id.is_empty() {
+            return Err(VolError::EmptyMountId);
+        }
+        let lock = self.lock(name);
+        let _guard = lock.lock().expect("volume lock");
+        let mut record = self.ready_record(name)?;
+        let target = self.mountpoint(name);
+        // The kernel mount first, then the count: a crash in between leaves a mount with no
+        // count, which reconcile unmounts (Docker saw this Mount fail).
+        let attached = self
+            .backend
+            .attachment(name, &target)
+            .map_err(Self::backend_err("mount", name))?;
+        let newly_mounted = attached.is_none();
+        if newly_mounted {
+            std::fs::create_dir_all(&target).map_err(|e| {
+                VolError::backend("mount", name, format!("create {}: {e}", target.display()))
+            })?;
+            let attachment = self
+                .backend
+                .mount(name, &record.spec, &target)
+                .map_err(Self::backend_err("mount", name))?;
+            info!(volume = name, device = %attachment.device, source = %attachment.source, "mounted");
+        }
+        *record.mounts.entry(id.to_string()).or_insert(0) += 1;
+        if let Err(e) = self.store.put(&record) {
+            if newly_mounted {
+                let _ = self.backend.unmount(name, &target);
+            }
+            return Err(e);
+        }
+        Ok(target)
+    }
+
+    pub fn unmount(&self, name: &str, id: &str) -> Result<(), VolError> {
+        validate_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().expect("volume lock");
+        let Some(mut record) = self.store.get(name)? else {
+            return Ok(());
+        };
+        match record.mounts.get_mut(id) {
+            // After a dockerd restart Unmount can carry an ID we never saw: success.
+            None => return Ok(()),
+            Some(count) if *count > 1 => *count -= 1,
+            Some(_) => {
+                record.mounts.remove(id);
+            }
+        }
+        // The count first, then the kernel: a crash in between leaves a mount with no count,
+        // which reconcile unmounts.
+        self.store.put(&record)?;
+        if record.mount_count() == 0 {
+            let target = self.mountpoint(name);
+            self.backend
+                .unmount(name, &target)
+                .map_err(Self::backend_err("unmount", name))?;
+            info!(volume = name, "unmounted");
+        }
+        Ok(())
+    }
+
+    fn ready_record(&self, name: &str) -> Result<VolumeRecord, VolError> {
+        match self.store.get(name)? {
+            Some(record) if record.phase == Phase::Ready => Ok(record),
+            _ => Err(VolError::NotFound(name.into())),
+        }
+    }
+
+    /// The mountpoint while mounted, else None.
+    pub fn path(&self, name: &str) -> Result<Option<PathBuf>, VolError> {
+        validate_name(name)?;
+        let record = self.ready_record(name)?;
+        let target = self.mountpoint(name);
+        Ok((record.mount_count() > 0).then_some(target))
+    }
+
+    /// Answers from the metadata; live figures are added when the backend can give them, and
+    /// left out (never an error) when it cannot: Docker treats a failed Get as "volume gone".
+    pub fn get(&self, name: &str) -> Result<VolumeInfo, VolError> {
+        validate_name(name)?;
+        match self.store.get(name)? {
+            Some(record) if record.phase != Phase::Creating => Ok(self.info(&record)),
+            _ => Err(VolError::NotFound(name.into())),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<VolumeInfo>, VolError> {
+        Ok(self
+            .store
+            .list()?
+            .iter()
+            .filter(|r| r.phase != Phase::Creating)
+            .map(|r| self.info(r))
+            .collect())
+    }
+
+    /// Names and mountpoints only, for Docker's List (which runs on every `docker volume ls`).
+    pub fn names(&self) -> Result<Vec<String>, VolError> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|r| r.phase != Phase::Creating)
+            .map(|r| r.name)
+            .collect())
+    }
+
+    fn info(&self, record: &VolumeRecord) -> VolumeInfo {
+        let target = self.mountpoint(&record.name);
+        let attachment = self
+            .backend
+            .attachment(&record.name, &target)
+            .ok()
+            .flatten();
+        let usage = self
+            .backend
+            .usage(&record.name, attachment.as_ref().map(|_| target.as_path()))
+            .ok();
+        VolumeInfo {
+            name: record.name.clone(),
+            mountpoint: target.display().to_string(),
+            created_at: record.created_at.clone(),
+            backend: self.backend.kind().to_string(),
+            fs: record.spec.fs.as_str().to_string(),
+            size_bytes: record.spec.size_bytes,
+            allocated_bytes: usage.as_ref().map(|u| u.allocated_bytes),
+            used_bytes: usage.as_ref().and_then(|u| u.used_bytes),
+            free_bytes: usage.as_ref().and_then(|u| u.free_bytes),
+            device: attachment.map(|a| a.device),
+            mounts: record.mount_count(),
+            state: match record.phase {
+                Phase::Creating => "creating",
+                Phase::Ready => "ready",
+                Phase::Removing => "removing",
+            }
+            .to_string(),
+        }
+    }
+
+    /// Brings records and the kernel back in line after a crash or reboot. Runs before the
+    /// plugin socket opens; every problem is collected and the rest still reconciled.
+    pub fn reconcile(&self) -> Result<ReconcileReport, VolError> {
+        let mut report = ReconcileReport::default();
+        let records = self.store.list()?;
+        for record in &records {
+            let name = record.name.as_str();
+            let target = self.mountpoint(name);
+            let outcome: Result<(), VolError> = (|| {
+                match record.phase {
+                    Phase::Creating => {
+                        // Docker never saw this Create succeed: undo it.
+                        self.backend
+                            .unmount(name, &target)
+                            .map_err(Self::backend_err("roll back create", name))?;
+                        self.backend
+                            .deprovision(name)
+                            .map_err(Self::backend_err("roll back create", name))?;
+                        self.store.delete(name)?;
+                        report.rolled_back_creates.push(name.to_string());
+                    }
+                    Phase::Removing => {
+                        self.finish_remove(name)?;
+                        report.finished_removes.push(name.to_string());
+                    }
+                    Phase::Ready => {
+                        let mounted = self
+                            .backend
+                            .attachment(name, &target)
+                            .map_err(Self::backend_err("reconcile", name))?
+                            .is_some();
+                        let counted = record.mount_count() > 0;
+                        if counted && !mounted {
+                            // Rebooted, or a Mount that failed midway: Docker mounts again
+                            // when it starts the containers.
+                            let mut cleared = record.clone();
+                            cleared.mounts.clear();
+                            self.store.put(&cleared)?;
+                            report.cleared_mounts.push(name.to_string());
+                        } else if mounted && !counted {
+                            self.backend
+                                .unmount(name, &target)
+                                .map_err(Self::backend_err("reconcile", name))?;
+                            report.unmounted.push(name.to_string());
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = outcome {
+                report.errors.push(e.to_string());
+            }
+        }
+        match self.backend.release_stray_devices() {
+            Ok(released) => report.released_devices = released,
+            Err(e) => report.errors.push(format!("releasing stray devices: {e}")),
+        }
+        let known: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+        match self.backend.stored() {
+            // Never deleted: storage without a record is not provably ours.
+            Ok(stored) => {
+                report.unknown_storage = stored
+                    .into_iter()
+                    .filter(|s| !known.contains(&s.as_str()))
+                    .collect()
+            }
+            Err(e) => report.errors.push(format!("listing storage: {e}")),
+        }
+        Ok(report)
+    }
+}
+
+/// `Path`-typed helper for handlers that return Docker's Mountpoint string.
+pub fn display(path: Option<&Path>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
