@@ -1,1 +1,18 @@
-//! integration harness
+//! Test harness of the Berth end-to-end tests.
+//!
+//! - [`procs`]: background daemons with log files ([`procs::Daemon`]), polling
+//!   ([`procs::wait_until`]), commands with time limits.
+//! - [`docker`]: a private containerd + dockerd per test suite ([`docker::DockerEnv`]) with the
+//!   `berth-test/busybox:latest` image, isolated from any system Docker.
+//! - [`harness`]: a runner for `harness = false` test targets that share one expensive context
+//!   and need guaranteed teardown ([`harness::run`]), and [`harness::require_root_and_tools`].
+//!
+//! Tests using these need root and Debian's `docker.io`, `containerd`, `runc` and
+//! `busybox-static`.
+
+pub mod docker;
+pub mod harness;
+pub mod procs;
+
+pub use docker::{DockerEnv, DockerOptions, TEST_IMAGE};
+pub use procs::{wait_until, Daemon};
