@@ -12,6 +12,7 @@
 
 pub mod docker;
 pub mod harness;
+pub mod plugins;
 pub mod procs;
 
 pub use docker::{DockerEnv, DockerOptions, TEST_IMAGE};

@@ -45,6 +45,20 @@ impl Daemon {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .process_group(0);
+        // The harness blocks SIGTERM/SIGINT in its own threads to handle them itself; a child
+        // must not inherit that mask, or it could never be stopped gracefully.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                let empty = nix::sys::signal::SigSet::empty();
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&empty),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {name}: {cmd:?}"))?;

@@ -4,6 +4,20 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::info;
 
+/// Unblocks the stop signals for the whole process. A daemon started by a program that blocks
+/// them (test runners, some supervisors) would otherwise never see SIGTERM: the mask is
+/// inherited across exec. Call first thing in main, before any thread exists.
+pub fn unblock_stop_signals() {
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Returns the receiver servers watch; the flag turns true on the first SIGTERM or SIGINT.
 pub fn on_signals() -> std::io::Result<(watch::Sender<bool>, watch::Receiver<bool>)> {
     let (tx, rx) = watch::channel(false);

@@ -117,6 +117,7 @@ struct ServeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    plugin_transport::shutdown::unblock_stop_signals();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,312 @@
+//! Running Berth's own daemons in tests and benchmarks, and speaking Docker's plugin protocol
+//! to them byte for byte as dockerd does.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::procs::{wait_until, Daemon};
+
+/// Where dockerd looks for v1 plugin sockets; no dockerd flag moves it.
+pub const DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
+
+/// Builds (a no-op when fresh) and returns the path of a workspace binary, in the profile this
+/// test was built with, so a test never runs a stale daemon.
+pub fn binary(package: &str) -> Result<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--quiet", "-p", package, "--bin", package]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("building {package}"))?;
+    if !status.success() {
+        bail!("cargo build -p {package} failed ({status})");
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<package>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("target directory of the test binary")?;
+    let path = dir.join(package);
+    if !path.exists() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
+
+/// One POST exactly as dockerd 20.10 sends it: empty Host, no Content-Type, the v1.2 Accept
+/// header, a JSON body with a trailing newline (or nothing at all). Returns status and body.
+pub fn docker_call(
+    socket: &Path,
+    method: &str,
+    body: Option<&str>,
+) -> Result<(u16, serde_json::Value)> {
+    let mut stream =
+        UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let payload = body.map(|b| format!("{b}\n")).unwrap_or_default();
+    let request = format!(
+        "POST /{method} HTTP/1.1\r\nHost: \r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\n\
+         Accept: application/vnd.docker.plugins.v1.2+json\r\nAccept-Encoding: gzip\r\n\r\n{payload}",
+        payload.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let (status, raw) = read_response(&mut stream)?;
+    let value = serde_json::from_slice(&raw).with_context(|| {
+        format!(
+            "{method}: body is not JSON: {}",
+            String::from_utf8_lossy(&raw)
+        )
+    })?;
+    Ok((status, value))
+}
+
+fn read_response(stream: &mut UnixStream) -> Result<(u16, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let header_end = loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!(
+                "connection closed before a full response: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("status line")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+        .context("Content-Length")?;
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed mid-body");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok((status, buf[header_end..header_end + length].to_vec()))
+}
+
+/// A volplugin daemon with its own state dir, admin socket and no metrics listener, serving
+/// Docker's plugin dir (or another one).
+pub struct Volplugin {
+    pub bin: PathBuf,
+    pub state_dir: PathBuf,
+    pub plugin_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub log_dir: PathBuf,
+    pub extra_args: Vec<String>,
+    daemon: Option<Daemon>,
+}
+
+impl Volplugin {
+    pub fn new(bin: PathBuf, work: &Path, plugin_dir: &Path) -> Self {
+        Self {
+            bin,
+            state_dir: work.join("state"),
+            plugin_dir: plugin_dir.to_path_buf(),
+            admin_socket: work.join("admin.sock"),
+            log_dir: work.to_path_buf(),
+            extra_args: Vec::new(),
+            daemon: None,
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.plugin_dir.join("berth-vol.sock")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    pub fn mount_root(&self) -> PathBuf {
+        self.state_dir.join("mounts")
+    }
+
+    /// Starts the daemon and waits until the plugin socket answers.
+    pub fn start(&mut self) -> Result<()> {
+        if UnixStream::connect(self.socket()).is_ok() {
+            bail!(
+                "{} is already served by another process (a volplugin from the setup demo?); stop it first",
+                self.socket().display()
+            );
+        }
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--plugin-dir")
+            .arg(&self.plugin_dir)
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args(["--metrics", "off"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info");
+        let mut daemon = Daemon::spawn("volplugin", cmd, &self.log_dir)?;
+        let socket = self.socket();
+        let up = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            docker_call(&socket, "Plugin.Activate", None).is_ok()
+        });
+        if !up {
+            let tail = daemon.log_tail(30);
+            let _ = daemon.stop(Duration::from_secs(5));
+            bail!("volplugin did not come up within 30 s:\n{tail}");
+        }
+        self.daemon = Some(daemon);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.kill9()?;
+        }
+        Ok(())
+    }
+
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut daemon) = self.daemon.take() {
+            let status = daemon.stop(Duration::from_secs(30))?;
+            if !status.success() {
+                bail!(
+                    "volplugin exited with {status} on SIGTERM:\n{}",
+                    daemon.log_tail(20)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| d.log_tail(n))
+            .unwrap_or_default()
+    }
+
+    pub fn call(&self, method: &str, body: Option<&str>) -> Result<(u16, serde_json::Value)> {
+        docker_call(&self.socket(), method, body)
+    }
+
+    /// `volplugin volume ls --json` through the admin socket, as an operator runs it.
+    pub fn admin_ls(&self) -> Result<Vec<serde_json::Value>> {
+        let out = Command::new(&self.bin)
+            .args(["volume", "ls", "--json", "--admin-socket"])
+            .arg(&self.admin_socket)
+            .output()?;
+        if !out.status.success() {
+            bail!("volume ls failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Leftovers a crash could cause: loop devices on our images that no mount uses, image
+    /// files with no volume, mounts under the mount root with no Docker mount counted.
+    pub fn leftovers(&self) -> Result<Vec<String>> {
+        let volumes = self.admin_ls()?;
+        let known: Vec<String> = volumes
+            .iter()
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect();
+        let mounted_sources: Vec<String> =
+            mountinfo()?.into_iter().map(|(_, source)| source).collect();
+        let mut problems = Vec::new();
+        let images = self.images_dir().canonicalize()?;
+        for (dev, backing) in attached_loops() {
+            if backing.starts_with(&images) && !mounted_sources.contains(&dev) {
+                problems.push(format!("orphan loop device {dev} on {}", backing.display()));
+            }
+        }
+        for entry in std::fs::read_dir(&images)? {
+            let name = entry?.file_name().to_string_lossy().to_string();
+            let volume = name.trim_end_matches(".img");
+            if !known.iter().any(|k| k == volume) {
+                problems.push(format!("orphan image file {name}"));
+            }
+        }
+        let root = self.mount_root().canonicalize()?;
+        for (point, source) in mountinfo()? {
+            if let Ok(rest) = point.strip_prefix(&root) {
+                let volume = rest.to_string_lossy().to_string();
+                let counted = volumes
+                    .iter()
+                    .any(|v| v["name"] == volume.as_str() && v["mounts"].as_u64() > Some(0));
+                if !counted {
+                    problems.push(format!("stale mount of {source} at {}", point.display()));
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
+
+impl Drop for Volplugin {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("stopping volplugin: {e:#}");
+        }
+    }
+}
+
+/// (mount point, source) of every mount in this namespace.
+pub fn mountinfo() -> Result<Vec<(PathBuf, String)>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let source = right.split(' ').nth(1)?;
+            Some((
+                PathBuf::from(point.replace("\\040", " ")),
+                source.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// (device, backing file) of every attached loop device.
+pub fn attached_loops() -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let backing = backing
+                .trim_end()
+                .trim_end_matches(" (deleted)")
+                .to_string();
+            Some((format!("/dev/{name}"), PathBuf::from(backing)))
+        })
+        .collect()
+}

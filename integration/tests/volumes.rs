@@ -1,0 +1,733 @@
+//! volplugin on the loopfile backend, end to end: a private dockerd, the real docker CLI, the
+//! busybox image, and volplugin serving /run/docker/plugins/berth-vol.sock.
+//! Needs root, docker.io, containerd, runc, busybox-static, xfsprogs and e2fsprogs.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use integration::plugins::{attached_loops, binary, mountinfo, Volplugin, DOCKER_PLUGIN_DIR};
+use integration::{harness, DockerEnv, TEST_IMAGE};
+use serde_json::Value;
+
+struct Ctx {
+    docker: DockerEnv,
+    vol: Mutex<Volplugin>,
+    work: tempfile::TempDir,
+}
+
+fn setup() -> Result<Ctx> {
+    harness::require_root_and_tools(&[
+        "dockerd",
+        "containerd",
+        "runc",
+        "busybox",
+        "mkfs.xfs",
+        "mkfs.ext4",
+    ])?;
+    let bin = binary("volplugin")?;
+    let work = tempfile::Builder::new().prefix("bv-").tempdir_in("/tmp")?;
+    let mut vol = Volplugin::new(bin, work.path(), std::path::Path::new(DOCKER_PLUGIN_DIR));
+    vol.start()?;
+    let docker = DockerEnv::start()?;
+    Ok(Ctx {
+        docker,
+        vol: Mutex::new(vol),
+        work,
+    })
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // Containers first (their Unmounts reach volplugin), then volplugin, then whatever a
+        // failed test left mounted or attached under our work dir.
+        if let Ok(ids) = self.docker.ok(&["ps", "-aq"]) {
+            for id in ids.split_whitespace() {
+                let _ = self.docker.ok(&["rm", "-f", id]);
+            }
+        }
+        if let Ok(mut vol) = self.vol.lock() {
+            if let Err(e) = vol.stop() {
+                eprintln!("teardown: {e:#}");
+            }
+        }
+        let work = self
+            .work
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| self.work.path().to_path_buf());
+        for (point, _) in mountinfo().unwrap_or_default().into_iter().rev() {
+            if point.starts_with(&work) {
+                if let Err(e) = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH) {
+                    eprintln!("teardown: unmount {}: {e}", point.display());
+                }
+            }
+        }
+        for (dev, backing) in attached_loops() {
+            if backing.starts_with(&work) {
+                eprintln!(
+                    "teardown: loop device {dev} still attached to {}",
+                    backing.display()
+                );
+            }
+        }
+    }
+}
+
+impl Ctx {
+    fn vol(&self) -> std::sync::MutexGuard<'_, Volplugin> {
+        self.vol.lock().expect("volplugin lock")
+    }
+
+    fn status(&self, name: &str) -> Result<Value> {
+        let out = self
+            .docker
+            .ok(&["volume", "inspect", name, "--format", "{{json .Status}}"])?;
+        serde_json::from_str(&out).with_context(|| format!("Status of {name}: {out}"))
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["run", "--rm", "--network", "none"];
+        full.extend_from_slice(args);
+        self.docker.ok(&full)
+    }
+
+    /// A long-running container holding `volume` at /data.
+    fn hold(&self, name: &str, volume: &str) -> Result<String> {
+        let spec = format!("{volume}:/data");
+        self.docker.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--stop-timeout",
+            "1",
+            "-v",
+            &spec,
+            TEST_IMAGE,
+            "sleep",
+            "600",
+        ])
+    }
+
+    fn assert_no_leftovers(&self) -> Result<()> {
+        let problems = self.vol().leftovers()?;
+        ensure!(problems.is_empty(), "leftovers: {problems:#?}");
+        Ok(())
+    }
+}
+
+fn raw_protocol(c: &Ctx) -> Result<()> {
+    let vol = c.vol();
+    // Docker's handshake: empty body, empty Host, no Content-Type.
+    let (status, body) = vol.call("Plugin.Activate", None)?;
+    ensure!(
+        status == 200 && body == serde_json::json!({"Implements": ["VolumeDriver"]}),
+        "{status} {body}"
+    );
+    let (status, body) = vol.call("VolumeDriver.Capabilities", Some("{}"))?;
+    ensure!(
+        status == 200 && body["Capabilities"]["Scope"] == "local",
+        "{status} {body}"
+    );
+    let (status, body) = vol.call("VolumeDriver.Get", Some(r#"{"Name":"raw-none"}"#))?;
+    ensure!(
+        status != 200
+            && body["Err"]
+                .as_str()
+                .unwrap_or("")
+                .contains("no such volume"),
+        "{status} {body}"
+    );
+    let (status, body) = vol.call(
+        "VolumeDriver.Create",
+        Some(r#"{"Name":"raw1","Opts":null}"#),
+    )?;
+    ensure!(status == 200 && body["Err"] == "", "{status} {body}");
+    let (status, _) = vol.call("VolumeDriver.Create", Some(r#"{"Name":"raw1","Opts":{}}"#))?;
+    ensure!(status == 200, "create is idempotent");
+    // A retried request that lost its body.
+    let (status, body) = vol.call("VolumeDriver.Mount", None)?;
+    ensure!(
+        status == 400 && body["Err"].as_str().unwrap_or("").contains("Name"),
+        "{status} {body}"
+    );
+    let (status, body) = vol.call("VolumeDriver.Mount", Some(r#"{"Name":"raw1","ID":"id-a"}"#))?;
+    ensure!(status == 200, "{status} {body}");
+    let mountpoint = body["Mountpoint"].as_str().unwrap_or_default().to_string();
+    ensure!(mountpoint.ends_with("/mounts/raw1"), "{body}");
+    ensure!(
+        mountinfo()?
+            .iter()
+            .any(|(p, _)| p.to_string_lossy() == mountpoint),
+        "mounted in the kernel"
+    );
+    let (_, body) = vol.call("VolumeDriver.Path", Some(r#"{"Name":"raw1"}"#))?;
+    ensure!(body["Mountpoint"] == mountpoint.as_str(), "{body}");
+    let (status, body) = vol.call("VolumeDriver.Remove", Some(r#"{"Name":"raw1"}"#))?;
+    ensure!(
+        status != 200 && body["Err"].as_str().unwrap_or("").contains("in use"),
+        "{status} {body}"
+    );
+    let (status, _) = vol.call(
+        "VolumeDriver.Unmount",
+        Some(r#"{"Name":"raw1","ID":"never-seen"}"#),
+    )?;
+    ensure!(status == 200, "unknown mount ID is success");
+    let (status, _) = vol.call(
+        "VolumeDriver.Unmount",
+        Some(r#"{"Name":"raw1","ID":"id-a"}"#),
+    )?;
+    ensure!(status == 200);
+    ensure!(
+        !mountinfo()?
+            .iter()
+            .any(|(p, _)| p.to_string_lossy() == mountpoint),
+        "unmounted"
+    );
+    let (status, _) = vol.call("VolumeDriver.Remove", Some(r#"{"Name":"raw1"}"#))?;
+    ensure!(status == 200);
+    let (status, _) = vol.call("VolumeDriver.Remove", Some(r#"{"Name":"raw1"}"#))?;
+    ensure!(status == 200, "removing an unknown volume is success");
+    let (status, body) = vol.call("VolumeDriver.Create", Some(r#"{"Name":"../../etc"}"#))?;
+    ensure!(
+        status == 400
+            && body["Err"]
+                .as_str()
+                .unwrap_or("")
+                .contains("invalid volume name"),
+        "{status} {body}"
+    );
+    let (status, body) = vol.call("VolumeDriver.Create", Some(r#"{"Name":5}"#))?;
+    ensure!(
+        status == 400 && body["Err"].as_str().unwrap_or("").contains("invalid type"),
+        "{status} {body}"
+    );
+    drop(vol);
+    c.assert_no_leftovers()
+}
+
+fn create_with_options_and_inspect(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=1G",
+        "-o",
+        "fs=ext4",
+        "inspect1",
+    ])?;
+    let status = c.status("inspect1")?;
+    ensure!(
+        status["backend"] == "loopfile" && status["fs"] == "ext4",
+        "{status}"
+    );
+    ensure!(status["size_bytes"] == 1u64 << 30, "{status}");
+    ensure!(
+        status["allocated_bytes"]
+            .as_u64()
+            .is_some_and(|a| a > 0 && a < 1 << 30),
+        "sparse: {status}"
+    );
+    ensure!(
+        status["mounts"] == 0
+            && status.get("device").is_none()
+            && status.get("used_bytes").is_none(),
+        "{status}"
+    );
+    let created = c.docker.ok(&[
+        "volume",
+        "inspect",
+        "inspect1",
+        "--format",
+        "{{.CreatedAt}} {{.Driver}} {{.Scope}}",
+    ])?;
+    ensure!(
+        created.ends_with("berth-vol local") && !created.starts_with("0001-01-01"),
+        "{created}"
+    );
+
+    // While a container uses it, the live figures appear.
+    c.hold("inspect-holder", "inspect1")?;
+    let status = c.status("inspect1")?;
+    ensure!(status["mounts"] == 1, "{status}");
+    let device = status["device"].as_str().unwrap_or_default();
+    ensure!(device.starts_with("7:"), "a loop device MAJ:MIN: {status}");
+    ensure!(
+        status["used_bytes"].as_u64().is_some()
+            && status["free_bytes"].as_u64().is_some_and(|f| f > 800 << 20),
+        "{status}"
+    );
+    let df = c
+        .docker
+        .ok(&["exec", "inspect-holder", "df", "-k", "/data"])?;
+    ensure!(df.contains("/data"), "{df}");
+    c.docker.ok(&["rm", "-f", "inspect-holder"])?;
+    let status = c.status("inspect1")?;
+    ensure!(
+        status["mounts"] == 0 && status.get("device").is_none(),
+        "{status}"
+    );
+    c.docker.ok(&["volume", "rm", "inspect1"])?;
+    c.assert_no_leftovers()
+}
+
+fn write_then_read_back(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=512M",
+        "rw1",
+    ])?;
+    c.run(&["-v", "rw1:/data", TEST_IMAGE, "sh", "-c", "dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null && md5sum /data/blob > /data/blob.md5 && sync"])?;
+    let check = c.run(&[
+        "-v",
+        "rw1:/data",
+        TEST_IMAGE,
+        "md5sum",
+        "-c",
+        "/data/blob.md5",
+    ])?;
+    ensure!(check.contains("OK"), "{check}");
+    let status = c.status("rw1")?;
+    ensure!(
+        status["allocated_bytes"]
+            .as_u64()
+            .is_some_and(|a| a >= 8 << 20),
+        "data is on the image: {status}"
+    );
+    c.docker.ok(&["volume", "rm", "rw1"])?;
+    c.assert_no_leftovers()
+}
+
+fn two_containers_share_a_volume(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=400M",
+        "shared1",
+    ])?;
+    c.hold("share-a", "shared1")?;
+    c.hold("share-b", "shared1")?;
+    ensure!(c.status("shared1")?["mounts"] == 2);
+    c.docker
+        .ok(&["exec", "share-a", "sh", "-c", "echo from-a > /data/note"])?;
+    let seen = c.docker.ok(&["exec", "share-b", "cat", "/data/note"])?;
+    ensure!(seen == "from-a", "{seen}");
+    c.docker.ok(&["rm", "-f", "share-a"])?;
+    // b still has it: still mounted, data still there.
+    let status = c.status("shared1")?;
+    ensure!(
+        status["mounts"] == 1 && status["device"].is_string(),
+        "{status}"
+    );
+    ensure!(c.docker.ok(&["exec", "share-b", "cat", "/data/note"])? == "from-a");
+    c.docker.ok(&["rm", "-f", "share-b"])?;
+    ensure!(c.status("shared1")?["mounts"] == 0);
+    c.docker.ok(&["volume", "rm", "shared1"])?;
+    c.assert_no_leftovers()
+}
+
+fn docker_cp_into_running_container(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=400M",
+        "cp1",
+    ])?;
+    c.hold("cp-holder", "cp1")?;
+    let src = c.work.path().join("cp-source.txt");
+    std::fs::write(&src, "copied in\n")?;
+    c.docker.ok(&[
+        "cp",
+        src.to_str().context("path")?,
+        "cp-holder:/data/copied.txt",
+    ])?;
+    ensure!(
+        c.docker
+            .ok(&["exec", "cp-holder", "cat", "/data/copied.txt"])?
+            == "copied in"
+    );
+    // docker cp re-mounts with the container's mount ID and unmounts after: still one mount.
+    ensure!(c.status("cp1")?["mounts"] == 1, "{}", c.status("cp1")?);
+    let dst = c.work.path().join("cp-back.txt");
+    c.docker.ok(&[
+        "cp",
+        "cp-holder:/data/copied.txt",
+        dst.to_str().context("path")?,
+    ])?;
+    ensure!(std::fs::read_to_string(&dst)? == "copied in\n");
+    ensure!(c.status("cp1")?["mounts"] == 1);
+    c.docker.ok(&["rm", "-f", "cp-holder"])?;
+    ensure!(c.status("cp1")?["mounts"] == 0);
+    // And into a stopped container: Docker mounts for the copy and unmounts after.
+    c.docker.ok(&[
+        "create",
+        "--name",
+        "cp-stopped",
+        "--network",
+        "none",
+        "-v",
+        "cp1:/data",
+        TEST_IMAGE,
+        "true",
+    ])?;
+    c.docker.ok(&[
+        "cp",
+        src.to_str().context("path")?,
+        "cp-stopped:/data/second.txt",
+    ])?;
+    c.docker.ok(&["rm", "cp-stopped"])?;
+    ensure!(c.run(&["-v", "cp1:/data", TEST_IMAGE, "cat", "/data/second.txt"])? == "copied in");
+    c.docker.ok(&["volume", "rm", "cp1"])?;
+    c.assert_no_leftovers()
+}
+
+fn remove_in_use_refused_then_succeeds(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=400M",
+        "busy1",
+    ])?;
+    c.hold("busy-holder", "busy1")?;
+    let err = c.docker.fails(&["volume", "rm", "busy1"])?;
+    ensure!(err.contains("in use"), "{err}");
+    // Even past Docker's own check (rm -f purges Docker's record on plugin errors), the
+    // plugin refuses while its mount count is above zero.
+    let (status, body) = c
+        .vol()
+        .call("VolumeDriver.Remove", Some(r#"{"Name":"busy1"}"#))?;
+    ensure!(
+        status == 409 && body["Err"].as_str().unwrap_or("").contains("in use"),
+        "{status} {body}"
+    );
+    ensure!(
+        c.docker.ok(&[
+            "exec",
+            "busy-holder",
+            "sh",
+            "-c",
+            "echo still > /data/x && cat /data/x"
+        ])? == "still"
+    );
+    c.docker.ok(&["rm", "-f", "busy-holder"])?;
+    c.docker.ok(&["volume", "rm", "busy1"])?;
+    ensure!(
+        !c.vol().images_dir().join("busy1.img").exists(),
+        "image file removed"
+    );
+    let ls = c.docker.ok(&["volume", "ls", "-q"])?;
+    ensure!(!ls.lines().any(|l| l == "busy1"), "{ls}");
+    c.assert_no_leftovers()
+}
+
+fn implicit_create_with_volume_driver(c: &Ctx) -> Result<()> {
+    let out = c.run(&[
+        "--volume-driver",
+        "berth-vol",
+        "-v",
+        "implicit1:/data",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        "echo hi > /data/f && cat /data/f",
+    ])?;
+    ensure!(out == "hi", "{out}");
+    let status = c.status("implicit1")?;
+    ensure!(
+        status["size_bytes"] == 10u64 << 30 && status["fs"] == "xfs",
+        "defaults: {status}"
+    );
+    let driver = c
+        .docker
+        .ok(&["volume", "inspect", "implicit1", "--format", "{{.Driver}}"])?;
+    ensure!(driver == "berth-vol", "{driver}");
+    // --mount syntax with driver options creates with those options.
+    c.run(&["--mount", "type=volume,src=implicit2,dst=/data,volume-driver=berth-vol,volume-opt=size=600M,volume-opt=fs=ext4", TEST_IMAGE, "true"])?;
+    let status = c.status("implicit2")?;
+    ensure!(
+        status["size_bytes"] == 600u64 << 20 && status["fs"] == "ext4",
+        "{status}"
+    );
+    c.docker.ok(&["volume", "rm", "implicit1", "implicit2"])?;
+    c.assert_no_leftovers()
+}
+
+fn bad_names_and_options_rejected(c: &Ctx) -> Result<()> {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["-o", "colour=blue", "badopt1"],
+            "invalid option colour: unknown option; valid options are: size, fs",
+        ),
+        (&["-o", "size=lots", "badopt2"], "invalid option size"),
+        (&["-o", "size=100T", "badopt3"], "over this host's maximum"),
+        (&["-o", "size=10M", "badopt4"], "too small for xfs"),
+        (&["-o", "fs=btrfs", "badopt5"], "not a supported filesystem"),
+        (&[".hidden"], "invalid volume name"),
+        (&["a\u{e9}b"], "invalid volume name"),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["volume", "create", "-d", "berth-vol"];
+        full.extend_from_slice(args);
+        let err = c.docker.fails(&full)?;
+        ensure!(
+            err.contains(expected),
+            "docker volume create {args:?}: expected {expected:?} in {err:?}"
+        );
+    }
+    let long = "x".repeat(129);
+    let err = c
+        .docker
+        .fails(&["volume", "create", "-d", "berth-vol", &long])?;
+    ensure!(err.contains("longer than 128"), "{err}");
+    let listed = c.docker.ok(&["volume", "ls", "-q"])?;
+    ensure!(!listed.contains("badopt"), "nothing half-made: {listed}");
+    ensure!(
+        std::fs::read_dir(c.vol().images_dir())?.next().is_none(),
+        "no image files left"
+    );
+    c.assert_no_leftovers()
+}
+
+fn volplugin_restart_keeps_running_containers(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=400M",
+        "restart1",
+    ])?;
+    c.hold("restart-holder", "restart1")?;
+    c.docker.ok(&[
+        "exec",
+        "restart-holder",
+        "sh",
+        "-c",
+        "echo before > /data/f",
+    ])?;
+    c.vol().stop()?;
+    c.vol().start()?;
+    ensure!(c
+        .docker
+        .ok(&[
+            "exec",
+            "restart-holder",
+            "sh",
+            "-c",
+            "cat /data/f && echo after >> /data/f"
+        ])?
+        .starts_with("before"));
+    let status = c.status("restart1")?;
+    ensure!(
+        status["mounts"] == 1 && status["device"].is_string(),
+        "count and mount survive a restart: {status}"
+    );
+    // kill -9 with the container still running: the same.
+    c.vol().kill9()?;
+    c.vol().start()?;
+    ensure!(c.status("restart1")?["mounts"] == 1);
+    c.docker.ok(&["rm", "-f", "restart-holder"])?;
+    ensure!(c.status("restart1")?["mounts"] == 0);
+    let out = c.run(&["-v", "restart1:/data", TEST_IMAGE, "cat", "/data/f"])?;
+    ensure!(out == "before\nafter", "{out}");
+    c.docker.ok(&["volume", "rm", "restart1"])?;
+    c.assert_no_leftovers()
+}
+
+/// kill -9 while creates and mounts are in flight, at several points, then restart: nothing
+/// half-made survives and every volume that exists is usable.
+fn kill9_during_creates_and_mounts(c: &Ctx) -> Result<()> {
+    let delays_ms = [3u64, 15, 40, 90, 180];
+    for (round, delay) in delays_ms.iter().enumerate() {
+        let socket = c.vol().socket();
+        let workers: Vec<_> = (0..2)
+            .map(|worker| {
+                let socket = socket.clone();
+                std::thread::spawn(move || {
+                    for i in 0..4 {
+                        let name = format!("crash{round}-{worker}{i}");
+                        let create = format!(r#"{{"Name":"{name}","Opts":{{"size":"320M"}}}}"#);
+                        if integration::plugins::docker_call(
+                            &socket,
+                            "VolumeDriver.Create",
+                            Some(&create),
+                        )
+                        .is_err()
+                        {
+                            return;
+                        }
+                        let mount = format!(r#"{{"Name":"{name}","ID":"m-{name}"}}"#);
+                        if integration::plugins::docker_call(
+                            &socket,
+                            "VolumeDriver.Mount",
+                            Some(&mount),
+                        )
+                        .is_err()
+                        {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(*delay));
+        c.vol().kill9()?;
+        for w in workers {
+            let _ = w.join();
+        }
+        c.vol().start()?;
+        let problems = c.vol().leftovers()?;
+        ensure!(
+            problems.is_empty(),
+            "round {round} (kill after {delay} ms): {problems:#?}\n{}",
+            c.vol().log_tail(20)
+        );
+        for v in c.vol().admin_ls()? {
+            ensure!(v["state"] == "ready", "round {round}: {v}");
+        }
+    }
+    // Every volume Docker lists works; then release and remove them all.
+    let listed = c
+        .docker
+        .ok(&["volume", "ls", "-q", "--filter", "driver=berth-vol"])?;
+    let crash: Vec<&str> = listed.lines().filter(|l| l.starts_with("crash")).collect();
+    ensure!(!crash.is_empty(), "some creates finished before the kills");
+    for name in &crash {
+        let (status, _) = c.vol().call(
+            "VolumeDriver.Unmount",
+            Some(&format!(r#"{{"Name":"{name}","ID":"m-{name}"}}"#)),
+        )?;
+        ensure!(status == 200);
+        let spec = format!("{name}:/data");
+        let out = c.run(&[
+            "-v",
+            &spec,
+            TEST_IMAGE,
+            "sh",
+            "-c",
+            "echo ok > /data/probe && cat /data/probe",
+        ])?;
+        ensure!(out == "ok", "{name}: {out}");
+        c.docker.ok(&["volume", "rm", name])?;
+    }
+    println!(
+        "    {} volumes survived the kills and were usable",
+        crash.len()
+    );
+    c.assert_no_leftovers()?;
+    let images: Vec<String> = std::fs::read_dir(c.vol().images_dir())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("crash"))
+        .collect();
+    ensure!(images.is_empty(), "every crash image removed: {images:?}");
+    Ok(())
+}
+
+fn admin_cli_table(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=2G",
+        "admin1",
+    ])?;
+    let vol = c.vol();
+    let out = std::process::Command::new(&vol.bin)
+        .args(["volume", "ls", "--admin-socket"])
+        .arg(&vol.admin_socket)
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && table.starts_with("NAME")
+            && table.contains("admin1")
+            && table.contains("2G"),
+        "{table}"
+    );
+    let out = std::process::Command::new(&vol.bin)
+        .args(["volume", "inspect", "admin1", "--admin-socket"])
+        .arg(&vol.admin_socket)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && text.contains("Backend:") && text.contains("loopfile"),
+        "{text}"
+    );
+    let out = std::process::Command::new(&vol.bin)
+        .args(["volume", "inspect", "nope", "--admin-socket"])
+        .arg(&vol.admin_socket)
+        .output()?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no such volume: nope")
+    );
+    drop(vol);
+    c.docker.ok(&["volume", "rm", "admin1"])?;
+    Ok(())
+}
+
+fn main() {
+    harness::run(
+        "volumes",
+        setup,
+        &[
+            ("raw_protocol", raw_protocol),
+            (
+                "create_with_options_and_inspect",
+                create_with_options_and_inspect,
+            ),
+            ("write_then_read_back", write_then_read_back),
+            (
+                "two_containers_share_a_volume",
+                two_containers_share_a_volume,
+            ),
+            (
+                "docker_cp_into_running_container",
+                docker_cp_into_running_container,
+            ),
+            (
+                "remove_in_use_refused_then_succeeds",
+                remove_in_use_refused_then_succeeds,
+            ),
+            (
+                "implicit_create_with_volume_driver",
+                implicit_create_with_volume_driver,
+            ),
+            (
+                "bad_names_and_options_rejected",
+                bad_names_and_options_rejected,
+            ),
+            (
+                "volplugin_restart_keeps_running_containers",
+                volplugin_restart_keeps_running_containers,
+            ),
+            (
+                "kill9_during_creates_and_mounts",
+                kill9_during_creates_and_mounts,
+            ),
+            ("admin_cli_table", admin_cli_table),
+        ],
+    )
+}
