@@ -688,6 +688,83 @@ fn admin_cli_table(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// systemd's socket activation: volplugin serves the socket it is handed on fd 3 and leaves
+/// it in place on exit (it is systemd's), so Docker's calls queue across a restart.
+fn socket_activation(c: &Ctx) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut vol = c.vol();
+    vol.stop()?;
+    let socket = vol.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new("sh");
+    // LISTEN_PID must be the daemon's own pid: sh sets it to $$ and execs in place.
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve --state-dir \"$1\" --plugin-dir /nonexistent-not-used --admin-socket \"$2\" --metrics off")
+        .arg(&vol.bin)
+        .arg(&vol.state_dir)
+        .arg(&vol.admin_socket);
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec set: clear it explicitly in that case.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut daemon = integration::Daemon::spawn("volplugin-activated", cmd, &vol.log_dir)?;
+    let outcome = (|| -> Result<()> {
+        c.docker.ok(&[
+            "volume",
+            "create",
+            "-d",
+            "berth-vol",
+            "-o",
+            "size=400M",
+            "activated1",
+        ])?;
+        let out = c.run(&[
+            "-v",
+            "activated1:/data",
+            TEST_IMAGE,
+            "sh",
+            "-c",
+            "echo via-fd3 > /data/f && cat /data/f",
+        ])?;
+        ensure!(out == "via-fd3", "{out}");
+        ensure!(
+            !std::path::Path::new("/nonexistent-not-used").exists(),
+            "no socket bound by the daemon itself"
+        );
+        Ok(())
+    })();
+    let status = daemon.stop(Duration::from_secs(30))?;
+    ensure!(
+        status.success(),
+        "exit status {status} on SIGTERM:\n{}",
+        daemon.log_tail(20)
+    );
+    ensure!(
+        socket.exists(),
+        "an activated socket is systemd's: left in place"
+    );
+    drop(listener);
+    std::fs::remove_file(&socket)?;
+    vol.start()?;
+    drop(vol);
+    outcome.map_err(|e| anyhow::anyhow!("{e:#}\n{}", daemon.log_tail(20)))?;
+    c.docker.ok(&["volume", "rm", "activated1"])?;
+    c.assert_no_leftovers()
+}
+
 fn main() {
     harness::run(
         "volumes",
@@ -728,6 +805,7 @@ fn main() {
                 kill9_during_creates_and_mounts,
             ),
             ("admin_cli_table", admin_cli_table),
+            ("socket_activation", socket_activation),
         ],
     )
 }

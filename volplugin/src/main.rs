@@ -373,3 +373,33 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example config in packaging/ lists every key with its default: uncommented, it
+    /// must parse, so docs and code cannot drift apart.
+    #[test]
+    fn packaged_example_config_parses() {
+        let example = include_str!("../../packaging/volplugin.toml");
+        let uncommented: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|rest| rest.contains(" = ")))
+            .map(|l| format!("{}\n", l.split("  #").next().unwrap_or(l).trim_end()))
+            .collect();
+        assert!(uncommented.lines().count() >= 10, "{uncommented}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("volplugin.toml");
+        std::fs::write(&path, &uncommented).unwrap();
+        let merged: ServeArgs = plugin_transport::config::merge_with_file(
+            &ServeArgs::default(),
+            Some(&path),
+            Path::new("/none"),
+        )
+        .unwrap();
+        assert_eq!(merged.default_size.as_deref(), Some("10G"));
+        assert_eq!(merged.metrics.as_deref(), Some("127.0.0.1:9474"));
+        assert_eq!(merged.log_format, Some(LogFormat::Text));
+    }
+}

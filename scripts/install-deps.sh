@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, everything Berth builds and tests with. Idempotent.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: run as root (apt-get, loop devices, mounts, dockerd need it)" >&2
+    exit 1
+fi
+
+packages=(
+    # the test and demo Docker: dockerd 20.10, containerd, runc; the image comes from busybox-static
+    docker.io containerd runc busybox-static
+    # volplugin's loopfile backend: mkfs, loop devices, mount
+    xfsprogs e2fsprogs util-linux mount
+    # netplugin / ovs-ffi: Open vSwitch (netdev datapath), namespaces, veth, offload switches
+    openvswitch-switch iproute2 ethtool
+    # build
+    gcc pkg-config ca-certificates curl procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do
+        [ -x "$d/cargo" ] && export PATH="$d:$PATH"
+    done
+fi
+command -v cargo >/dev/null 2>&1 || { echo "install-deps: no Rust toolchain (cargo) found; install rustup's stable toolchain" >&2; exit 1; }
+
+# Debian's docker.io unit may have started a system dockerd with its own bridge and iptables
+# rules on install. Tests never use it; they start their own.
+modprobe loop 2>/dev/null || true
+[ -e /dev/loop-control ] || { echo "install-deps: /dev/loop-control is missing; loop devices are needed" >&2; exit 1; }
+echo "install-deps: ok"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, lints, unit tests and the end-to-end suites
+# against a private dockerd (and, where they exist, Open vSwitch, etcd and LVM in a VM).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do [ -d "$d" ] && export PATH="$d:$PATH"; done
+
+# The demo's volplugin holds the plugin socket the tests need; stop what the demo started.
+if [ -d /run/berth-demo ]; then bash scripts/demo.sh stop; fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo build"
+cargo build --workspace --all-targets --quiet
+echo "== cargo test"
+# One test binary at a time: the end-to-end suites share /run/docker/plugins and the machine
+# has two cores.
+cargo test --workspace --no-fail-fast -- --test-threads=2
