@@ -13,7 +13,9 @@ packages=(
     # volplugin's loopfile backend: mkfs, loop devices, mount
     xfsprogs e2fsprogs util-linux mount
     # netplugin / ovs-ffi: Open vSwitch (netdev datapath), namespaces, veth, offload switches
-    openvswitch-switch iproute2 ethtool
+    openvswitch-switch iproute2 ethtool iputils-arping
+    # ovs-ffi's check that its checked-in wire definitions regenerate identically
+    openvswitch-source bindgen libclang-dev python3
     # build
     gcc pkg-config ca-certificates curl procps
 )

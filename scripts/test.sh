@@ -12,6 +12,8 @@ if [ -d /run/berth-demo ]; then bash scripts/demo.sh stop; fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== ovs-ffi wire definitions regenerate identically from OVS's headers"
+bash ovs-ffi/scripts/regen-wire.sh --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo build"
