@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod error;
 pub mod handlers;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod service;

@@ -86,7 +86,15 @@ pub struct SpecPolicy {
     pub default_fs: Filesystem,
 }
 
-pub const VALID_OPTIONS: &[&str] = &["size", "fs"];
+/// Every `-o` option a volume accepts (the limit keys are parsed by `limits`).
+pub const VALID_OPTIONS: &[&str] = &[
+    "size",
+    "fs",
+    "read_bps",
+    "write_bps",
+    "read_iops",
+    "write_iops",
+];
 
 impl SpecPolicy {
     /// Turns Docker's `Opts` into a spec; every problem names the option and the rule.
@@ -276,7 +284,10 @@ mod tests {
             .parse(&opts(&[("colour", "blue")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("colour") && err.contains("size, fs"), "{err}");
+        assert!(
+            err.contains("colour") && err.contains("size, fs, read_bps"),
+            "{err}"
+        );
         let err = p.parse(&opts(&[("size", "2T")])).unwrap_err().to_string();
         assert!(err.contains("size") && err.contains("maximum"), "{err}");
         let err = p.parse(&opts(&[("fs", "btrfs")])).unwrap_err().to_string();

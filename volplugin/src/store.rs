@@ -8,6 +8,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::VolError;
+use crate::limits::IoLimits;
 use crate::spec::VolumeSpec;
 
 const VOLUMES: TableDefinition<&str, &str> = TableDefinition::new("volumes");
@@ -33,6 +34,8 @@ pub struct VolumeRecord {
     /// Docker mount ID → how many Mounts with that ID are outstanding.
     #[serde(default)]
     pub mounts: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub limits: IoLimits,
 }
 
 impl VolumeRecord {
@@ -138,6 +141,7 @@ mod tests {
             phase: Phase::Ready,
             created_at: "2026-11-22T00:00:00Z".into(),
             mounts: BTreeMap::from([("abc".to_string(), 2)]),
+            limits: IoLimits::default(),
         };
         {
             let store = MetaStore::open(&path).unwrap();

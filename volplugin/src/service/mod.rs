@@ -11,6 +11,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Backend, BackendError};
 use crate::error::{describe_spec, VolError};
+use crate::limits::IoLimits;
 use crate::spec::{validate_name, SpecPolicy};
 use crate::store::{MetaStore, Phase, VolumeRecord};
 
@@ -33,6 +34,9 @@ pub struct VolumeInfo {
     pub device: Option<String>,
     pub mounts: u32,
     pub state: String,
+    /// Configured IO limits (absent = unlimited).
+    #[serde(flatten)]
+    pub limits: IoLimits,
 }
 
 impl VolumeInfo {
@@ -131,6 +135,7 @@ impl VolumeService {
     pub fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<(), VolError> {
         validate_name(name)?;
         let spec = self.policy.parse(opts)?;
+        let limits = IoLimits::from_options(opts)?;
         let lock = self.lock(name);
         let _guard = lock.lock().expect("volume lock");
         if let Some(existing) = self.store.get(name)? {
@@ -150,6 +155,7 @@ impl VolumeService {
             phase: Phase::Creating,
             created_at: now_rfc3339(),
             mounts: BTreeMap::new(),
+            limits,
         };
         self.store.put(&record)?;
         if let Err(e) = self.backend.provision(name, &spec) {
@@ -163,7 +169,7 @@ impl VolumeService {
             let _ = self.store.delete(name);
             return Err(e);
         }
-        info!(volume = name, spec = %describe_spec(&spec), "created");
+        info!(volume = name, spec = %describe_spec(&spec), limits = %limits.describe(), "created");
         Ok(())
     }
 
@@ -345,6 +351,7 @@ impl VolumeService {
             free_bytes: usage.as_ref().and_then(|u| u.free_bytes),
             device: attachment.map(|a| a.device),
             mounts: record.mount_count(),
+            limits: record.limits,
             state: match record.phase {
                 Phase::Creating => "creating",
                 Phase::Ready => "ready",

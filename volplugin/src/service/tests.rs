@@ -147,6 +147,7 @@ fn reconcile_rolls_back_interrupted_create() {
             phase: Phase::Creating,
             created_at: now_rfc3339(),
             mounts: Default::default(),
+            limits: Default::default(),
         })
         .unwrap();
     backend.insert_stray("half", spec.clone());
