@@ -34,11 +34,13 @@ pub fn binary(package: &str) -> Result<PathBuf> {
         bail!("cargo build -p {package} failed ({status})");
     }
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/<package>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("target directory of the test binary")?;
+    // Tests run from target/<profile>/deps/, benchmark binaries from target/<profile>/.
+    let mut dir = exe.parent().context("directory of the running binary")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir
+            .parent()
+            .context("target directory of the test binary")?;
+    }
     let path = dir.join(package);
     if !path.exists() {
         bail!("{} was not built", path.display());

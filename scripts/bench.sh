@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Benchmarks: each figure is printed next to its baseline measured in the same run.
+#   bash scripts/bench.sh [volumes] [-- extra args, e.g. --cycles 100 --size 10G]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh >/dev/null
+for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do [ -d "$d" ] && export PATH="$d:$PATH"; done
+if [ -d /run/berth-demo ]; then bash scripts/demo.sh stop; fi
+which=${1:-volumes}; shift || true
+[ "${1:-}" = "--" ] && shift
+case "$which" in
+    volumes) cargo run --release --quiet -p integration --bin bench_volumes -- "$@" ;;
+    *) echo "bench.sh: unknown benchmark $which (available: volumes)" >&2; exit 2 ;;
+esac
