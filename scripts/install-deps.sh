@@ -16,8 +16,8 @@ packages=(
     openvswitch-switch iproute2 ethtool iputils-arping
     # ovs-ffi's check that its checked-in wire definitions regenerate identically
     openvswitch-source bindgen libclang-dev python3
-    # build
-    gcc pkg-config ca-certificates curl procps
+    # build (libdevmapper-dev + libclang-dev: the devicemapper crate's bindings)
+    gcc pkg-config libdevmapper-dev ca-certificates curl procps
 )
 
 missing=()

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod config;
+pub mod docker;
 pub mod error;
 pub mod listen;
 pub mod logging;

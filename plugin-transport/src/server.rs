@@ -82,7 +82,7 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                _ = wait_for_true(&mut shutdown) => break,
+                _ = crate::shutdown::requested(&mut shutdown) => break,
             }
         }
         drop(listener);
@@ -166,9 +166,4 @@ async fn read_body(req: hyper::Request<Incoming>, limit: usize) -> Result<Bytes,
             "reading the request body: {e}"
         ))),
     }
-}
-
-async fn wait_for_true(rx: &mut watch::Receiver<bool>) {
-    // A dropped sender also means shut down: nobody is left to say otherwise.
-    let _ = rx.wait_for(|stop| *stop).await;
 }

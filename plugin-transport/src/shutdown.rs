@@ -37,3 +37,8 @@ pub fn on_signals() -> std::io::Result<(watch::Sender<bool>, watch::Receiver<boo
     });
     Ok((tx, rx))
 }
+
+/// Resolves once shutdown is requested (or nobody is left to request it).
+pub async fn requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

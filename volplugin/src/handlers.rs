@@ -7,8 +7,10 @@ use http::Method;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
 use crate::error::VolError;
+use crate::limits::{parse_limit, LIMIT_OPTIONS};
 use crate::protocol::*;
-use crate::service::{display, VolumeService};
+use crate::service::{display, LimitsChange, VolumeService};
+use crate::throttle::LimitsChanged;
 
 /// Docker waits 2 min for Create and Mount and 1 min for the rest (protocols.md §1); answer
 /// well before, so the user sees our error rather than Docker's timeout.
@@ -147,10 +149,69 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     })
 }
 
-/// The admin socket: `GET /volumes`, `GET /volumes/NAME`.
-pub fn admin_router(svc: Arc<VolumeService>) -> Router {
+/// Parses `{"write_bps": "4M", "read_iops": "max", ...}`: only the keys given change.
+fn parse_limits_change(body: &[u8]) -> Result<LimitsChange, PluginError> {
+    let map: std::collections::BTreeMap<String, String> =
+        plugin_transport::router::decode_json(body)?;
+    let mut change = LimitsChange::default();
+    for (key, value) in &map {
+        let slot = match key.as_str() {
+            "read_bps" => &mut change.read_bps,
+            "write_bps" => &mut change.write_bps,
+            "read_iops" => &mut change.read_iops,
+            "write_iops" => &mut change.write_iops,
+            other => {
+                return Err(PluginError::bad_request(format!(
+                    "unknown limit {other:?}; valid limits are: {}",
+                    LIMIT_OPTIONS.join(", ")
+                )))
+            }
+        };
+        *slot = Some(parse_limit(key, value).map_err(PluginError::from)?);
+    }
+    Ok(change)
+}
+
+/// The admin socket: `GET /volumes`, `GET /volumes/NAME`, `POST /volumes/NAME/limits`.
+/// Limit changes are passed on to the throttler, which rewrites the running containers' cgroups.
+pub fn admin_router(svc: Arc<VolumeService>, limits_changed: LimitsChanged) -> Router {
     let s = svc.clone();
+    let set = svc.clone();
     Router::new()
+        .route_prefix(Method::POST, "/volumes/", move |req: Request| {
+            let s = set.clone();
+            let limits_changed = limits_changed.clone();
+            async move {
+                let Some(name) = req
+                    .path
+                    .strip_prefix("/volumes/")
+                    .and_then(|p| p.strip_suffix("/limits"))
+                else {
+                    return Reply::error(&PluginError::not_found(format!(
+                        "unknown endpoint POST {}",
+                        req.path
+                    )));
+                };
+                let name = name.to_string();
+                let change = match parse_limits_change(&req.body) {
+                    Ok(change) => change,
+                    Err(e) => return Reply::error(&e),
+                };
+                let shown = name.clone();
+                let volume = name.clone();
+                match blocking("set-limits", &shown, FAST_OP, move || {
+                    s.set_limits(&volume, &change)
+                })
+                .await
+                {
+                    Ok(info) => {
+                        let _ = limits_changed.send(name);
+                        Reply::json(&info)
+                    }
+                    Err(e) => Reply::error(&e),
+                }
+            }
+        })
         .route(Method::GET, "/volumes", move |_req: Request| {
             let s = s.clone();
             async move {

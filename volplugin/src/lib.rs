@@ -3,6 +3,7 @@
 //! `docker volume inspect`, crash-safe metadata and ref-counted mounts.
 
 pub mod backend;
+pub mod cgroup;
 pub mod error;
 pub mod handlers;
 pub mod limits;
@@ -11,3 +12,4 @@ pub mod protocol;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod throttle;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use volplugin::backend::loopfile::LoopfileBackend;
+use volplugin::backend::lvm::{LvmConfig, LvmThinBackend};
 use volplugin::backend::Backend;
 use volplugin::service::{VolumeInfo, VolumeService};
 use volplugin::spec::{human_size, parse_size, Filesystem, SpecPolicy};
@@ -52,6 +53,25 @@ enum VolumeCommand {
     /// Show one volume in full.
     Inspect {
         name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Change a volume's IO limits, live: running containers using it follow within a second.
+    /// `0` or `max` removes a limit; limits not given stay as they are.
+    SetLimits {
+        name: String,
+        /// Read bandwidth, bytes/s with K/M/G suffixes (binary).
+        #[arg(long)]
+        read_bps: Option<String>,
+        /// Write bandwidth, bytes/s with K/M/G suffixes (binary).
+        #[arg(long)]
+        write_bps: Option<String>,
+        /// Read operations per second.
+        #[arg(long)]
+        read_iops: Option<String>,
+        /// Write operations per second.
+        #[arg(long)]
+        write_iops: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -102,6 +122,16 @@ struct ServeArgs {
     /// LVM thin pool in --vg (lvm-thin).
     #[arg(long)]
     thin_pool: Option<String>,
+    /// lvm-thin: refuse new volumes while the pool's data is fuller than this. [default: 80]
+    #[arg(long)]
+    pool_data_max_percent: Option<f64>,
+    /// lvm-thin: refuse new volumes while the pool's metadata is fuller than this. [default: 80]
+    #[arg(long)]
+    pool_metadata_max_percent: Option<f64>,
+    /// lvm-thin: refuse new volumes that would make the thin LVs' total size pass this multiple
+    /// of the pool's data size (e.g. 4). [default: no cap]
+    #[arg(long)]
+    max_overcommit: Option<f64>,
     /// Where volumes are mounted, one directory per volume. [default: <state-dir>/mounts]
     #[arg(long)]
     mount_root: Option<PathBuf>,
@@ -114,6 +144,10 @@ struct ServeArgs {
     /// Filesystem of volumes created without -o fs: xfs or ext4. [default: xfs]
     #[arg(long)]
     default_fs: Option<String>,
+    /// Docker's API socket, watched in the background to apply IO limits to the containers
+    /// that mount a volume. [default: /var/run/docker.sock]
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,6 +162,22 @@ fn main() -> anyhow::Result<()> {
         Command::Volume(VolumeCommand::Ls(admin)) => runtime.block_on(volume_ls(admin)),
         Command::Volume(VolumeCommand::Inspect { name, admin }) => {
             runtime.block_on(volume_inspect(&name, admin))
+        }
+        Command::Volume(VolumeCommand::SetLimits {
+            name,
+            read_bps,
+            write_bps,
+            read_iops,
+            write_iops,
+            admin,
+        }) => {
+            let limits = [
+                ("read_bps", read_bps),
+                ("write_bps", write_bps),
+                ("read_iops", read_iops),
+                ("write_iops", write_iops),
+            ];
+            runtime.block_on(volume_set_limits(&name, &limits, admin))
         }
     }
 }
@@ -200,7 +250,18 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
             Arc::new(LoopfileBackend::new(state_dir.join("images")).context("loopfile backend")?)
         }
         "lvm-thin" => {
-            bail!("--backend lvm-thin is not available in this release yet; use loopfile")
+            let (Some(vg), Some(pool)) = (args.vg.as_deref(), args.thin_pool.as_deref()) else {
+                bail!("--backend lvm-thin needs --vg VG and --thin-pool POOL (a pool made with lvcreate --type thin-pool)");
+            };
+            let mut cfg = LvmConfig::new(vg, pool, state_dir.join("scratch"));
+            cfg.data_max_percent = args.pool_data_max_percent.unwrap_or(cfg.data_max_percent);
+            cfg.metadata_max_percent = args
+                .pool_metadata_max_percent
+                .unwrap_or(cfg.metadata_max_percent);
+            cfg.max_overcommit = args.max_overcommit;
+            let backend = LvmThinBackend::new(cfg).context("--backend lvm-thin")?;
+            backend.check_pool().context("--backend lvm-thin")?;
+            Arc::new(backend)
         }
         other => bail!("--backend {other:?} is not one of: loopfile, lvm-thin"),
     };
@@ -236,8 +297,22 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let plugin = Server::new("plugin", volplugin::handlers::plugin_router(svc.clone()))
         .with_metrics(metrics.requests.clone());
     tasks.spawn(plugin.serve(plugin_listener, shutdown.clone()));
-    let admin = Server::new("admin", volplugin::handlers::admin_router(svc.clone()))
-        .with_metrics(metrics.requests.clone());
+    let (limits_tx, limits_rx) = tokio::sync::mpsc::unbounded_channel();
+    let docker_socket = args
+        .docker_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
+    let throttler = volplugin::throttle::Throttler::new(
+        svc.clone(),
+        plugin_transport::docker::DockerClient::new(&docker_socket),
+        volplugin::cgroup::CgroupFs::default(),
+    );
+    tasks.spawn(throttler.run(limits_rx, shutdown.clone()));
+    let admin = Server::new(
+        "admin",
+        volplugin::handlers::admin_router(svc.clone(), limits_tx),
+    )
+    .with_metrics(metrics.requests.clone());
     tasks.spawn(admin.serve(admin_listener, shutdown.clone()));
     match args.metrics.as_deref().unwrap_or("127.0.0.1:9474") {
         "off" => {}
@@ -251,6 +326,43 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     info!(socket = %plugin_path.display(), admin = %admin_socket.display(), backend = svc.backend_kind(), "volplugin serving");
     while tasks.join_next().await.is_some() {}
     info!("volplugin stopped");
+    Ok(())
+}
+
+async fn volume_set_limits(
+    name: &str,
+    limits: &[(&str, Option<String>)],
+    admin: AdminArgs,
+) -> anyhow::Result<()> {
+    volplugin::spec::validate_name(name)?;
+    let change: serde_json::Map<String, serde_json::Value> = limits
+        .iter()
+        .filter_map(|(key, value)| {
+            value
+                .as_ref()
+                .map(|v| (key.to_string(), serde_json::Value::String(v.clone())))
+        })
+        .collect();
+    if change.is_empty() {
+        bail!("nothing to change: give at least one of --read-bps, --write-bps, --read-iops, --write-iops");
+    }
+    let (status, body) = plugin_transport::client::request(
+        &admin.admin_socket,
+        Method::POST,
+        &format!("/volumes/{name}/limits"),
+        Some(serde_json::to_vec(&change)?),
+        Duration::from_secs(60),
+    )
+    .await?;
+    if status != StatusCode::OK {
+        bail!("{}", plugin_transport::client::error_message(&body));
+    }
+    let info: VolumeInfo = serde_json::from_slice(&body).context("decoding the daemon's answer")?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!("{}: limits now {}", info.name, info.limits.describe());
+    }
     Ok(())
 }
 

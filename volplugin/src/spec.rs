@@ -94,6 +94,8 @@ pub const VALID_OPTIONS: &[&str] = &[
     "write_bps",
     "read_iops",
     "write_iops",
+    // -o from=SOURCE: a clone of SOURCE (handled by the service; the spec is SOURCE's).
+    "from",
 ];
 
 impl SpecPolicy {

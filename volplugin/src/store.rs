@@ -36,6 +36,9 @@ pub struct VolumeRecord {
     pub mounts: BTreeMap<String, u32>,
     #[serde(default)]
     pub limits: IoLimits,
+    /// The volume this one was cloned from (`-o from=`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl VolumeRecord {
@@ -142,6 +145,7 @@ mod tests {
             created_at: "2026-11-22T00:00:00Z".into(),
             mounts: BTreeMap::from([("abc".to_string(), 2)]),
             limits: IoLimits::default(),
+            from: None,
         };
         {
             let store = MetaStore::open(&path).unwrap();

@@ -1,18 +1,18 @@
 //! The single-host default: a sparse image file per volume under the state dir, formatted
 //! with a real filesystem, attached to a loop device only while mounted.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::mount::{MntFlags, MsFlags};
-
-use super::{fs_usage, loopdev, mountinfo, Attachment, Backend, BackendError, Usage};
+use super::{fs_usage, fsops, loopdev, mountinfo, Attachment, Backend, BackendError, Usage};
 use crate::spec::{Filesystem, VolumeSpec};
 
 pub struct LoopfileBackend {
     images: PathBuf,
+    /// Temporary mount points (log replay of XFS clones), beside the images.
+    scratch: PathBuf,
 }
 
 const SUFFIX: &str = ".img";
@@ -28,35 +28,13 @@ impl LoopfileBackend {
         let images = images
             .canonicalize()
             .map_err(BackendError::io(format!("resolve {}", images.display())))?;
-        Ok(Self { images })
+        let scratch = images.with_file_name("scratch");
+        Ok(Self { images, scratch })
     }
 
     /// The image of a volume. `name` has been validated: no `/`, no leading `.`.
     pub fn image(&self, name: &str) -> PathBuf {
         self.images.join(format!("{name}{SUFFIX}"))
-    }
-}
-
-fn run(command: &mut Command) -> Result<(), BackendError> {
-    let output = command
-        .output()
-        .map_err(BackendError::io(format!("run {command:?}")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(BackendError::Command {
-        command: format!("{command:?}"),
-        status: output.status.to_string(),
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-    })
-}
-
-/// mkfs on the image file itself: no loop device needed until the first mount.
-fn mkfs(fs: Filesystem, image: &Path) -> Result<(), BackendError> {
-    match fs {
-        Filesystem::Xfs => run(Command::new("mkfs.xfs").arg("-q").arg(image)),
-        // -F: it is a regular file, not a block device, and that is intended.
-        Filesystem::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image)),
     }
 }
 
@@ -67,25 +45,11 @@ impl Backend for LoopfileBackend {
 
     fn provision(&self, name: &str, spec: &VolumeSpec) -> Result<(), BackendError> {
         let image = self.image(name);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&image)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    BackendError::Refused(format!(
-                        "{} already exists but belongs to no volume; move it away to reuse the name",
-                        image.display()
-                    ))
-                } else {
-                    BackendError::io(format!("create {}", image.display()))(e)
-                }
-            })?;
+        let file = self.create_image(&image)?;
         let result = file
             .set_len(spec.size_bytes)
             .map_err(BackendError::io(format!("size {}", image.display())))
-            .and_then(|()| mkfs(spec.fs, &image))
+            .and_then(|()| fsops::mkfs(spec.fs, &image))
             .and_then(|()| {
                 file.sync_all()
                     .map_err(BackendError::io(format!("fsync {}", image.display())))
@@ -134,21 +98,8 @@ impl Backend for LoopfileBackend {
         }
         let image = self.image(name);
         let dev = loopdev::attach(&image)?;
-        nix::mount::mount(
-            Some(&dev.path),
-            target,
-            Some(spec.fs.as_str()),
-            MsFlags::MS_NOATIME,
-            None::<&str>,
-        )
-        .map_err(|e| {
-            BackendError::io(format!(
-                "mount {} ({}) on {}",
-                dev.path.display(),
-                image.display(),
-                target.display()
-            ))(e.into())
-        })?;
+        fsops::mount(&dev.path, target, spec.fs, None)
+            .map_err(|e| BackendError::Refused(format!("{e} (image {})", image.display())))?;
         let attachment = Attachment {
             source: dev.path.display().to_string(),
             device: dev.device(),
@@ -162,27 +113,7 @@ impl Backend for LoopfileBackend {
         if self.attachment(name, target)?.is_none() {
             return self.release_image_devices(name);
         }
-        // A process that still has a file open (a `docker cp` finishing) makes umount EBUSY for
-        // a moment: retry briefly, as Docker's own drivers do.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match nix::mount::umount2(target, MntFlags::empty()) {
-                Ok(()) => break,
-                Err(nix::errno::Errno::EINVAL)
-                    if mountinfo::find(target).ok().flatten().is_none() =>
-                {
-                    break
-                }
-                Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(e) => {
-                    return Err(BackendError::io(format!("unmount {}", target.display()))(
-                        e.into(),
-                    ))
-                }
-            }
-        }
+        fsops::unmount(target)?;
         self.release_image_devices(name)
     }
 
@@ -218,6 +149,41 @@ impl Backend for LoopfileBackend {
         Ok(usage)
     }
 
+    fn clone_volume(
+        &self,
+        name: &str,
+        source: &str,
+        spec: &VolumeSpec,
+    ) -> Result<(), BackendError> {
+        let from = self.image(source);
+        let image = self.image(name);
+        let source_file = std::fs::File::open(&from).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                BackendError::Refused(format!(
+                    "the image of {source} ({}) is missing",
+                    from.display()
+                ))
+            } else {
+                BackendError::io(format!("open {}", from.display()))(e)
+            }
+        })?;
+        let file = self.create_image(&image)?;
+        let result = reflink(&source_file, &file, &self.images)
+            .and_then(|()| match spec.fs {
+                Filesystem::Xfs => self.fresh_uuid(name, &image),
+                // ext4 mounts fine with a duplicate UUID.
+                Filesystem::Ext4 => Ok(()),
+            })
+            .and_then(|()| {
+                file.sync_all()
+                    .map_err(BackendError::io(format!("fsync {}", image.display())))
+            });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&image);
+        }
+        result
+    }
+
     fn release_stray_devices(&self) -> Result<Vec<String>, BackendError> {
         let mounted: Vec<String> = mountinfo::read()
             .map_err(BackendError::io("read /proc/self/mountinfo"))?
@@ -236,7 +202,73 @@ impl Backend for LoopfileBackend {
     }
 }
 
+/// FICLONE = _IOW(0x94, 9, int): the destination shares the source's extents (copy on write).
+const FICLONE: libc::c_ulong = 0x4004_9409;
+
+/// Clones `from` into `to` by reflink: O(1) whatever the data size, or a clear refusal where
+/// the filesystem under `dir` cannot share extents (ext4, tmpfs, XFS without reflink).
+fn reflink(from: &std::fs::File, to: &std::fs::File, dir: &Path) -> Result<(), BackendError> {
+    // SAFETY: FICLONE takes the source fd as its argument and touches no memory of ours.
+    let rc = unsafe { libc::ioctl(to.as_raw_fd(), FICLONE as _, from.as_raw_fd()) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS) => {
+            Err(BackendError::Refused(format!(
+                "-o from= on the loopfile backend clones by reflink, and the filesystem under {} \
+                 cannot reflink ({err}); put --state-dir on XFS with reflink=1 or on btrfs, or use \
+                 the lvm-thin backend",
+                dir.display()
+            )))
+        }
+        _ => Err(BackendError::io(format!("reflink into {}", dir.display()))(
+            err,
+        )),
+    }
+}
+
 impl LoopfileBackend {
+    fn create_image(&self, image: &Path) -> Result<std::fs::File, BackendError> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(image)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    BackendError::Refused(format!(
+                        "{} already exists but belongs to no volume; move it away to reuse the name",
+                        image.display()
+                    ))
+                } else {
+                    BackendError::io(format!("create {}", image.display()))(e)
+                }
+            })
+    }
+
+    /// A reflinked XFS image carries its source's UUID. xfs_admin works on the file when the
+    /// log is clean; a clone of a mounted source needs its log replayed on a loop device first.
+    fn fresh_uuid(&self, name: &str, image: &Path) -> Result<(), BackendError> {
+        let direct = fsops::run_bounded(
+            std::process::Command::new("xfs_admin")
+                .args(["-U", "generate"])
+                .arg(image),
+            fsops::TOOL_TIMEOUT,
+        );
+        // xfs_db exits 0 even when it refuses a dirty log: success is its "new UUID" line.
+        if direct.is_ok_and(|out| out.contains("new UUID")) {
+            return Ok(());
+        }
+        let dev = loopdev::attach(image)?;
+        let scratch = self.scratch.join(name);
+        let result = fsops::fresh_xfs_uuid(&dev.path, &scratch);
+        // Autoclear detaches the device once our handle closes (nothing mounts it now).
+        dev.release();
+        result
+    }
+
     /// After an unmount, autoclear detaches the loop device; the kernel may finish that a
     /// moment later. Wait briefly, then detach explicitly what is still attached.
     fn release_image_devices(&self, name: &str) -> Result<(), BackendError> {

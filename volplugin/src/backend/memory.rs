@@ -28,7 +28,7 @@ impl MemoryBackend {
     }
 
     /// Makes the next `times` calls of `operation` (`provision`, `deprovision`, `mount`,
-    /// `unmount`) fail.
+    /// `unmount`, `clone`) fail.
     pub fn fail_next(&self, operation: &'static str, times: u32) {
         self.failures.lock().unwrap().insert(operation, times);
     }
@@ -165,5 +165,36 @@ impl Backend for MemoryBackend {
 
     fn release_stray_devices(&self) -> Result<Vec<String>, BackendError> {
         Ok(Vec::new())
+    }
+
+    fn clone_volume(
+        &self,
+        name: &str,
+        source: &str,
+        spec: &VolumeSpec,
+    ) -> Result<(), BackendError> {
+        self.injected("clone")?;
+        let mut volumes = self.volumes.lock().unwrap();
+        if !volumes.contains_key(source) {
+            return Err(BackendError::Refused(format!("no storage for {source}")));
+        }
+        if volumes.contains_key(name) {
+            return Err(BackendError::Refused(format!(
+                "storage for {name} already exists but belongs to no volume"
+            )));
+        }
+        volumes.insert(
+            name.to_string(),
+            SimVolume {
+                spec: spec.clone(),
+                mounted_at: None,
+                minor: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn status_extra(&self, _name: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        std::collections::BTreeMap::from([("pool".to_string(), serde_json::json!("sim/pool"))])
     }
 }

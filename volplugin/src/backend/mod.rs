@@ -1,12 +1,18 @@
 //! Where volumes live. The service sees only the `Backend` trait; `loopfile` is the real
-//! single-host implementation, `memory` the simulator the unit tests run on.
+//! single-host implementation, `lvm` the fleet one (thin LVs in an LVM thin pool), `memory`
+//! the simulator the unit tests run on. `fsops` holds what the real ones share (mkfs, mount,
+//! commands with a time limit).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::spec::VolumeSpec;
 
+pub mod dmstatus;
+pub mod fsops;
 pub mod loopdev;
 pub mod loopfile;
+pub mod lvm;
 pub mod memory;
 pub mod mountinfo;
 
@@ -87,6 +93,65 @@ pub trait Backend: Send + Sync {
 
     /// Releases devices of ours that no mount uses (left by a crash); returns what it released.
     fn release_stray_devices(&self) -> Result<Vec<String>, BackendError>;
+
+    /// Makes `name` a writable copy of `source` (same `spec`), in O(1) where the storage
+    /// allows. Like `provision`: existing storage for `name` is refused, and on failure
+    /// nothing is left behind.
+    fn clone_volume(
+        &self,
+        name: &str,
+        source: &str,
+        spec: &VolumeSpec,
+    ) -> Result<(), BackendError> {
+        let _ = (name, spec);
+        Err(BackendError::Refused(format!(
+            "the {} backend cannot clone volumes (-o from={source})",
+            self.kind()
+        )))
+    }
+
+    /// Backend-specific figures added to the volume's Status (LV, pool fill and mode, ...).
+    /// Never fails: what cannot be read is left out.
+    fn status_extra(&self, name: &str) -> BTreeMap<String, serde_json::Value> {
+        let _ = name;
+        BTreeMap::new()
+    }
+
+    /// Fill of the pools volumes are carved from (none for loop files).
+    fn pools(&self) -> Vec<PoolFigures> {
+        Vec::new()
+    }
+}
+
+/// The keys `status_extra` may return. Status is flat (one JSON object), so reading it back
+/// (the admin CLI) keeps only these: the other keys belong to other fields.
+pub const STATUS_KEYS: &[&str] = &[
+    "lv",
+    "pool",
+    "pool_data_percent",
+    "pool_metadata_percent",
+    "pool_mode",
+];
+
+/// Deserializes the backend's part of a flat Status object.
+pub fn status_keys<'de, D>(d: D) -> Result<BTreeMap<String, serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let mut map: BTreeMap<String, serde_json::Value> = serde::Deserialize::deserialize(d)?;
+    map.retain(|k, _| STATUS_KEYS.contains(&k.as_str()));
+    Ok(map)
+}
+
+/// One pool's fill, for Status and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolFigures {
+    /// `VG/POOL`.
+    pub pool: String,
+    pub data_percent: f64,
+    pub metadata_percent: f64,
+    /// rw, ro, out_of_data_space, needs_check, fail.
+    pub mode: String,
 }
 
 /// statvfs of a mounted filesystem: (used, free for unprivileged users).

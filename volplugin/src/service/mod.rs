@@ -37,6 +37,50 @@ pub struct VolumeInfo {
     /// Configured IO limits (absent = unlimited).
     #[serde(flatten)]
     pub limits: IoLimits,
+    /// IO the containers using the volume do now, from their cgroups' statistics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed: Option<ObservedIo>,
+    /// The volume this one was cloned from (`-o from=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// What the backend adds (lvm-thin: lv, pool, pool_data_percent, pool_metadata_percent,
+    /// pool_mode), flat in Status like the rest.
+    #[serde(flatten, default, deserialize_with = "crate::backend::status_keys")]
+    pub backend_status: BTreeMap<String, serde_json::Value>,
+}
+
+/// Rates measured over the last sampling interval, summed over the containers using a volume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedIo {
+    pub read_bytes_per_second: u64,
+    pub write_bytes_per_second: u64,
+    pub read_iops: u64,
+    pub write_iops: u64,
+    pub containers: u32,
+}
+
+/// A change of limits: `None` leaves a limit as it is, `Some(None)` removes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsChange {
+    pub read_bps: Option<Option<u64>>,
+    pub write_bps: Option<Option<u64>>,
+    pub read_iops: Option<Option<u64>>,
+    pub write_iops: Option<Option<u64>>,
+}
+
+impl LimitsChange {
+    pub fn apply_to(&self, limits: &mut IoLimits) {
+        for (change, slot) in [
+            (self.read_bps, &mut limits.read_bps),
+            (self.write_bps, &mut limits.write_bps),
+            (self.read_iops, &mut limits.read_iops),
+            (self.write_iops, &mut limits.write_iops),
+        ] {
+            if let Some(value) = change {
+                *slot = value;
+            }
+        }
+    }
 }
 
 impl VolumeInfo {
@@ -71,6 +115,7 @@ pub struct VolumeService {
     policy: SpecPolicy,
     mount_root: PathBuf,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    observed: Mutex<HashMap<String, ObservedIo>>,
 }
 
 fn now_rfc3339() -> String {
@@ -97,6 +142,7 @@ impl VolumeService {
             policy,
             mount_root,
             locks: Mutex::new(HashMap::new()),
+            observed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -134,6 +180,9 @@ impl VolumeService {
 
     pub fn create(&self, name: &str, opts: &BTreeMap<String, String>) -> Result<(), VolError> {
         validate_name(name)?;
+        if let Some(source) = opts.get("from") {
+            return self.create_clone(name, source, opts);
+        }
         let spec = self.policy.parse(opts)?;
         let limits = IoLimits::from_options(opts)?;
         let lock = self.lock(name);
@@ -156,6 +205,7 @@ impl VolumeService {
             created_at: now_rfc3339(),
             mounts: BTreeMap::new(),
             limits,
+            from: None,
         };
         self.store.put(&record)?;
         if let Err(e) = self.backend.provision(name, &spec) {
@@ -171,6 +221,96 @@ impl VolumeService {
         }
         info!(volume = name, spec = %describe_spec(&spec), limits = %limits.describe(), "created");
         Ok(())
+    }
+
+    /// `-o from=SOURCE`: the new volume is a writable copy of SOURCE (a thin snapshot on
+    /// lvm-thin, a reflink on loopfile), with SOURCE's size and filesystem. Crash-safe like
+    /// create: the Creating record (with its source) comes first and is rolled back at start.
+    fn create_clone(
+        &self,
+        name: &str,
+        source: &str,
+        opts: &BTreeMap<String, String>,
+    ) -> Result<(), VolError> {
+        let bad = |why: String| VolError::InvalidOption {
+            option: "from".into(),
+            why,
+        };
+        validate_name(source).map_err(|e| bad(e.to_string()))?;
+        if source == name {
+            return Err(bad("a volume cannot be cloned from itself".into()));
+        }
+        // Unknown options and bad values are refused as for any create.
+        let asked = self.policy.parse(opts)?;
+        let limits = IoLimits::from_options(opts)?;
+        // Both volumes are locked, in name order so that two clones cannot deadlock.
+        let (first, second) = if name < source {
+            (name, source)
+        } else {
+            (source, name)
+        };
+        let (lock_a, lock_b) = (self.lock(first), self.lock(second));
+        let _guard_a = lock_a.lock().expect("volume lock");
+        let _guard_b = lock_b.lock().expect("volume lock");
+        let origin = match self.store.get(source)? {
+            Some(r) if r.phase == Phase::Ready => r,
+            _ => return Err(bad(format!("no such volume: {source}"))),
+        };
+        let spec = origin.spec.clone();
+        if opts.contains_key("size") && asked.size_bytes != spec.size_bytes {
+            return Err(VolError::InvalidOption {
+                option: "size".into(),
+                why: format!(
+                    "a clone has the size of its source {source} ({}); leave size out",
+                    crate::spec::human_size(spec.size_bytes)
+                ),
+            });
+        }
+        if opts.contains_key("fs") && asked.fs != spec.fs {
+            return Err(VolError::InvalidOption {
+                option: "fs".into(),
+                why: format!(
+                    "a clone has the filesystem of its source {source} ({}); leave fs out",
+                    spec.fs.as_str()
+                ),
+            });
+        }
+        if let Some(existing) = self.store.get(name)? {
+            if existing.from.as_deref() == Some(source) && existing.spec == spec {
+                return Ok(());
+            }
+            return Err(VolError::Conflict {
+                name: name.into(),
+                existing: describe_spec(&existing.spec),
+            });
+        }
+        let mut record = VolumeRecord {
+            name: name.to_string(),
+            spec: spec.clone(),
+            phase: Phase::Creating,
+            created_at: now_rfc3339(),
+            mounts: BTreeMap::new(),
+            limits,
+            from: Some(source.to_string()),
+        };
+        self.store.put(&record)?;
+        if let Err(e) = self.backend.clone_volume(name, source, &spec) {
+            self.store.delete(name)?;
+            return Err(VolError::backend("clone", name, e));
+        }
+        record.phase = Phase::Ready;
+        if let Err(e) = self.store.put(&record) {
+            let _ = self.backend.deprovision(name);
+            let _ = self.store.delete(name);
+            return Err(e);
+        }
+        info!(volume = name, from = source, spec = %describe_spec(&spec), "cloned");
+        Ok(())
+    }
+
+    /// Fill of the backend's pools (for metrics).
+    pub fn pools(&self) -> Vec<crate::backend::PoolFigures> {
+        self.backend.pools()
     }
 
     pub fn remove(&self, name: &str) -> Result<(), VolError> {
@@ -282,6 +422,23 @@ impl VolumeService {
         Ok(())
     }
 
+    /// Changes a volume's IO limits; the caller pushes them to the running containers.
+    pub fn set_limits(&self, name: &str, change: &LimitsChange) -> Result<VolumeInfo, VolError> {
+        validate_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().expect("volume lock");
+        let mut record = self.ready_record(name)?;
+        change.apply_to(&mut record.limits);
+        self.store.put(&record)?;
+        info!(volume = name, limits = %record.limits.describe(), "limits changed");
+        Ok(self.info(&record))
+    }
+
+    /// What the IO throttler measured, per volume; replaces the previous figures.
+    pub fn record_observed(&self, observed: HashMap<String, ObservedIo>) {
+        *self.observed.lock().expect("observed lock") = observed;
+    }
+
     fn ready_record(&self, name: &str) -> Result<VolumeRecord, VolError> {
         match self.store.get(name)? {
             Some(record) if record.phase == Phase::Ready => Ok(record),
@@ -352,6 +509,14 @@ impl VolumeService {
             device: attachment.map(|a| a.device),
             mounts: record.mount_count(),
             limits: record.limits,
+            observed: self
+                .observed
+                .lock()
+                .expect("observed lock")
+                .get(&record.name)
+                .copied(),
+            from: record.from.clone(),
+            backend_status: self.backend.status_extra(&record.name),
             state: match record.phase {
                 Phase::Creating => "creating",
                 Phase::Ready => "ready",
@@ -438,5 +603,7 @@ pub fn display(path: Option<&Path>) -> String {
     path.map(|p| p.display().to_string()).unwrap_or_default()
 }
 
+#[cfg(test)]
+mod clone_tests;
 #[cfg(test)]
 mod tests;

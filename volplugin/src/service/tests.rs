@@ -148,6 +148,7 @@ fn reconcile_rolls_back_interrupted_create() {
             created_at: now_rfc3339(),
             mounts: Default::default(),
             limits: Default::default(),
+            from: None,
         })
         .unwrap();
     backend.insert_stray("half", spec.clone());

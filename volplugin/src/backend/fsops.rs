@@ -1,0 +1,219 @@
+//! What every block-device backend does the same way: run a tool with a time limit, make a
+//! filesystem, mount and unmount it, give a cloned XFS a fresh UUID.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use super::{mountinfo, BackendError};
+use crate::spec::Filesystem;
+
+/// mkfs, xfs_admin and the like finish in seconds; this bound keeps a hung tool from hanging
+/// Docker (whose own limit is 2 min for Create).
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `command` (never through a shell) and returns its stdout; fails with its stderr on a
+/// non-zero exit, and kills it when `timeout` passes.
+pub fn run_bounded(command: &mut Command, timeout: Duration) -> Result<String, BackendError> {
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("LC_ALL", "C")
+        .spawn()
+        .map_err(BackendError::io(format!("run {shown}")))?;
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    // Readers send what they got at EOF; a daemon the tool started (dmeventd) that kept the
+    // pipe open must not hang us, so their results are awaited with a bound too.
+    let (out_tx, out_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        let _ = out_tx.send(buf);
+    });
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        let _ = err_tx.send(buf);
+    });
+    // A waiter thread reaps the child; this thread only waits on the channel, so the caller
+    // sees the exit at once (no polling delay) or the timeout.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(timeout) {
+        Ok(status) => status.map_err(BackendError::io(format!("wait for {shown}")))?,
+        Err(_) => {
+            // Not reaped yet (the waiter would have sent), so the pid is still the child's.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+            return Err(BackendError::Command {
+                command: shown,
+                status: format!("killed after {} s", timeout.as_secs()),
+                stderr: "the command did not finish in time".into(),
+            });
+        }
+    };
+    let out = out_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_default();
+    let err = err_rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_default();
+    if status.success() {
+        return Ok(String::from_utf8_lossy(&out).into_owned());
+    }
+    Err(BackendError::Command {
+        command: shown,
+        status: status.to_string(),
+        stderr: String::from_utf8_lossy(&err).trim().to_string(),
+    })
+}
+
+/// Makes the filesystem on `target`, a block device or (for loopfile) an image file. Discard
+/// is skipped: the storage is fresh (a sparse file, a new thin LV) and reads zeros already.
+pub fn mkfs(fs: Filesystem, target: &Path) -> Result<(), BackendError> {
+    let mut command = match fs {
+        Filesystem::Xfs => {
+            let mut c = Command::new("mkfs.xfs");
+            c.args(["-q", "-K"]);
+            c
+        }
+        Filesystem::Ext4 => {
+            let mut c = Command::new("mkfs.ext4");
+            // -F: an image file is not a block device, and that is intended.
+            c.args(["-q", "-F", "-E", "nodiscard"]);
+            c
+        }
+    };
+    run_bounded(command.arg(target), TOOL_TIMEOUT).map(drop)
+}
+
+/// Mounts `device` (a block device) on `target` with `fs`; `data` is the filesystem's own
+/// option string (e.g. `nouuid`).
+pub fn mount(
+    device: &Path,
+    target: &Path,
+    fs: Filesystem,
+    data: Option<&str>,
+) -> Result<(), BackendError> {
+    nix::mount::mount(
+        Some(device),
+        target,
+        Some(fs.as_str()),
+        MsFlags::MS_NOATIME,
+        data,
+    )
+    .map_err(|e| {
+        BackendError::io(format!(
+            "mount {} on {}",
+            device.display(),
+            target.display()
+        ))(e.into())
+    })
+}
+
+/// Unmounts `target`; not mounted is success. A process that still has a file open (a
+/// `docker cp` finishing) makes umount EBUSY for a moment: retry briefly, as Docker's own
+/// drivers do.
+pub fn unmount(target: &Path) -> Result<(), BackendError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match nix::mount::umount2(target, MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT)
+                if mountinfo::find(target).ok().flatten().is_none() =>
+            {
+                return Ok(())
+            }
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => {
+                return Err(BackendError::io(format!("unmount {}", target.display()))(
+                    e.into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Gives the XFS on `device` (a clone, so it carries its source's UUID) a new UUID, so both
+/// can be mounted at once without `nouuid`. A clone of a mounted source has a dirty log, which
+/// xfs_admin refuses: the log is then replayed by mounting once with `nouuid` under `scratch`.
+pub fn fresh_xfs_uuid(device: &Path, scratch: &Path) -> Result<(), BackendError> {
+    // xfs_db exits 0 even when it refuses a dirty log: success is its "new UUID" line.
+    let generate = || -> Result<(), BackendError> {
+        let out = run_bounded(
+            Command::new("xfs_admin")
+                .args(["-U", "generate"])
+                .arg(device),
+            TOOL_TIMEOUT,
+        )?;
+        if out.contains("new UUID") {
+            Ok(())
+        } else {
+            Err(BackendError::Refused(format!(
+                "xfs_admin -U generate {} did not set a new UUID: {}",
+                device.display(),
+                out.trim()
+            )))
+        }
+    };
+    if generate().is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(scratch)
+        .map_err(BackendError::io(format!("create {}", scratch.display())))?;
+    mount(device, scratch, Filesystem::Xfs, Some("nouuid"))?;
+    let unmounted = unmount(scratch);
+    let _ = std::fs::remove_dir(scratch);
+    unmounted?;
+    generate()
+}
+
+/// `MAJ:MIN` of a block device node, from stat (no fork, no ioctl).
+pub fn device_number(node: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(node)?.rdev();
+    Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_commands() {
+        assert_eq!(
+            run_bounded(Command::new("sh").args(["-c", "echo hi"]), TOOL_TIMEOUT).unwrap(),
+            "hi\n"
+        );
+        let err = run_bounded(
+            Command::new("sh").args(["-c", "echo nope >&2; exit 3"]),
+            TOOL_TIMEOUT,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("nope") && err.contains('3'), "{err}");
+        let t = Instant::now();
+        let err = run_bounded(Command::new("sleep").arg("30"), Duration::from_millis(200))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not finish"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(run_bounded(&mut Command::new("/nonexistent/tool"), TOOL_TIMEOUT).is_err());
+    }
+}
