@@ -91,8 +91,6 @@ fn crash_mid_clone_is_rolled_back_at_start() {
     let (svc, backend) = service();
     svc.create("src", &opts(&[])).unwrap();
     // What a crash after lvcreate -s and before the Ready record leaves behind.
-    let spec = svc.get("src").map(|_| ()).unwrap();
-    let _ = spec;
     let record = VolumeRecord {
         name: "half".into(),
         spec: crate::spec::VolumeSpec {
