@@ -12,6 +12,8 @@
 
 pub mod docker;
 pub mod harness;
+pub mod netplugin;
+pub mod ovs;
 pub mod plugins;
 pub mod procs;
 

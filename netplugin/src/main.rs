@@ -1,16 +1,38 @@
-//! netplugin: Berth's libnetwork remote network + IPAM driver on Open vSwitch.
-//!
-//! The drivers are built by the netplugin issue; this binary already parses the public
-//! command line of DESIGN.md so packaging and docs can rely on it.
+//! `netplugin serve` runs the daemon; every other subcommand is an admin command that talks to
+//! it over the admin socket.
 
-use anyhow::bail;
-use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use http::{Method, StatusCode};
+use plugin_transport::listen::{bind_tcp, bind_unix, plugin_listener};
+use plugin_transport::logging::LogFormat;
+use plugin_transport::metrics::Metrics;
+use plugin_transport::server::Server;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use netplugin::dataplane::ovs::{resolve_datapath, OvsConfig, OvsDataplane};
+use netplugin::dataplane::Dataplane;
+use netplugin::ipam::{Ipam, IpamConfig};
+use netplugin::ipnet::Ipv4Net;
+use netplugin::network::{EndpointView, NetConfig, NetworkView, PoolView, Service};
+use netplugin::state::{short, State};
+use netplugin::store::redb::RedbStore;
+use netplugin::store::{Store, StoreError};
+
+const DEFAULT_CONFIG: &str = "/etc/berth/netplugin.toml";
+const DEFAULT_ADMIN_SOCKET: &str = "/run/berth/netplugin.sock";
+const PLUGIN_NAME: &str = "berth-net";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "netplugin",
     version,
-    about = "Berth network + IPAM Docker plugin on Open vSwitch"
+    about = "Berth network + IPAM Docker plugin on Open vSwitch VLAN ports"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,15 +41,618 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the daemon (not implemented yet).
-    Serve,
+    /// Run the plugin daemon (NetworkDriver + IpamDriver on <plugin-dir>/berth-net.sock).
+    Serve(Box<ServeArgs>),
+    /// Networks known to the plugin.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Endpoints (one per container and network).
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// IPAM pools and who holds which address.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Re-assert the datapath now (bridge, flows, ports); prints what was fixed.
+    Reconcile(AdminArgs),
+    /// Endpoint setup latencies, OVS connection, store and datapath in use.
+    Stats(AdminArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCommand {
+    /// List networks: VLAN, subnet, gateway, MTU, endpoints.
+    Ls(AdminArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCommand {
+    /// List endpoints with address, MAC, interfaces and OVS port state.
+    Ls {
+        /// Only endpoints of this network (id or id prefix).
+        #[arg(long)]
+        network: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCommand {
+    /// List pools with allocated and free counts.
+    Ls(AdminArgs),
+    /// One pool (by pool id, subnet or network id) with every held address and its holder.
+    Show {
+        pool: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct AdminArgs {
+    /// The daemon's admin socket.
+    #[arg(long, default_value = DEFAULT_ADMIN_SOCKET)]
+    admin_socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Every setting is a flag and a key of the config file (same name, e.g. `state-dir`).
+#[derive(Args, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ServeArgs {
+    /// Config file (TOML; keys are these flag names). Default: /etc/berth/netplugin.toml if present.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Where netplugin keeps its embedded store. [default: /var/lib/berth/net]
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Directory of Docker's plugin sockets. [default: /run/docker/plugins]
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// Admin socket (mode 0600). [default: /run/berth/netplugin.sock]
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Mode of the plugin socket, octal. [default: 0600]
+    #[arg(long)]
+    socket_mode: Option<String>,
+    /// Prometheus endpoint address, or `off`. [default: 127.0.0.1:9473]
+    #[arg(long)]
+    metrics: Option<String>,
+    /// text or json. [default: text]
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+    /// embedded or etcd. [default: embedded]
+    #[arg(long)]
+    store: Option<String>,
+    /// etcd endpoints, comma-separated (--store etcd).
+    #[arg(long)]
+    etcd_endpoints: Option<String>,
+    /// Key prefix in etcd. [default: /berth/v1/]
+    #[arg(long)]
+    etcd_prefix: Option<String>,
+    /// This host's name in the store. [default: the hostname]
+    #[arg(long)]
+    host_id: Option<String>,
+    /// OVS bridge. [default: br-berth]
+    #[arg(long)]
+    bridge: Option<String>,
+    /// auto, system or netdev; auto = netdev without the openvswitch kernel module. [default: auto]
+    #[arg(long)]
+    datapath: Option<String>,
+    /// Interface added to the bridge as a trunk of every VLAN (between hosts).
+    #[arg(long)]
+    uplink: Option<String>,
+    /// OVSDB socket. [default: unix:/var/run/openvswitch/db.sock]
+    #[arg(long)]
+    ovsdb: Option<String>,
+    /// OVS run directory (holds <bridge>.mgmt). [default: /var/run/openvswitch]
+    #[arg(long)]
+    ovs_rundir: Option<PathBuf>,
+    /// VLANs given to networks created without -o vlan, as FIRST-LAST. [default: 2-4094]
+    #[arg(long)]
+    vlan_range: Option<String>,
+    /// Ranges auto pools (no --subnet) are carved from, comma-separated. [default: 10.224.0.0/12]
+    #[arg(long)]
+    default_pools: Option<String>,
+    /// Prefix length of auto pools. [default: 24]
+    #[arg(long)]
+    default_pool_size: Option<u8>,
+    /// MTU of networks created without -o mtu. [default: 1500]
+    #[arg(long)]
+    default_mtu: Option<u32>,
+    /// Seconds between datapath reconcile passes (re-creates what OVS lost). [default: 2]
+    #[arg(long)]
+    reconcile_interval: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
+    plugin_transport::shutdown::unblock_stop_signals();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve => {
-            bail!("netplugin serve is not implemented yet in this release; see the README")
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(*args).await,
+            Command::Network(NetworkCommand::Ls(a)) => network_ls(a).await,
+            Command::Endpoint(EndpointCommand::Ls { network, admin }) => {
+                endpoint_ls(network, admin).await
+            }
+            Command::Pool(PoolCommand::Ls(a)) => pool_ls(a).await,
+            Command::Pool(PoolCommand::Show { pool, admin }) => pool_show(&pool, admin).await,
+            Command::Reconcile(a) => {
+                let body = admin_call(&a, Method::POST, "/reconcile").await?;
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }
+            Command::Stats(a) => {
+                let body = admin_call(&a, Method::GET, "/stats").await?;
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }
         }
+    })
+}
+
+fn parse_vlan_range(s: &str) -> anyhow::Result<(u16, u16)> {
+    let parsed = s.split_once('-').and_then(|(a, b)| {
+        let a: u16 = a.trim().parse().ok()?;
+        let b: u16 = b.trim().parse().ok()?;
+        (1 <= a && a <= b && b <= 4094).then_some((a, b))
+    });
+    parsed.with_context(|| format!("--vlan-range {s:?}: must be FIRST-LAST within 1-4094"))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
+    let args: ServeArgs = plugin_transport::config::merge_with_file(
+        &cli,
+        cli.config.as_deref(),
+        Path::new(DEFAULT_CONFIG),
+    )?;
+    plugin_transport::logging::init(args.log_format.unwrap_or_default());
+
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth/net"));
+    let plugin_dir = args
+        .plugin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/run/docker/plugins"));
+    let admin_socket = args
+        .admin_socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    let socket_mode = match &args.socket_mode {
+        Some(mode) => u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .with_context(|| format!("--socket-mode {mode:?} is not an octal mode like 0600"))?,
+        None => 0o600,
+    };
+    let host_id = args.host_id.clone().unwrap_or_else(hostname);
+    if host_id.is_empty() || host_id.len() > 253 || host_id.contains('/') {
+        bail!("--host-id {host_id:?}: 1-253 characters without '/'");
+    }
+    let bridge = args.bridge.clone().unwrap_or_else(|| "br-berth".into());
+    if bridge.is_empty() || bridge.len() > 15 {
+        bail!("--bridge {bridge:?}: an interface name of 1-15 bytes");
+    }
+    let datapath =
+        resolve_datapath(args.datapath.as_deref().unwrap_or("auto")).map_err(anyhow::Error::msg)?;
+    let vlan_range = parse_vlan_range(args.vlan_range.as_deref().unwrap_or("2-4094"))?;
+    let default_pools: Vec<Ipv4Net> = args
+        .default_pools
+        .as_deref()
+        .unwrap_or("10.224.0.0/12")
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<Ipv4Net>()
+                .map_err(|e| anyhow::anyhow!("--default-pools: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let default_prefix = args.default_pool_size.unwrap_or(24);
+    if !(8..=30).contains(&default_prefix)
+        || default_pools.iter().any(|p| p.prefix() > default_prefix)
+    {
+        bail!("--default-pool-size /{default_prefix}: must be 8-30 and not larger than every --default-pools range");
+    }
+    let default_mtu = args.default_mtu.unwrap_or(1500);
+    if !(68..=9216).contains(&default_mtu) {
+        bail!("--default-mtu {default_mtu}: must be 68-9216");
+    }
+    let interval = args.reconcile_interval.unwrap_or(2.0);
+    if !(0.1..=3600.0).contains(&interval) {
+        bail!("--reconcile-interval {interval}: must be 0.1-3600 seconds");
+    }
+
+    let store: Arc<dyn Store> = match args.store.as_deref().unwrap_or("embedded") {
+        "embedded" => {
+            create_private_dir(&state_dir)?;
+            Arc::new(
+                RedbStore::open(&state_dir.join("state.redb"))
+                    .context("opening the embedded store")?,
+            )
+        }
+        "etcd" => {
+            let endpoints = args.etcd_endpoints.as_deref().unwrap_or("");
+            bail!(
+                "{} (asked for --etcd-endpoints {endpoints:?})",
+                StoreError::Unavailable("etcd")
+            )
+        }
+        other => bail!("--store {other:?} is not one of: embedded, etcd"),
+    };
+    let ovs = OvsConfig {
+        ovsdb: args
+            .ovsdb
+            .clone()
+            .unwrap_or_else(|| ovs_ffi::ovsdb::DEFAULT_ENDPOINT.to_string()),
+        rundir: args
+            .ovs_rundir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/run/openvswitch")),
+        bridge: bridge.clone(),
+        datapath: datapath.clone(),
+        uplink: args.uplink.clone(),
+        call_timeout: Duration::from_secs(5),
+    };
+    let dp: Arc<dyn Dataplane> =
+        Arc::new(OvsDataplane::start(ovs.clone()).map_err(anyhow::Error::msg)?);
+    let state = State::new(store, host_id.clone());
+    let ipam = Arc::new(Ipam::new(
+        state.clone(),
+        IpamConfig {
+            default_pools,
+            default_prefix,
+        },
+    ));
+    let svc = Arc::new(Service::new(
+        state,
+        ipam,
+        dp,
+        NetConfig {
+            vlan_range,
+            default_mtu,
+        },
+    ));
+
+    let metrics = Metrics::new("berth_net");
+    netplugin::metrics::register(&metrics, svc.clone());
+    let (_signal_tx, shutdown) =
+        plugin_transport::shutdown::on_signals().context("installing signal handlers")?;
+
+    let plugin_path = plugin_dir.join(format!("{PLUGIN_NAME}.sock"));
+    let (plugin_listener, _plugin_file) =
+        plugin_listener(&plugin_path, socket_mode).context("plugin socket")?;
+    let (admin_listener, _admin_file) = bind_unix(&admin_socket, 0o600).context("admin socket")?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let plugin = Server::new("plugin", netplugin::handlers::plugin_router(svc.clone()))
+        .with_metrics(metrics.requests.clone());
+    tasks.spawn(plugin.serve(plugin_listener, shutdown.clone()));
+    let admin = Server::new("admin", netplugin::handlers::admin_router(svc.clone()))
+        .with_metrics(metrics.requests.clone());
+    tasks.spawn(admin.serve(admin_listener, shutdown.clone()));
+    match args.metrics.as_deref().unwrap_or("127.0.0.1:9473") {
+        "off" => {}
+        addr => {
+            let listener = bind_tcp(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}"))?;
+            tasks.spawn(Server::new("metrics", metrics.router()).serve(listener, shutdown.clone()));
+        }
+    }
+    tasks.spawn(reconciler(
+        svc.clone(),
+        Duration::from_secs_f64(interval),
+        shutdown.clone(),
+    ));
+    info!(socket = %plugin_path.display(), admin = %admin_socket.display(), host_id = %host_id,
+        bridge = %bridge, datapath = %datapath, ovsdb = %ovs.ovsdb, store = svc.state.store.kind(), "netplugin serving");
+    while tasks.join_next().await.is_some() {}
+    info!("netplugin stopped");
+    Ok(())
+}
+
+/// Re-asserts the datapath when OVS (re)appears and then every `interval`: a restarted
+/// ovs-vswitchd loses our flows, a new ovsdb-server may have lost bridge and ports.
+async fn reconciler(
+    svc: Arc<Service>,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut was_connected = false;
+    let mut last_error = String::new();
+    loop {
+        let connected = svc.dp.connected();
+        if connected {
+            match svc.reconcile().await {
+                Ok(report) => {
+                    if !was_connected {
+                        info!(?report, "OVS reachable: datapath re-asserted");
+                    } else if report != Default::default() {
+                        info!(?report, "datapath drift repaired");
+                    }
+                    last_error.clear();
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg != last_error {
+                        warn!(error = %msg, "reconcile failed; retrying");
+                    }
+                    last_error = msg;
+                }
+            }
+        } else if was_connected || last_error.is_empty() {
+            warn!("OVS is not reachable; network calls fail until it is (IPAM keeps working)");
+            last_error = "down".into();
+        }
+        was_connected = connected && last_error.is_empty();
+        tokio::select! {
+            _ = tokio::time::sleep(if connected { interval } else { Duration::from_millis(200) }) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating --state-dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))
+}
+
+async fn admin_call(admin: &AdminArgs, method: Method, path: &str) -> anyhow::Result<bytes::Bytes> {
+    let (status, body) = plugin_transport::client::request(
+        &admin.admin_socket,
+        method,
+        path,
+        None,
+        Duration::from_secs(30),
+    )
+    .await?;
+    if status != StatusCode::OK {
+        bail!("{}", plugin_transport::client::error_message(&body));
+    }
+    Ok(body)
+}
+
+async fn network_ls(admin: AdminArgs) -> anyhow::Result<()> {
+    let body = admin_call(&admin, Method::GET, "/networks").await?;
+    let list: Vec<NetworkView> = serde_json::from_slice(&body).context("decoding the answer")?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows = list
+        .iter()
+        .map(|n| {
+            vec![
+                short(&n.id).to_string(),
+                format!("{}{}", n.vlan, if n.vlan_auto { " (auto)" } else { "" }),
+                n.subnet.clone(),
+                n.gateway.clone(),
+                n.mtu.to_string(),
+                n.endpoints.to_string(),
+                n.pool_id.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(
+        &[
+            "NETWORK",
+            "VLAN",
+            "SUBNET",
+            "GATEWAY",
+            "MTU",
+            "ENDPOINTS",
+            "POOL",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn endpoint_ls(network: Option<String>, admin: AdminArgs) -> anyhow::Result<()> {
+    let path = match &network {
+        Some(n) => format!("/endpoints?network={n}"),
+        None => "/endpoints".into(),
+    };
+    let body = admin_call(&admin, Method::GET, &path).await?;
+    let list: Vec<EndpointView> = serde_json::from_slice(&body).context("decoding the answer")?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows = list
+        .iter()
+        .map(|e| {
+            vec![
+                short(&e.id).to_string(),
+                short(&e.network_id).to_string(),
+                e.address.clone(),
+                e.mac.clone(),
+                e.vlan.to_string(),
+                e.host_if.clone(),
+                e.container_if.clone(),
+                match e.ovs_tag {
+                    Some(t) => format!("{} (tag {t})", e.ovs_port),
+                    None => e.ovs_port.clone(),
+                },
+                e.host_id.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(
+        &[
+            "ENDPOINT",
+            "NETWORK",
+            "ADDRESS",
+            "MAC",
+            "VLAN",
+            "HOST-IF",
+            "CONTAINER-IF",
+            "OVS-PORT",
+            "HOST",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn pool_ls(admin: AdminArgs) -> anyhow::Result<()> {
+    let body = admin_call(&admin, Method::GET, "/pools").await?;
+    let list: Vec<PoolView> = serde_json::from_slice(&body).context("decoding the answer")?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows = list
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.subnet.clone(),
+                p.ip_range.clone().unwrap_or_else(|| "-".into()),
+                if p.auto { "auto" } else { "explicit" }.into(),
+                p.network_id
+                    .as_deref()
+                    .map(short)
+                    .unwrap_or("-")
+                    .to_string(),
+                p.allocated.to_string(),
+                p.free.to_string(),
+                p.address_space.clone(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(
+        &[
+            "POOL",
+            "SUBNET",
+            "IP-RANGE",
+            "KIND",
+            "NETWORK",
+            "ALLOCATED",
+            "FREE",
+            "SPACE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+async fn pool_show(pool: &str, admin: AdminArgs) -> anyhow::Result<()> {
+    if pool.is_empty() || pool.contains(['?', '#', ' ']) {
+        bail!("POOL {pool:?}: give a pool id, a subnet or a network id");
+    }
+    let path = format!("/pools/{}", pool.replace('/', "%2F"));
+    let body = admin_call(&admin, Method::GET, &path).await?;
+    let p: PoolView = serde_json::from_slice(&body).context("decoding the answer")?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(());
+    }
+    println!("Pool:       {}", p.id);
+    println!("Subnet:     {}", p.subnet);
+    println!("IP range:   {}", p.ip_range.as_deref().unwrap_or("-"));
+    println!("Kind:       {}", if p.auto { "auto" } else { "explicit" });
+    println!("Network:    {}", p.network_id.as_deref().unwrap_or("-"));
+    println!("Space:      {}", p.address_space);
+    println!("Allocated:  {}", p.allocated);
+    println!("Free:       {}", p.free);
+    println!();
+    let rows = p
+        .addresses
+        .iter()
+        .map(|a| {
+            vec![
+                a.address.clone(),
+                a.held_by.clone(),
+                a.mac.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(&["ADDRESS", "HELD BY", "MAC"], &rows);
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example config in packaging/ lists every key with its default: uncommented, it
+    /// must parse, so docs and code cannot drift apart.
+    #[test]
+    fn packaged_example_config_parses() {
+        let example = include_str!("../../packaging/netplugin.toml");
+        let uncommented: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# ").filter(|rest| rest.contains(" = ")))
+            .map(|l| format!("{}\n", l.split("  #").next().unwrap_or(l).trim_end()))
+            .collect();
+        assert!(uncommented.lines().count() >= 15, "{uncommented}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("netplugin.toml");
+        std::fs::write(&path, &uncommented).unwrap();
+        let merged: ServeArgs = plugin_transport::config::merge_with_file(
+            &ServeArgs::default(),
+            Some(&path),
+            Path::new("/none"),
+        )
+        .unwrap();
+        assert_eq!(merged.bridge.as_deref(), Some("br-berth"));
+        assert_eq!(merged.metrics.as_deref(), Some("127.0.0.1:9473"));
+        assert_eq!(merged.default_pool_size, Some(24));
+        assert_eq!(
+            parse_vlan_range(merged.vlan_range.as_deref().unwrap()).unwrap(),
+            (2, 4094)
+        );
+    }
+
+    #[test]
+    fn vlan_range_flag() {
+        assert_eq!(parse_vlan_range("100-199").unwrap(), (100, 199));
+        assert!(parse_vlan_range("0-10").is_err());
+        assert!(parse_vlan_range("10-5").is_err());
+        assert!(parse_vlan_range("5").is_err());
     }
 }

@@ -1,0 +1,907 @@
+//! netplugin end to end: a private dockerd, a private Open vSwitch (netdev datapath) in the host
+//! network namespace, netplugin serving /run/docker/plugins/berth-net.sock, the real docker CLI
+//! and the busybox image. Traffic only flows between containers of this test, on 10.231.x
+//! subnets that exist only inside them. Needs root, docker.io, containerd, runc,
+//! busybox-static, openvswitch-switch, iproute2 and util-linux (nsenter).
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use integration::netplugin::Netplugin;
+use integration::ovs::OvsEnv;
+use integration::plugins::{binary, DOCKER_PLUGIN_DIR};
+use integration::procs::{run_with_timeout, wait_until};
+use integration::{harness, DockerEnv, DockerOptions, TEST_IMAGE};
+use serde_json::Value;
+
+struct Ctx {
+    docker: DockerEnv,
+    net: Mutex<Netplugin>,
+    ovs: Mutex<OvsEnv>,
+    bridge: String,
+    _work: tempfile::TempDir,
+}
+
+fn setup() -> Result<Ctx> {
+    integration::ovs::require_tools()?;
+    harness::require_root_and_tools(&["dockerd", "containerd", "runc"])?;
+    let bin = binary("netplugin")?;
+    let mut ovs = OvsEnv::start()?;
+    let bridge = format!("brt{}", std::process::id() % 1_000_000);
+    ovs.own_link(&bridge);
+    let work = tempfile::Builder::new().prefix("bn-").tempdir_in("/tmp")?;
+    let args: Vec<String> = [
+        "--ovsdb",
+        &ovs.endpoint(),
+        "--ovs-rundir",
+        &ovs.rundir().to_string_lossy(),
+        "--bridge",
+        &bridge,
+        "--datapath",
+        "netdev",
+        "--host-id",
+        "test-host",
+        "--metrics",
+        "off",
+        "--vlan-range",
+        "3000-3009",
+        "--default-pools",
+        "10.231.192.0/20",
+        "--reconcile-interval",
+        "0.5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut net = Netplugin::new(
+        bin,
+        work.path(),
+        std::path::Path::new(DOCKER_PLUGIN_DIR),
+        args,
+    );
+    net.start()?;
+    let docker = DockerEnv::start_with(DockerOptions {
+        // Containers keep running across a dockerd restart (the restart test's traffic).
+        extra_dockerd_args: vec!["--live-restore".into()],
+        ..Default::default()
+    })?;
+    Ok(Ctx {
+        docker,
+        net: Mutex::new(net),
+        ovs: Mutex::new(ovs),
+        bridge,
+        _work: work,
+    })
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // Containers and networks first, while netplugin still answers their deletes.
+        if let Ok(ids) = self.docker.ok(&["ps", "-aq"]) {
+            for id in ids.split_whitespace() {
+                let _ = self.docker.ok(&["rm", "-f", id]);
+            }
+        }
+        if let Ok(nets) = self
+            .docker
+            .ok(&["network", "ls", "-q", "--filter", "driver=berth-net"])
+        {
+            for n in nets.split_whitespace() {
+                let _ = self.docker.ok(&["network", "rm", n]);
+            }
+        }
+        if let Ok(mut net) = self.net.lock() {
+            if let Err(e) = net.stop() {
+                eprintln!("teardown: {e:#}");
+            }
+        }
+        // OvsEnv's drop removes leftover ports' veths, the bridge device and stops OVS.
+    }
+}
+
+/// Parsed `X packets transmitted, Y packets received`.
+fn ping_counts(out: &str) -> Option<(u32, u32)> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok());
+    Some((nums.next()?, nums.next()?))
+}
+
+impl Ctx {
+    fn net(&self) -> MutexGuard<'_, Netplugin> {
+        self.net.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ovs(&self) -> MutexGuard<'_, OvsEnv> {
+        self.ovs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn d(&self, args: &[&str]) -> Result<String> {
+        self.docker.ok(args)
+    }
+
+    fn create_net(&self, name: &str, subnet: &str, extra: &[&str]) -> Result<String> {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "berth-net",
+            "--ipam-driver",
+            "berth-net",
+        ];
+        if !subnet.is_empty() {
+            args.extend(["--subnet", subnet]);
+        }
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.d(&args)
+    }
+
+    /// A long-running container on `net`.
+    fn sleeper(&self, name: &str, net: &str, extra: &[&str]) -> Result<String> {
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--stop-timeout",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        args.extend([TEST_IMAGE, "sleep", "3600"]);
+        self.d(&args)
+    }
+
+    fn ip(&self, name: &str, net: &str) -> Result<String> {
+        let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
+        let ip = self.d(&["inspect", "-f", &f, name])?;
+        ensure!(
+            !ip.is_empty() && ip != "<no value>",
+            "{name} has no address on {net}"
+        );
+        Ok(ip)
+    }
+
+    fn pid(&self, name: &str) -> Result<u32> {
+        Ok(self
+            .d(&["inspect", "-f", "{{.State.Pid}}", name])?
+            .parse()?)
+    }
+
+    /// Pings from inside `name`'s network namespace with the host's busybox (independent of
+    /// dockerd, so it runs across a dockerd restart). Returns (sent, received).
+    fn ping(&self, name: &str, ip: &str, count: u32, interval: &str) -> Result<(u32, u32)> {
+        let pid = self.pid(name)?.to_string();
+        ping_ns(&pid, ip, count, interval)
+    }
+
+    fn rm(&self, names: &[&str]) {
+        for n in names {
+            let _ = self.docker.ok(&["rm", "-f", n]);
+        }
+    }
+
+    fn endpoints(&self) -> Result<Vec<Value>> {
+        let v = self.net().admin_json(&["endpoint", "ls"])?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Ports on the test bridge and veths named like ours in the host namespace.
+    fn leftovers(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let ports = self.ovs().ports(&self.bridge)?;
+        let links: Vec<String> = std::fs::read_dir("/sys/class/net")?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| (n.starts_with("vb") || n.starts_with("tb")) && n.len() == 12)
+            .collect();
+        Ok((ports, links))
+    }
+}
+
+fn ping_ns(pid: &str, ip: &str, count: u32, interval: &str) -> Result<(u32, u32)> {
+    let mut c = std::process::Command::new("nsenter");
+    c.args([
+        "-t",
+        pid,
+        "-n",
+        "busybox",
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        interval,
+        "-W",
+        "1",
+        ip,
+    ]);
+    let out = run_with_timeout(c, None, Duration::from_secs(u64::from(count) + 30))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ping_counts(&text).ok_or_else(|| {
+        anyhow!(
+            "ping output not understood: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Sends `bytes` over TCP from inside the network namespace of `pid` (a thread that setns'd),
+/// shutting the socket down cleanly so nothing is dropped.
+fn tcp_send_from(pid: u32, to: SocketAddr, bytes: usize) -> Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || -> Result<()> {
+        // SAFETY: setns on this thread only; the fd is valid for the call.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .with_context(|| format!("connect {to}"))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let chunk = vec![0x5au8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow!("sender thread panicked"))?
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn t_protocol(c: &Ctx) -> Result<()> {
+    let net = c.net();
+    let (s, v) = net.call("Plugin.Activate", None)?;
+    ensure!(
+        s == 200 && v["Implements"] == serde_json::json!(["NetworkDriver", "IpamDriver"]),
+        "{v}"
+    );
+    let (_, v) = net.call("NetworkDriver.GetCapabilities", None)?;
+    ensure!(
+        v["Scope"] == "local" && v["ConnectivityScope"] == "global",
+        "{v}"
+    );
+    let (_, v) = net.call("IpamDriver.GetCapabilities", None)?;
+    ensure!(v["RequiresRequestReplay"] == false, "{v}");
+    let (s, v) = net.call("IpamDriver.RequestAddress", None)?;
+    ensure!(
+        s != 200 && v["Error"].as_str().unwrap_or("").contains("PoolID"),
+        "{s} {v}"
+    );
+    Ok(())
+}
+
+fn t_ping_and_tcp(c: &Ctx) -> Result<()> {
+    c.create_net("n1", "10.231.1.0/24", &["-o", "vlan=101"])?;
+    c.sleeper("a1", "n1", &[])?;
+    c.sleeper("a2", "n1", &[])?;
+    let ip2 = c.ip("a2", "n1")?;
+    let (sent, got) = c.ping("a1", &ip2, 3, "0.2")?;
+    ensure!(got == sent, "ping a1 → a2 ({ip2}): {got}/{sent}");
+    // docker exec works too (the container's own busybox).
+    c.d(&[
+        "exec",
+        "a2",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &c.ip("a1", "n1")?,
+    ])?;
+    // A real TCP transfer: busybox nc receives, a clean sender in a1's namespace sends.
+    const SIZE: usize = 8 << 20;
+    c.d(&[
+        "exec",
+        "-d",
+        "a2",
+        "sh",
+        "-c",
+        "nc -l -p 5001 | wc -c > /tmp/got",
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    tcp_send_from(c.pid("a1")?, format!("{ip2}:5001").parse()?, SIZE)?;
+    let mut got = String::new();
+    let done = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        got = c.d(&["exec", "a2", "cat", "/tmp/got"]).unwrap_or_default();
+        !got.is_empty()
+    });
+    ensure!(
+        done && got.trim() == SIZE.to_string(),
+        "received {got:?} of {SIZE} bytes"
+    );
+    println!("    TCP: {} MiB in {:?}", SIZE >> 20, t0.elapsed());
+    // OVS shows the access tag and our external_ids.
+    let eps = c.endpoints()?;
+    ensure!(eps.len() >= 2, "{eps:?}");
+    for e in &eps {
+        let port = e["host_if"].as_str().unwrap_or_default();
+        let tag = c.ovs().vsctl(&["get", "port", port, "tag"])?;
+        ensure!(tag == "101", "port {port} tag {tag}");
+        let ids = c.ovs().vsctl(&["get", "interface", port, "external_ids"])?;
+        ensure!(
+            ids.contains("berth-endpoint-id") && ids.contains("berth-network-id"),
+            "{ids}"
+        );
+        ensure!(e["mtu"].is_null() || e["mtu"] == 1500);
+    }
+    // MTU, stable MAC, interface name inside the container.
+    let link = c.d(&["exec", "a1", "ip", "-o", "link", "show", "eth0"])?;
+    ensure!(
+        link.contains("mtu 1500") && link.contains("link/ether 02:b7:0a:e7:01:"),
+        "{link}"
+    );
+    Ok(())
+}
+
+fn t_vlan_isolation(c: &Ctx) -> Result<()> {
+    c.create_net("n2", "10.231.2.0/24", &["-o", "vlan=102", "-o", "mtu=1400"])?;
+    c.sleeper("b1", "n2", &["--cap-add", "NET_ADMIN"])?;
+    c.sleeper("b2", "n2", &[])?;
+    let ip_a2 = c.ip("a2", "n1")?;
+    // Control: b1 reaches its own network.
+    let (s, r) = c.ping("b1", &c.ip("b2", "n2")?, 2, "0.2")?;
+    ensure!(r == s, "same-VLAN control ping failed: {r}/{s}");
+    // b1 takes an address in n1's subnet on its own interface: still nothing crosses VLANs.
+    c.d(&[
+        "exec",
+        "b1",
+        "ip",
+        "addr",
+        "add",
+        "10.231.1.200/24",
+        "dev",
+        "eth0",
+    ])?;
+    let (s, r) = c.ping("b1", &ip_a2, 3, "0.3")?;
+    ensure!(
+        r == 0,
+        "VLAN 102 reached VLAN 101: {r}/{s} replies from {ip_a2}"
+    );
+    let arp = c.d(&[
+        "exec",
+        "b1",
+        "sh",
+        "-c",
+        "arping -c 2 -w 2 -I eth0 10.231.1.3 || true",
+    ])?;
+    ensure!(!arp.contains("Unicast reply"), "ARP crossed VLANs: {arp}");
+    let link = c.d(&["exec", "b2", "ip", "-o", "link", "show", "eth0"])?;
+    ensure!(link.contains("mtu 1400"), "{link}");
+    let tags: Vec<String> = c
+        .endpoints()?
+        .iter()
+        .map(|e| e["host_if"].as_str().unwrap_or_default().to_string())
+        .map(|p| {
+            c.ovs()
+                .vsctl(&["get", "port", &p, "tag"])
+                .unwrap_or_default()
+        })
+        .collect();
+    ensure!(
+        tags.contains(&"101".into()) && tags.contains(&"102".into()),
+        "{tags:?}"
+    );
+    Ok(())
+}
+
+fn t_static_ip_connect_disconnect(c: &Ctx) -> Result<()> {
+    c.sleeper("s1", "n1", &["--ip", "10.231.1.50"])?;
+    ensure!(c.ip("s1", "n1")? == "10.231.1.50");
+    let e = c.docker.fails(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "--ip",
+        "10.231.1.50",
+        TEST_IMAGE,
+        "true",
+    ])?;
+    ensure!(e.contains("10.231.1.50 is already in use"), "{e}");
+    let e = c.docker.fails(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        "--ip",
+        "10.231.9.9",
+        TEST_IMAGE,
+        "true",
+    ])?;
+    // dockerd refuses this one itself, before asking the plugin.
+    ensure!(
+        e.contains("does not belong") || e.contains("outside the network's subnet"),
+        "{e}"
+    );
+    // connect / disconnect: a second interface on another VLAN, then gone with its port.
+    let before = c.ovs().ports(&c.bridge)?.len();
+    c.d(&["network", "connect", "n2", "s1"])?;
+    let ip = c.ip("s1", "n2")?;
+    let (s, r) = c.ping("s1", &c.ip("b2", "n2")?, 2, "0.2")?;
+    ensure!(r == s, "s1 on n2 ({ip}) cannot reach b2: {r}/{s}");
+    ensure!(c.ovs().ports(&c.bridge)?.len() == before + 1);
+    c.d(&["network", "disconnect", "n2", "s1"])?;
+    ensure!(
+        c.ovs().ports(&c.bridge)?.len() == before,
+        "port left after disconnect"
+    );
+    let pool = c.net().admin_json(&["pool", "show", "10.231.2.0/24"])?;
+    ensure!(
+        !pool["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["address"] == ip.as_str()),
+        "address {ip} still held after disconnect: {pool}"
+    );
+    c.rm(&["s1"]);
+    Ok(())
+}
+
+fn t_network_rm(c: &Ctx) -> Result<()> {
+    c.create_net("n3", "10.231.3.0/24", &[])?;
+    let nets = c.net().admin_json(&["network", "ls"])?;
+    let vlan = nets
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["subnet"] == "10.231.3.0/24")
+        .map(|n| n["vlan"].clone())
+        .context("n3 listed")?;
+    ensure!(
+        vlan.as_u64().is_some_and(|v| (3000..=3009).contains(&v)),
+        "auto VLAN {vlan}"
+    );
+    c.sleeper("r1", "n3", &[])?;
+    let e = c.docker.fails(&["network", "rm", "n3"])?;
+    ensure!(e.contains("active endpoints"), "{e}");
+    c.rm(&["r1"]);
+    c.d(&["network", "rm", "n3"])?;
+    let nets = c.net().admin_json(&["network", "ls"])?;
+    ensure!(!nets.to_string().contains("10.231.3.0/24"), "{nets}");
+    let pools = c.net().admin_json(&["pool", "ls"])?;
+    ensure!(
+        !pools.to_string().contains("10.231.3.0/24"),
+        "pool left: {pools}"
+    );
+    // Without endpoints, and an auto pool from --default-pools.
+    c.create_net("n4", "", &[])?;
+    let sub = c.d(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Subnet}}",
+        "n4",
+    ])?;
+    ensure!(
+        sub.starts_with("10.231.19") || sub.starts_with("10.231.20"),
+        "auto pool {sub}"
+    );
+    c.d(&["network", "rm", "n4"])?;
+    Ok(())
+}
+
+fn t_bad_input(c: &Ctx) -> Result<()> {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--subnet", "10.231.5.0/24", "-o", "vlan=0"], "1 to 4094"),
+        (
+            &["--subnet", "10.231.5.0/24", "-o", "vlan=4095"],
+            "1 to 4094",
+        ),
+        (
+            &["--subnet", "10.231.5.0/24", "-o", "vlan=abc"],
+            "1 to 4094",
+        ),
+        (
+            &["--subnet", "10.231.5.0/24", "-o", "vlan=101"],
+            "VLAN 101 is already used by network",
+        ),
+        (
+            &["--subnet", "10.231.1.128/25"],
+            "overlaps 10.231.1.0/24 of network",
+        ),
+        (&["--subnet", "10.231.5.0/24", "-o", "mtu=9"], "68 to 9216"),
+        (
+            &["--subnet", "10.231.5.0/24", "-o", "vlam=5"],
+            "unknown option",
+        ),
+        (&["--subnet", "10.231.5.0/31"], "/30 or larger"),
+        (
+            &["--subnet", "10.231.5.0/24", "--ip-range", "10.231.6.0/25"],
+            "no matching subnet",
+        ),
+        (
+            &[
+                "--subnet",
+                "10.231.5.0/24",
+                "--ipv6",
+                "--subnet",
+                "fd00::/64",
+            ],
+            "IPv6",
+        ),
+    ];
+    let pools_before = c
+        .net()
+        .admin_json(&["pool", "ls"])?
+        .as_array()
+        .map(Vec::len);
+    for (extra, needle) in cases {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "berth-net",
+            "--ipam-driver",
+            "berth-net",
+        ];
+        args.extend_from_slice(extra);
+        args.push("bad");
+        let e = c.docker.fails(&args)?;
+        ensure!(
+            e.contains(needle),
+            "`{}`: expected {needle:?} in: {e}",
+            extra.join(" ")
+        );
+    }
+    let pools_after = c
+        .net()
+        .admin_json(&["pool", "ls"])?
+        .as_array()
+        .map(Vec::len);
+    ensure!(
+        pools_before == pools_after,
+        "a refused create left a pool behind"
+    );
+    ensure!(c.docker.fails(&["network", "inspect", "bad"]).is_ok());
+    Ok(())
+}
+
+fn t_fifty_containers_no_leaks(c: &Ctx) -> Result<()> {
+    let (ports0, links0) = c.leftovers()?;
+    let held0 = c.net().admin_json(&["pool", "show", "10.231.1.0/24"])?["allocated"].clone();
+    let names: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let chunks: Vec<_> = names.chunks(13).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || -> Result<()> {
+                    for n in chunk {
+                        c.sleeper(n, "n1", &[])?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow!("thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    println!("    50 containers started in {:?}", t0.elapsed());
+    let eps = c.endpoints()?;
+    ensure!(eps.len() >= 50, "{} endpoints", eps.len());
+    let addrs: std::collections::BTreeSet<String> =
+        names.iter().map(|n| c.ip(n, "n1")).collect::<Result<_>>()?;
+    ensure!(addrs.len() == 50, "duplicate addresses: {addrs:?}");
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for chunk in refs.chunks(25) {
+        let mut args = vec!["rm", "-f"];
+        args.extend_from_slice(chunk);
+        c.d(&args)?;
+    }
+    let mut state = (Vec::new(), Vec::new());
+    let clean = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        state = c.leftovers().unwrap_or_default();
+        state.0.len() == ports0.len() && state.1.len() == links0.len()
+    });
+    ensure!(
+        clean,
+        "leaked: ports {:?} (before {ports0:?}), veths {:?} (before {links0:?})",
+        state.0,
+        state.1
+    );
+    let held = c.net().admin_json(&["pool", "show", "10.231.1.0/24"])?["allocated"].clone();
+    ensure!(
+        held == held0,
+        "addresses leaked: {held} held, {held0} before"
+    );
+    Ok(())
+}
+
+/// Ping a1 → a2 in the background for `secs` while `disrupt` runs; returns (sent, received).
+fn traffic_across(c: &Ctx, secs: u32, disrupt: impl FnOnce() -> Result<()>) -> Result<(u32, u32)> {
+    let pid = c.pid("a1")?.to_string();
+    let ip = c.ip("a2", "n1")?;
+    let count = secs * 5;
+    let pinger = std::thread::spawn(move || ping_ns(&pid, &ip, count, "0.2"));
+    std::thread::sleep(Duration::from_secs(1));
+    let res = disrupt();
+    let counts = pinger.join().map_err(|_| anyhow!("pinger panicked"))??;
+    res?;
+    Ok(counts)
+}
+
+fn port_identity(c: &Ctx) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for e in c.endpoints()? {
+        let p = e["host_if"].as_str().unwrap_or_default().to_string();
+        let ovs = c.ovs();
+        ids.push(format!(
+            "{p} {} {}",
+            ovs.vsctl(&["get", "interface", &p, "_uuid"])?,
+            ovs.vsctl(&["get", "interface", &p, "ofport"])?
+        ));
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+fn t_restart_netplugin(c: &Ctx) -> Result<()> {
+    let before = port_identity(c)?;
+    let flows_before = c.ovs().dump_flows(&c.bridge)?;
+    let (sent, got) = traffic_across(c, 8, || {
+        let mut net = c.net();
+        net.stop()?;
+        std::thread::sleep(Duration::from_millis(500));
+        net.start()?;
+        // And a crash.
+        net.kill9()?;
+        net.start()
+    })?;
+    ensure!(
+        sent - got <= 2,
+        "lost {} of {sent} pings across netplugin restarts",
+        sent - got
+    );
+    ensure!(port_identity(c)? == before, "ports were re-created");
+    ensure!(
+        c.ovs().dump_flows(&c.bridge)? == flows_before,
+        "flows changed"
+    );
+    // Still works for new containers.
+    c.d(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        TEST_IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &c.ip("a2", "n1")?,
+    ])?;
+    Ok(())
+}
+
+fn t_restart_ovs(c: &Ctx) -> Result<()> {
+    // ovs-vswitchd restart: flows are gone until netplugin re-installs them.
+    let (sent, got) = traffic_across(c, 10, || {
+        let mut ovs = c.ovs();
+        ovs.stop_vswitchd()?;
+        ovs.start_vswitchd()?;
+        Ok(())
+    })?;
+    ensure!(
+        sent - got <= 10,
+        "lost {} of {sent} pings across an ovs-vswitchd restart",
+        sent - got
+    );
+    // Both daemons.
+    let (sent, got) = traffic_across(c, 10, || {
+        let mut ovs = c.ovs();
+        ovs.stop_vswitchd()?;
+        ovs.stop_ovsdb()?;
+        ovs.start_ovsdb()?;
+        ovs.start_vswitchd()?;
+        Ok(())
+    })?;
+    ensure!(
+        sent - got <= 12,
+        "lost {} of {sent} pings across an OVS restart",
+        sent - got
+    );
+    // A port deleted behind our back comes back by itself.
+    let port = c.endpoints()?[0]["host_if"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    c.ovs().vsctl(&["del-port", &c.bridge, &port])?;
+    let back = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        c.ovs().ports(&c.bridge).unwrap_or_default().contains(&port)
+    });
+    ensure!(back, "port {port} not re-created");
+    // OVS down: network calls fail with a clear message, IPAM still answers; then it heals.
+    {
+        let mut ovs = c.ovs();
+        ovs.stop_vswitchd()?;
+        ovs.stop_ovsdb()?;
+    }
+    let res = (|| -> Result<()> {
+        let e = c.docker.fails(&[
+            "network",
+            "create",
+            "-d",
+            "berth-net",
+            "--ipam-driver",
+            "berth-net",
+            "--subnet",
+            "10.231.7.0/24",
+            "n7",
+        ])?;
+        ensure!(e.contains("Open vSwitch is not reachable"), "{e}");
+        let (s, v) = c.net().call(
+            "IpamDriver.RequestPool",
+            Some(r#"{"Pool":"10.231.8.0/24"}"#),
+        )?;
+        ensure!(s == 200, "IPAM without OVS: {v}");
+        let id = v["PoolID"].as_str().unwrap_or_default().to_string();
+        c.net().call(
+            "IpamDriver.ReleasePool",
+            Some(&format!(r#"{{"PoolID":"{id}"}}"#)),
+        )?;
+        Ok(())
+    })();
+    {
+        let mut ovs = c.ovs();
+        ovs.start_ovsdb()?;
+        ovs.start_vswitchd()?;
+    }
+    res?;
+    let ok = wait_until(Duration::from_secs(15), Duration::from_millis(300), || {
+        c.create_net("n7", "10.231.7.0/24", &[]).is_ok()
+    });
+    ensure!(
+        ok,
+        "network create still failing after OVS came back:\n{}",
+        c.net().log_tail(20)
+    );
+    c.d(&["network", "rm", "n7"])?;
+    let ip2 = c.ip("a2", "n1")?;
+    let mut last = (0, 0);
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        last = c.ping("a1", &ip2, 1, "0.2").unwrap_or((1, 0));
+        last.0 == last.1
+    });
+    let (s, r) = last;
+    if r != s {
+        let ovs = c.ovs();
+        bail!(
+            "traffic after OVS restarts: {r}/{s}\nflows: {:?}\nports: {}\nnetplugin:\n{}\n{}",
+            ovs.dump_flows(&c.bridge),
+            ovs.vsctl(&["show"]).unwrap_or_default(),
+            c.net().log_tail(40),
+            ovs.log_tail(30)
+        );
+    }
+    Ok(())
+}
+
+fn t_restart_dockerd(c: &Ctx) -> Result<()> {
+    c.sleeper("p1", "n1", &["--restart", "always", "--ip", "10.231.1.60"])?;
+    let (sent, got) = traffic_across(c, 10, || c.docker.restart_dockerd())?;
+    ensure!(
+        sent - got <= 2,
+        "lost {} of {sent} pings across a dockerd restart",
+        sent - got
+    );
+    ensure!(c.ip("p1", "n1")? == "10.231.1.60");
+    // The restart-policy container comes back with its address after its process dies.
+    let pid = c.pid("p1")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let back = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        c.pid("p1").is_ok_and(|p| p != pid && p != 0)
+    });
+    ensure!(back, "p1 not restarted");
+    ensure!(c.ip("p1", "n1")? == "10.231.1.60");
+    let (s, r) = c.ping("a1", "10.231.1.60", 2, "0.3")?;
+    ensure!(r == s, "p1 unreachable after restart: {r}/{s}");
+    // The network is still usable for new containers.
+    c.d(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        TEST_IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "10.231.1.60",
+    ])?;
+    c.rm(&["p1"]);
+    Ok(())
+}
+
+fn t_admin_cli(c: &Ctx) -> Result<()> {
+    let net = c.net();
+    let t = net.admin_text(&["network", "ls"])?;
+    ensure!(
+        t.starts_with("NETWORK") && t.contains("10.231.1.0/24") && t.contains("101"),
+        "{t}"
+    );
+    let t = net.admin_text(&[
+        "endpoint",
+        "ls",
+        "--network",
+        &c.d(&["network", "inspect", "-f", "{{.Id}}", "n2"])?,
+    ])?;
+    ensure!(t.contains("10.231.2.") && !t.contains("10.231.1."), "{t}");
+    let t = net.admin_text(&["pool", "ls"])?;
+    ensure!(
+        t.contains("ALLOCATED") && t.contains("10.231.2.0/24"),
+        "{t}"
+    );
+    let t = net.admin_text(&["pool", "show", "10.231.1.0/24"])?;
+    ensure!(
+        t.contains("the network's gateway") && t.contains("endpoint "),
+        "{t}"
+    );
+    Ok(())
+}
+
+fn t_final_cleanup(c: &Ctx) -> Result<()> {
+    for n in ["a1", "a2", "b1", "b2"] {
+        c.rm(&[n]);
+    }
+    for n in ["n1", "n2"] {
+        c.d(&["network", "rm", n])?;
+    }
+    let (ports, links) = c.leftovers()?;
+    ensure!(ports.is_empty(), "ports left on {}: {ports:?}", c.bridge);
+    ensure!(links.is_empty(), "veths left: {links:?}");
+    let state = c.net().admin_json(&["pool", "ls"])?;
+    ensure!(
+        state.as_array().is_some_and(|a| a.is_empty()),
+        "pools left: {state}"
+    );
+    let eps = c.endpoints()?;
+    if !eps.is_empty() {
+        bail!("endpoints left: {eps:?}");
+    }
+    Ok(())
+}
+
+fn main() {
+    harness::run(
+        "network",
+        setup,
+        &[
+            ("protocol_handshake", t_protocol),
+            ("ping_and_tcp_on_one_network", t_ping_and_tcp),
+            ("vlan_isolation", t_vlan_isolation),
+            (
+                "static_ip_connect_disconnect",
+                t_static_ip_connect_disconnect,
+            ),
+            ("network_rm", t_network_rm),
+            ("bad_input_rejected_in_cli", t_bad_input),
+            ("fifty_containers_no_leaks", t_fifty_containers_no_leaks),
+            ("restart_netplugin_keeps_traffic", t_restart_netplugin),
+            ("restart_ovs_recovers", t_restart_ovs),
+            ("restart_dockerd_keeps_traffic", t_restart_dockerd),
+            ("admin_cli", t_admin_cli),
+            ("final_no_leftovers", t_final_cleanup),
+        ],
+    );
+}

@@ -1,0 +1,111 @@
+//! A datapath that only records, for unit tests of the handlers.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::{BoxFuture, Dataplane, EndpointPlan, PortView, ReassertReport};
+
+#[derive(Default)]
+pub struct FakeDataplane {
+    /// host_if → plan.
+    pub endpoints: Mutex<BTreeMap<String, EndpointPlan>>,
+    pub down: AtomicBool,
+    pub fail_next_create: AtomicBool,
+}
+
+impl FakeDataplane {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.down.load(Ordering::SeqCst) {
+            Err("Open vSwitch is not reachable (fake)".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.check() })
+    }
+
+    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.check()?;
+            if self.fail_next_create.swap(false, Ordering::SeqCst) {
+                return Err("injected failure".into());
+            }
+            self.endpoints
+                .lock()
+                .unwrap()
+                .insert(plan.host_if.clone(), plan.clone());
+            Ok(())
+        })
+    }
+
+    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.endpoints.lock().unwrap().remove(host_if);
+            Ok(())
+        })
+    }
+
+    fn reassert<'a>(
+        &'a self,
+        endpoints: &'a [EndpointPlan],
+    ) -> BoxFuture<'a, Result<ReassertReport, String>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut report = ReassertReport::default();
+            let mut have = self.endpoints.lock().unwrap();
+            for plan in endpoints {
+                if have.get(&plan.host_if) != Some(plan) {
+                    have.insert(plan.host_if.clone(), plan.clone());
+                    report.ports_fixed.push(plan.host_if.clone());
+                }
+            }
+            let wanted: Vec<&String> = endpoints.iter().map(|p| &p.host_if).collect();
+            let extra: Vec<String> = have
+                .keys()
+                .filter(|k| !wanted.contains(k))
+                .cloned()
+                .collect();
+            for k in extra {
+                have.remove(&k);
+                report.ports_removed.push(k);
+            }
+            Ok(report)
+        })
+    }
+
+    fn ports(&self) -> Vec<PortView> {
+        self.endpoints
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| PortView {
+                name: p.host_if.clone(),
+                tag: Some(p.vlan),
+                endpoint_id: Some(p.endpoint_id.clone()),
+                network_id: Some(p.network_id.clone()),
+                ofport: Some(1),
+            })
+            .collect()
+    }
+
+    fn datapath_type(&self) -> &str {
+        "fake"
+    }
+
+    fn connected(&self) -> bool {
+        !self.down.load(Ordering::SeqCst)
+    }
+}

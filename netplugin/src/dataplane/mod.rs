@@ -1,0 +1,145 @@
+//! The datapath behind the network driver: veth pairs and OVS access ports. Handlers see only
+//! the [`Dataplane`] trait; [`ovs::OvsDataplane`] is the real one (ovs-ffi + netlink), and
+//! [`fake::FakeDataplane`] records calls for unit tests.
+
+pub mod ethtool;
+pub mod fake;
+pub mod netlink;
+pub mod ovs;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Interface names: `vb`/`tb` + 10 hex of the endpoint id (DESIGN.md), within 15 bytes.
+pub fn host_if_name(endpoint_id: &str) -> String {
+    format!("vb{}", hex10(endpoint_id))
+}
+
+pub fn container_if_name(endpoint_id: &str) -> String {
+    format!("tb{}", hex10(endpoint_id))
+}
+
+fn hex10(id: &str) -> String {
+    let hex: String = id
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .map(|c| c.to_ascii_lowercase())
+        .take(10)
+        .collect();
+    // Docker ids are 64 hex; anything else still gets a valid, stable name.
+    if hex.len() == 10 {
+        hex
+    } else {
+        let h = id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+        format!("{:010x}", h & 0xff_ffff_ffff)
+    }
+}
+
+/// What the datapath needs to plug one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPlan {
+    pub endpoint_id: String,
+    pub network_id: String,
+    pub host_if: String,
+    pub container_if: String,
+    pub vlan: u16,
+    pub mtu: u32,
+    /// Of the container end.
+    pub mac: [u8; 6],
+}
+
+/// One of our OVS ports as OVS shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PortView {
+    pub name: String,
+    pub tag: Option<u16>,
+    pub endpoint_id: Option<String>,
+    pub network_id: Option<String>,
+    pub ofport: Option<i64>,
+}
+
+/// What a reconcile pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReassertReport {
+    pub ports_fixed: Vec<String>,
+    pub ports_removed: Vec<String>,
+    pub veths_removed: Vec<String>,
+    pub flows_installed: bool,
+    pub bridge_created: bool,
+}
+
+pub trait Dataplane: Send + Sync {
+    /// `Ok` when OVS is reachable and the bridge and our base flows are in place (created if
+    /// needed); otherwise a clear error saying what is missing.
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// Creates the veth pair (container end: MTU, MAC, no address) and the access port.
+    /// On failure nothing of it is left behind.
+    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, Result<(), String>>;
+    /// Removes the port and the veth; missing ones are fine.
+    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Brings OVS to the endpoints of this host without touching what is already right:
+    /// missing bridge, flows and ports are re-created; our ports and veths that belong to no
+    /// endpoint are removed.
+    fn reassert<'a>(
+        &'a self,
+        endpoints: &'a [EndpointPlan],
+    ) -> BoxFuture<'a, Result<ReassertReport, String>>;
+    /// Our ports (by external_ids), from the OVSDB cache.
+    fn ports(&self) -> Vec<PortView>;
+    /// `system` or `netdev`.
+    fn datapath_type(&self) -> &str;
+    /// Whether OVSDB is connected right now.
+    fn connected(&self) -> bool;
+}
+
+/// A stable MAC from the IPv4 address (like Docker's bridge): 02:b7 + the four bytes.
+pub fn mac_from_ip(ip: std::net::Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0xb7, o[0], o[1], o[2], o[3]]
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address like 02:42:0a:00:00:02"));
+    }
+    let mut mac = [0u8; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16)
+            .map_err(|_| format!("{s:?} is not a MAC address like 02:42:0a:00:00:02"))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("{s:?} is a multicast MAC address"));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_macs() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(host_if_name(id), "vb0123456789");
+        assert_eq!(container_if_name(id), "tb0123456789");
+        assert!(host_if_name("x").len() <= 15);
+        assert_eq!(host_if_name("x"), host_if_name("x"));
+        let mac = mac_from_ip("10.231.1.2".parse().unwrap());
+        assert_eq!(format_mac(&mac), "02:b7:0a:e7:01:02");
+        assert_eq!(parse_mac("02:b7:0a:e7:01:02").unwrap(), mac);
+        assert!(parse_mac("01:00:5e:00:00:01").is_err());
+        assert!(parse_mac("zz").is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The few rtnetlink requests netplugin needs (create a veth pair, set a link up, delete a
+//! link), synchronous, on a NETLINK_ROUTE socket with a receive timeout. Written out here
+//! rather than pulling an async netlink stack for four messages.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+const IFF_UP: u32 = 0x1;
+
+/// Bound on waiting for the kernel's answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Msg {
+    buf: Vec<u8>,
+    /// Offsets of open nested attributes.
+    nests: Vec<usize>,
+}
+
+impl Msg {
+    fn new(typ: u16, flags: u16, index: i32, ifi_flags: u32, ifi_change: u32) -> Msg {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish
+        buf.extend_from_slice(&typ.to_ne_bytes());
+        buf.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        buf.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        let mut m = Msg {
+            buf,
+            nests: Vec::new(),
+        };
+        m.ifinfo(index, ifi_flags, ifi_change);
+        m
+    }
+
+    fn ifinfo(&mut self, index: i32, flags: u32, change: u32) {
+        self.buf.push(libc::AF_UNSPEC as u8);
+        self.buf.push(0);
+        self.buf.extend_from_slice(&0u16.to_ne_bytes()); // type
+        self.buf.extend_from_slice(&index.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&change.to_ne_bytes());
+    }
+
+    fn align(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    fn attr(&mut self, typ: u16, data: &[u8]) {
+        let len = (4 + data.len()) as u16;
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&typ.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.align();
+    }
+
+    fn attr_str(&mut self, typ: u16, s: &str) {
+        let mut data = s.as_bytes().to_vec();
+        data.push(0);
+        self.attr(typ, &data);
+    }
+
+    fn begin(&mut self, typ: u16) {
+        self.nests.push(self.buf.len());
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(typ | NLA_F_NESTED).to_ne_bytes());
+    }
+
+    fn end(&mut self) {
+        let start = self.nests.pop().expect("balanced nests");
+        self.align();
+        let len = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+fn socket() -> io::Result<OwnedFd> {
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Sends one request and waits for its ack; a kernel error comes back as `io::Error`.
+fn request(msg: Vec<u8>) -> io::Result<()> {
+    let fd = socket()?;
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr() as *const libc::c_void,
+            msg.len(),
+            0,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 16384];
+    loop {
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer from the kernel (netlink) within 5 s",
+                ));
+            }
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let data = &buf[..n as usize];
+        let mut off = 0;
+        while off + 16 <= data.len() {
+            let len = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let typ = u16::from_ne_bytes(data[off + 4..off + 6].try_into().expect("2 bytes"));
+            if len < 16 || off + len > data.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink answer",
+                ));
+            }
+            if typ == NLMSG_ERROR && len >= 20 {
+                let code = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
+                return if code == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-code))
+                };
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// The interface index of `name`, or `None` when there is no such link here.
+pub fn index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+pub fn exists(name: &str) -> bool {
+    index(name).is_some()
+}
+
+/// Creates `host` ⟷ `peer` with `mtu` on both and `peer_mac` on the peer.
+pub fn create_veth(host: &str, peer: &str, mtu: u32, peer_mac: &[u8; 6]) -> io::Result<()> {
+    let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, 0, 0, 0);
+    m.attr_str(IFLA_IFNAME, host);
+    m.attr(IFLA_MTU, &mtu.to_ne_bytes());
+    m.begin(IFLA_LINKINFO);
+    m.attr_str(IFLA_INFO_KIND, "veth");
+    m.begin(IFLA_INFO_DATA);
+    m.begin(VETH_INFO_PEER);
+    m.ifinfo(0, 0, 0);
+    m.attr_str(IFLA_IFNAME, peer);
+    m.attr(IFLA_MTU, &mtu.to_ne_bytes());
+    m.attr(IFLA_ADDRESS, peer_mac);
+    m.end();
+    m.end();
+    m.end();
+    request(m.finish())
+}
+
+pub fn set_up(name: &str) -> io::Result<()> {
+    let i = index(name).ok_or_else(|| no_such(name))?;
+    request(Msg::new(RTM_NEWLINK, 0, i as i32, IFF_UP, IFF_UP).finish())
+}
+
+/// Deletes the link (a veth takes its peer with it, wherever it is). `Ok(false)` if absent.
+pub fn delete(name: &str) -> io::Result<bool> {
+    let Some(i) = index(name) else {
+        return Ok(false);
+    };
+    match request(Msg::new(RTM_DELLINK, 0, i as i32, 0, 0).finish()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Names of the links in this namespace (from /sys/class/net).
+pub fn links() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn no_such(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no link named {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_layout() {
+        let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE, 0, 0, 0);
+        m.attr_str(IFLA_IFNAME, "vb1");
+        m.begin(IFLA_LINKINFO);
+        m.attr_str(IFLA_INFO_KIND, "veth");
+        m.end();
+        let b = m.finish();
+        assert_eq!(b.len() % 4, 0);
+        assert_eq!(
+            u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize,
+            b.len()
+        );
+        // header 16 + ifinfomsg 16 + ifname (4+4) + linkinfo (4 + kind 4+5→12)
+        assert_eq!(b.len(), 16 + 16 + 8 + 16);
+        let nest_len = u16::from_ne_bytes(b[40..42].try_into().unwrap());
+        assert_eq!(nest_len, 16);
+    }
+}

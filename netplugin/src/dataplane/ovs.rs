@@ -1,0 +1,380 @@
+//! The real datapath: veth pairs through netlink, access ports through OVSDB and our base
+//! flow through OpenFlow, all via ovs-ffi (never ovs-vsctl/ovs-ofctl).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ovs_ffi::openflow::{Action, Flow, FlowFilter, OfClient, OfConfig, Port};
+use ovs_ffi::ovsdb::{self, BridgeSpec, PortSpec};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::{ethtool, netlink, BoxFuture, Dataplane, EndpointPlan, PortView, ReassertReport};
+
+/// Cookie of the bridge-wide flows this plugin owns (`0xbe27` marks Berth's cookies).
+pub const COOKIE_BASE: u64 = 0xbe27_0000_0000_0001;
+pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
+pub const EXT_NETWORK: &str = "berth-network-id";
+pub const EXT_CONTAINER: &str = "berth-container-id";
+
+#[derive(Debug, Clone)]
+pub struct OvsConfig {
+    /// `unix:/path/db.sock`.
+    pub ovsdb: String,
+    pub rundir: PathBuf,
+    pub bridge: String,
+    /// `system` or `netdev` (resolved from `auto`).
+    pub datapath: String,
+    pub uplink: Option<String>,
+    /// Bound on each OVSDB and OpenFlow call.
+    pub call_timeout: Duration,
+}
+
+/// `auto`: netdev when the kernel has no openvswitch module (as on these machines).
+pub fn resolve_datapath(flag: &str) -> Result<String, String> {
+    match flag {
+        "system" | "netdev" => Ok(flag.to_string()),
+        "auto" => Ok(
+            if std::path::Path::new("/sys/module/openvswitch").exists() {
+                "system"
+            } else {
+                "netdev"
+            }
+            .to_string(),
+        ),
+        other => Err(format!(
+            "--datapath {other:?} is not one of: auto, system, netdev"
+        )),
+    }
+}
+
+pub struct OvsDataplane {
+    cfg: OvsConfig,
+    db: ovsdb::Client,
+    of: OfClient,
+    flows_ok: AtomicBool,
+    /// OVSDB connection count when the flows were last checked: a new connection means OVS
+    /// may have restarted, so the flows are checked again.
+    flows_conn: AtomicU64,
+}
+
+fn io_err(what: &str, name: &str, e: std::io::Error) -> String {
+    format!("{what} {name}: {e}")
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("worker failed: {e}"))?
+}
+
+impl OvsDataplane {
+    /// Starts the OVSDB client in the background: it connects (and reconnects) by itself.
+    pub fn start(cfg: OvsConfig) -> Result<Self, String> {
+        let mut dbcfg = ovsdb::Config::new(cfg.ovsdb.clone());
+        dbcfg.call_timeout = cfg.call_timeout;
+        let db = ovsdb::Client::start(dbcfg).map_err(|e| format!("--ovsdb: {e}"))?;
+        let of = OfClient::new(
+            ovs_ffi::openflow::mgmt_socket(&cfg.rundir, &cfg.bridge),
+            OfConfig {
+                timeout: cfg.call_timeout,
+                ..Default::default()
+            },
+        );
+        Ok(Self {
+            cfg,
+            db,
+            of,
+            flows_ok: AtomicBool::new(false),
+            flows_conn: AtomicU64::new(0),
+        })
+    }
+
+    fn unreachable(&self) -> String {
+        format!(
+            "Open vSwitch is not reachable: no OVSDB connection to {} (is ovsdb-server running? see --ovsdb); \
+             the request fails until it is, and works again without restarting netplugin",
+            self.cfg.ovsdb
+        )
+    }
+
+    fn base_flow(&self) -> Flow {
+        Flow::new(0, 0)
+            .cookie(COOKIE_BASE)
+            .actions(vec![Action::Output(Port::Normal)])
+    }
+
+    async fn ensure_bridge(&self) -> Result<bool, String> {
+        if !self.db.is_connected() {
+            return Err(self.unreachable());
+        }
+        let mut external_ids = BTreeMap::new();
+        external_ids.insert("berth-bridge".to_string(), "true".to_string());
+        let changed = self
+            .db
+            .ensure_bridge(&BridgeSpec {
+                name: self.cfg.bridge.clone(),
+                datapath_type: Some(self.cfg.datapath.clone()),
+                fail_mode: Some("secure".into()),
+                protocols: vec![
+                    "OpenFlow13".into(),
+                    "OpenFlow14".into(),
+                    "OpenFlow15".into(),
+                ],
+                other_config: BTreeMap::new(),
+                external_ids,
+            })
+            .await
+            .map_err(|e| format!("OVS bridge {}: {e}", self.cfg.bridge))?;
+        if changed {
+            info!(bridge = %self.cfg.bridge, datapath = %self.cfg.datapath, "OVS bridge created or updated");
+            self.flows_ok.store(false, Ordering::SeqCst);
+            self.db
+                .wait_applied(self.cfg.call_timeout)
+                .await
+                .map_err(|e| format!("OVS bridge {}: {e}", self.cfg.bridge))?;
+        }
+        if let Some(uplink) = &self.cfg.uplink {
+            self.db
+                .ensure_port(&PortSpec {
+                    bridge: self.cfg.bridge.clone(),
+                    name: uplink.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("--uplink {uplink}: {e}"))?;
+        }
+        Ok(changed)
+    }
+
+    /// Installs the base flow unless it is there (checked on the switch when `check`).
+    async fn ensure_flows(&self, check: bool) -> Result<bool, String> {
+        let conn = self.db.connection_count();
+        if self.flows_ok.load(Ordering::SeqCst)
+            && !check
+            && self.flows_conn.load(Ordering::SeqCst) == conn
+        {
+            return Ok(false);
+        }
+        self.flows_conn.store(conn, Ordering::SeqCst);
+        let flow_err = |e: ovs_ffi::Error| {
+            self.flows_ok.store(false, Ordering::SeqCst);
+            format!(
+                "OpenFlow on bridge {} ({}): {e}",
+                self.cfg.bridge,
+                ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge).display()
+            )
+        };
+        let want = self.base_flow();
+        let have = self
+            .of
+            .dump_flows(&FlowFilter {
+                table: Some(0),
+                cookie: COOKIE_BASE,
+                cookie_mask: u64::MAX,
+                ..Default::default()
+            })
+            .await
+            .map_err(flow_err)?;
+        if have.iter().any(|f| f.flow.to_ofctl() == want.to_ofctl()) {
+            self.flows_ok.store(true, Ordering::SeqCst);
+            return Ok(false);
+        }
+        // Add replaces a flow with the same match and priority in place: no gap.
+        self.of.add_flow(&want).await.map_err(flow_err)?;
+        self.flows_ok.store(true, Ordering::SeqCst);
+        info!(bridge = %self.cfg.bridge, "base flow installed");
+        Ok(true)
+    }
+
+    fn port_spec(&self, plan: &EndpointPlan) -> PortSpec {
+        let mut ids = BTreeMap::new();
+        ids.insert(EXT_ENDPOINT.to_string(), plan.endpoint_id.clone());
+        ids.insert(EXT_NETWORK.to_string(), plan.network_id.clone());
+        PortSpec {
+            bridge: self.cfg.bridge.clone(),
+            name: plan.host_if.clone(),
+            tag: Some(plan.vlan),
+            iface_external_ids: ids,
+            ..Default::default()
+        }
+    }
+
+    /// Port names on our bridge.
+    fn bridge_ports(&self) -> Vec<String> {
+        let bridge = self.cfg.bridge.clone();
+        self.db.with_cache(|c| {
+            let Some((_, br)) = c.by_name("Bridge", &bridge) else {
+                return Vec::new();
+            };
+            let ports = ovsdb::ops::as_uuid_set(br.get("ports").unwrap_or(&Value::Null));
+            ports
+                .iter()
+                .filter_map(|u| c.row("Port", u))
+                .filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+    }
+
+    async fn plug(&self, plan: &EndpointPlan) -> Result<(), String> {
+        let (host, peer, mtu, mac) = (
+            plan.host_if.clone(),
+            plan.container_if.clone(),
+            plan.mtu,
+            plan.mac,
+        );
+        let netdev = self.cfg.datapath == "netdev";
+        blocking(move || {
+            // A leftover of a crashed attempt with the same (endpoint-derived) name.
+            netlink::delete(&host).map_err(|e| io_err("deleting stale veth", &host, e))?;
+            netlink::create_veth(&host, &peer, mtu, &mac)
+                .map_err(|e| io_err("creating veth", &host, e))?;
+            if netdev {
+                ethtool::tx_checksum_off(&host)
+                    .map_err(|e| io_err("turning TX checksum offload off on", &host, e))?;
+                ethtool::tx_checksum_off(&peer)
+                    .map_err(|e| io_err("turning TX checksum offload off on", &peer, e))?;
+            }
+            netlink::set_up(&host).map_err(|e| io_err("setting up", &host, e))
+        })
+        .await?;
+        self.db
+            .ensure_port(&self.port_spec(plan))
+            .await
+            .map_err(|e| format!("OVS port {}: {e}", plan.host_if))?;
+        Ok(())
+    }
+
+    async fn unplug(&self, host_if: &str) -> Result<(), String> {
+        let mut errors = Vec::new();
+        if self.db.is_connected() {
+            if let Err(e) = self.db.delete_port(&self.cfg.bridge, host_if).await {
+                errors.push(format!("OVS port {host_if}: {e}"));
+            }
+        } else {
+            warn!(
+                port = host_if,
+                "OVS unreachable: its port row is removed by the next reconcile"
+            );
+        }
+        let host = host_if.to_string();
+        if let Err(e) = blocking(move || {
+            netlink::delete(&host)
+                .map(|_| ())
+                .map_err(|e| io_err("deleting veth", &host, e))
+        })
+        .await
+        {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+impl Dataplane for OvsDataplane {
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.ensure_bridge().await?;
+            self.ensure_flows(false).await?;
+            Ok(())
+        })
+    }
+
+    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            match self.plug(plan).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if let Err(undo) = self.unplug(&plan.host_if).await {
+                        warn!(endpoint = %plan.endpoint_id, error = %undo, "undoing a failed endpoint");
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { self.unplug(host_if).await })
+    }
+
+    fn reassert<'a>(
+        &'a self,
+        endpoints: &'a [EndpointPlan],
+    ) -> BoxFuture<'a, Result<ReassertReport, String>> {
+        Box::pin(async move {
+            let mut report = ReassertReport {
+                bridge_created: self.ensure_bridge().await?,
+                ..Default::default()
+            };
+            report.flows_installed = self.ensure_flows(true).await?;
+            let wanted: BTreeSet<&str> = endpoints.iter().map(|p| p.host_if.as_str()).collect();
+            for plan in endpoints {
+                if !netlink::exists(&plan.host_if) {
+                    // The container's side is gone: Docker deletes the endpoint when it can;
+                    // its port would only show an error meanwhile.
+                    continue;
+                }
+                match self.db.ensure_port(&self.port_spec(plan)).await {
+                    Ok(true) => report.ports_fixed.push(plan.host_if.clone()),
+                    Ok(false) => {}
+                    Err(e) => return Err(format!("OVS port {}: {e}", plan.host_if)),
+                }
+            }
+            for name in self.bridge_ports() {
+                if wanted.contains(name.as_str()) {
+                    continue;
+                }
+                let ours = self
+                    .db
+                    .port(&name)
+                    .map(|p| {
+                        p.interfaces
+                            .iter()
+                            .any(|i| i.external_ids.contains_key(EXT_ENDPOINT))
+                    })
+                    .unwrap_or(false);
+                if ours {
+                    self.unplug(&name).await?;
+                    report.ports_removed.push(name.clone());
+                    report.veths_removed.push(name);
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    fn ports(&self) -> Vec<PortView> {
+        self.bridge_ports()
+            .into_iter()
+            .filter_map(|name| self.db.port(&name))
+            .filter_map(|p| {
+                let iface = p.interfaces.first()?;
+                let endpoint_id = iface.external_ids.get(EXT_ENDPOINT).cloned()?;
+                Some(PortView {
+                    name: p.name.clone(),
+                    tag: p.tag,
+                    endpoint_id: Some(endpoint_id),
+                    network_id: iface.external_ids.get(EXT_NETWORK).cloned(),
+                    ofport: iface.ofport,
+                })
+            })
+            .collect()
+    }
+
+    fn datapath_type(&self) -> &str {
+        &self.cfg.datapath
+    }
+
+    fn connected(&self) -> bool {
+        self.db.is_connected()
+    }
+}

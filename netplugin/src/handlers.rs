@@ -1,0 +1,232 @@
+//! Docker's NetworkDriver + IpamDriver on the plugin socket, and the admin API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::Method;
+use plugin_transport::{PluginError, Reply, Request, Router};
+
+use crate::error::NetError;
+use crate::ipam::{GLOBAL_SPACE, LOCAL_SPACE};
+use crate::network::{store_op, Service};
+use crate::protocol::*;
+
+fn ok<T>(r: Result<T, NetError>) -> Result<T, PluginError> {
+    r.map_err(PluginError::from)
+}
+
+/// Adds a POST handler that gets the service.
+macro_rules! route {
+    ($router:expr, $svc:expr, $path:literal, |$s:ident, $req:ident : $ty:ty| $body:block) => {{
+        let svc = $svc.clone();
+        $router.post_json($path, move |$req: $ty| {
+            let $s = svc.clone();
+            async move $body
+        })
+    }};
+}
+
+pub fn plugin_router(svc: Arc<Service>) -> Router {
+    let r = Router::new()
+        .post_json("/Plugin.Activate", |_: Empty| async {
+            Ok(ActivateResponse {
+                implements: vec!["NetworkDriver", "IpamDriver"],
+            })
+        })
+        .post_json("/NetworkDriver.GetCapabilities", |_: Empty| async {
+            Ok(NetCapabilities {
+                scope: "local",
+                connectivity_scope: "global",
+            })
+        })
+        .post_json("/IpamDriver.GetCapabilities", |_: Empty| async {
+            Ok(IpamCapabilities {
+                requires_mac_address: false,
+                requires_request_replay: false,
+            })
+        })
+        .post_json("/IpamDriver.GetDefaultAddressSpaces", |_: Empty| async {
+            Ok(AddressSpaces {
+                local_default_address_space: LOCAL_SPACE,
+                global_default_address_space: GLOBAL_SPACE,
+            })
+        });
+    // ---- network driver ----
+    let r = route!(
+        r,
+        svc,
+        "/NetworkDriver.CreateNetwork",
+        |s, req: CreateNetworkRequest| { ok(s.create_network(req).await).map(|_| EmptyReply {}) }
+    );
+    let r = route!(
+        r,
+        svc,
+        "/NetworkDriver.DeleteNetwork",
+        |s, req: NetworkIdRequest| {
+            ok(s.delete_network(&req.network_id).await).map(|_| EmptyReply {})
+        }
+    );
+    let r = route!(
+        r,
+        svc,
+        "/NetworkDriver.CreateEndpoint",
+        |s, req: CreateEndpointRequest| { ok(s.create_endpoint(req).await) }
+    );
+    let r = route!(
+        r,
+        svc,
+        "/NetworkDriver.DeleteEndpoint",
+        |s, req: EndpointRequest| {
+            ok(s.delete_endpoint(&req.network_id, &req.endpoint_id).await).map(|_| EmptyReply {})
+        }
+    );
+    let r = route!(r, svc, "/NetworkDriver.Join", |s, req: JoinRequest| {
+        ok(s.join(req).await)
+    });
+    let r = r
+        .post_json("/NetworkDriver.Leave", |_: EndpointRequest| async {
+            Ok(EmptyReply {})
+        })
+        .post_json(
+            "/NetworkDriver.EndpointOperInfo",
+            |_: EndpointRequest| async { Ok(OperInfoResponse::default()) },
+        )
+        .post_json(
+            "/NetworkDriver.ProgramExternalConnectivity",
+            |_: Empty| async { Ok(EmptyReply {}) },
+        )
+        .post_json(
+            "/NetworkDriver.RevokeExternalConnectivity",
+            |_: Empty| async { Ok(EmptyReply {}) },
+        )
+        .post_json("/NetworkDriver.DiscoverNew", |_: Empty| async {
+            Ok(EmptyReply {})
+        })
+        .post_json("/NetworkDriver.DiscoverDelete", |_: Empty| async {
+            Ok(EmptyReply {})
+        })
+        .post_json("/NetworkDriver.AllocateNetwork", |_: Empty| async {
+            Ok(AllocateNetworkResponse::default())
+        })
+        .post_json("/NetworkDriver.FreeNetwork", |_: Empty| async {
+            Ok(EmptyReply {})
+        });
+    // ---- IPAM (works without OVS) ----
+    let r = route!(
+        r,
+        svc,
+        "/IpamDriver.RequestPool",
+        |s, req: RequestPoolRequest| {
+            let ipam = s.ipam.clone();
+            let (id, pool) = ok(store_op("request pool", move || {
+                ipam.request_pool(&req.address_space, &req.pool, &req.sub_pool, req.v6)
+            })
+            .await)?;
+            Ok(RequestPoolResponse {
+                pool_id: id,
+                pool,
+                data: BTreeMap::new(),
+            })
+        }
+    );
+    let r = route!(
+        r,
+        svc,
+        "/IpamDriver.ReleasePool",
+        |s, req: PoolIdRequest| {
+            let ipam = s.ipam.clone();
+            ok(store_op("release pool", move || ipam.release_pool(&req.pool_id)).await)
+                .map(|_| EmptyReply {})
+        }
+    );
+    let r = route!(
+        r,
+        svc,
+        "/IpamDriver.RequestAddress",
+        |s, req: RequestAddressRequest| {
+            let ipam = s.ipam.clone();
+            let address = ok(store_op("request address", move || {
+                ipam.request_address(&req.pool_id, &req.address, &req.options)
+            })
+            .await)?;
+            Ok(RequestAddressResponse {
+                address,
+                data: BTreeMap::new(),
+            })
+        }
+    );
+    route!(
+        r,
+        svc,
+        "/IpamDriver.ReleaseAddress",
+        |s, req: ReleaseAddressRequest| {
+            let ipam = s.ipam.clone();
+            ok(store_op("release address", move || {
+                ipam.release_address(&req.pool_id, &req.address)
+            })
+            .await)
+            .map(|_| EmptyReply {})
+        }
+    )
+}
+
+fn reply<T: serde::Serialize>(r: Result<T, NetError>) -> Reply {
+    match r {
+        Ok(v) => Reply::json(&v),
+        Err(e) => Reply::error(&PluginError::from(e)),
+    }
+}
+
+fn query_param(req: &Request, name: &str) -> Option<String> {
+    req.query.as_deref()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+/// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
+/// `/stats`; `POST /reconcile`.
+pub fn admin_router(svc: Arc<Service>) -> Router {
+    let s1 = svc.clone();
+    let s2 = svc.clone();
+    let s3 = svc.clone();
+    let s4 = svc.clone();
+    let s5 = svc.clone();
+    let s6 = svc;
+    Router::new()
+        .route(Method::GET, "/networks", move |_req: Request| {
+            let s = s1.clone();
+            async move { reply(s.admin_networks().await) }
+        })
+        .route(Method::GET, "/endpoints", move |req: Request| {
+            let s = s2.clone();
+            async move { reply(s.admin_endpoints(query_param(&req, "network")).await) }
+        })
+        .route(Method::GET, "/pools", move |_req: Request| {
+            let s = s3.clone();
+            async move { reply(s.admin_pools().await) }
+        })
+        .route_prefix(Method::GET, "/pools/", move |req: Request| {
+            let s = s4.clone();
+            async move {
+                let key = req.path.trim_start_matches("/pools/").replace("%2F", "/");
+                reply(s.admin_pool(key).await)
+            }
+        })
+        .route(Method::GET, "/stats", move |_req: Request| {
+            let s = s5.clone();
+            async move {
+                Reply::json(&serde_json::json!({
+                    "latencies": s.latencies.summary(),
+                    "ovs_connected": s.dp.connected(),
+                    "datapath": s.dp.datapath_type(),
+                    "store": s.state.store.kind(),
+                    "host_id": s.state.host_id,
+                }))
+            }
+        })
+        .route(Method::POST, "/reconcile", move |_req: Request| {
+            let s = s6.clone();
+            async move { reply(s.reconcile().await) }
+        })
+}

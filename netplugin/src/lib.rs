@@ -1,0 +1,22 @@
+//! netplugin: Berth's libnetwork remote network driver and remote IPAM driver on Open vSwitch
+//! VLAN access ports.
+//!
+//! - [`store`]: the `Store` trait (etcd semantics: revisions, transactions, leases, watches)
+//!   with the embedded redb implementation and an in-memory one; [`state`]: typed records.
+//! - [`ipam`] and [`network`]: the drivers' logic; [`protocol`]: Docker's messages;
+//!   [`handlers`]: the plugin and admin routers.
+//! - [`dataplane`]: veth pairs and OVS ports behind a trait (ovs-ffi for the real one).
+
+pub mod dataplane;
+pub mod error;
+pub mod handlers;
+pub mod ipam;
+pub mod ipnet;
+pub mod metrics;
+pub mod network;
+pub mod protocol;
+pub mod state;
+pub mod store;
+
+#[cfg(test)]
+mod tests;

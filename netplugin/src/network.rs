@@ -1,0 +1,808 @@
+//! The network driver's logic (Docker's NetworkDriver) over the state store and the datapath.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::dataplane::{
+    container_if_name, format_mac, host_if_name, mac_from_ip, parse_mac, Dataplane, EndpointPlan,
+    ReassertReport,
+};
+use crate::error::{NetError, NetResult};
+use crate::ipam::{describe_holder, require_id, Ipam};
+use crate::ipnet::{parse_addr, parse_cidr, Ipv4Net};
+use crate::protocol::*;
+use crate::state::*;
+use crate::store::{Compare, Op, StoreError, Txn};
+
+/// Bound on one store operation (the embedded store answers in ms; etcd may hang).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+const CAS_ATTEMPTS: usize = 64;
+pub const DEFAULT_MTU: u32 = 1500;
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// VLANs handed to networks created without `-o vlan`.
+    pub vlan_range: (u16, u16),
+    pub default_mtu: u32,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            vlan_range: (2, 4094),
+            default_mtu: DEFAULT_MTU,
+        }
+    }
+}
+
+/// Recent server-side latencies of endpoint setup, for the admin `stats` and the benchmark.
+#[derive(Default)]
+pub struct Latencies {
+    inner: Mutex<BTreeMap<&'static str, VecDeque<f64>>>,
+}
+
+const LATENCY_WINDOW: usize = 20_000;
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct LatencySummary {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub first_ms: f64,
+    pub last_ms: f64,
+}
+
+impl Latencies {
+    pub fn record(&self, what: &'static str, d: Duration) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let q = m.entry(what).or_default();
+        if q.len() == LATENCY_WINDOW {
+            q.pop_front();
+        }
+        q.push_back(d.as_secs_f64() * 1000.0);
+    }
+
+    pub fn summary(&self) -> BTreeMap<String, LatencySummary> {
+        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, q)| {
+                let mut v: Vec<f64> = q.iter().copied().collect();
+                let first = v[0];
+                let last = v[v.len() - 1];
+                v.sort_by(|a, b| a.total_cmp(b));
+                let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+                (
+                    k.to_string(),
+                    LatencySummary {
+                        count: v.len(),
+                        p50_ms: pct(0.5),
+                        p99_ms: pct(0.99),
+                        first_ms: first,
+                        last_ms: last,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+pub struct Service {
+    pub state: State,
+    pub ipam: Arc<Ipam>,
+    pub dp: Arc<dyn Dataplane>,
+    pub config: NetConfig,
+    pub latencies: Latencies,
+    /// Serializes reconcile passes with endpoint changes of this host.
+    reconcile_lock: tokio::sync::Mutex<()>,
+}
+
+/// Runs a store operation on a blocking thread, bounded by [`STORE_TIMEOUT`].
+pub async fn store_op<T, F>(what: &str, f: F) -> NetResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> NetResult<T> + Send + 'static,
+{
+    match tokio::time::timeout(STORE_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(join)) => Err(NetError::Store(StoreError::Backend(format!(
+            "{what}: worker failed: {join}"
+        )))),
+        Err(_) => Err(NetError::Timeout {
+            what: format!("state store ({what})"),
+            secs: STORE_TIMEOUT.as_secs(),
+        }),
+    }
+}
+
+/// The `-o` options we know.
+const KNOWN_OPTIONS: &[&str] = &["vlan", "mtu"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NetOptions {
+    vlan: Option<u16>,
+    mtu: u32,
+}
+
+fn parse_options(generic: &BTreeMap<String, String>, default_mtu: u32) -> NetResult<NetOptions> {
+    let mut out = NetOptions {
+        vlan: None,
+        mtu: default_mtu,
+    };
+    for (k, v) in generic {
+        match k.as_str() {
+            "vlan" => {
+                let n: u16 = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=4094).contains(n))
+                    .ok_or_else(|| {
+                        NetError::invalid(format!(
+                            "-o vlan={v}: must be an integer from 1 to 4094 (or leave it out to get a free one)"
+                        ))
+                    })?;
+                out.vlan = Some(n);
+            }
+            "mtu" => {
+                out.mtu = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (68..=9216).contains(n))
+                    .ok_or_else(|| {
+                        NetError::invalid(format!("-o mtu={v}: must be an integer from 68 to 9216"))
+                    })?;
+            }
+            other if other.starts_with("com.docker.") => {}
+            other => {
+                return Err(NetError::invalid(format!(
+                    "-o {other}: unknown option; berth-net knows: {}",
+                    KNOWN_OPTIONS.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn plan_of(e: &EndpointRecord) -> NetResult<EndpointPlan> {
+    Ok(EndpointPlan {
+        endpoint_id: e.id.clone(),
+        network_id: e.network_id.clone(),
+        host_if: e.host_if.clone(),
+        container_if: e.container_if.clone(),
+        vlan: e.vlan,
+        mtu: e.mtu,
+        mac: parse_mac(&e.mac).map_err(|m| {
+            NetError::Store(StoreError::Corrupt {
+                key: endpoint_key(&e.id),
+                message: m,
+            })
+        })?,
+    })
+}
+
+impl Service {
+    pub fn new(state: State, ipam: Arc<Ipam>, dp: Arc<dyn Dataplane>, config: NetConfig) -> Self {
+        Self {
+            state,
+            ipam,
+            dp,
+            config,
+            latencies: Latencies::default(),
+            reconcile_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn ready(&self) -> NetResult<()> {
+        self.dp.ready().await.map_err(NetError::Datapath)
+    }
+
+    pub async fn create_network(&self, req: CreateNetworkRequest) -> NetResult<()> {
+        require_id("NetworkID", &req.network_id)?;
+        let opts = parse_options(&req.generic_options(), self.config.default_mtu)?;
+        if req.ipv6_data.iter().any(|d| !d.pool.is_empty()) {
+            return Err(NetError::invalid(
+                "IPv6 is not supported by berth-net yet: create the network without --ipv6",
+            ));
+        }
+        if req.ipv4_data.len() > 1 {
+            return Err(NetError::invalid(
+                "berth-net networks take one IPv4 subnet (one --subnet)",
+            ));
+        }
+        let data = req.ipv4_data.first().cloned().unwrap_or_default();
+        let subnet = if data.pool.is_empty() {
+            None
+        } else {
+            Some(
+                data.pool
+                    .parse::<Ipv4Net>()
+                    .map_err(|e| NetError::invalid(format!("IPv4Data.Pool {e}")))?,
+            )
+        };
+        let gateway = if data.gateway.is_empty() {
+            None
+        } else {
+            Some(
+                parse_addr(&data.gateway)
+                    .map_err(|e| NetError::invalid(format!("IPv4Data.Gateway {e}")))?,
+            )
+        };
+        self.ready().await?;
+        let state = self.state.clone();
+        let config = self.config.clone();
+        let id = req.network_id.clone();
+        store_op("create network", move || {
+            create_network_record(
+                &state,
+                &config,
+                &id,
+                opts,
+                subnet,
+                gateway,
+                &data.address_space,
+            )
+        })
+        .await
+    }
+
+    pub async fn delete_network(&self, network_id: &str) -> NetResult<()> {
+        require_id("NetworkID", network_id)?;
+        let state = self.state.clone();
+        let id = network_id.to_string();
+        let (net, stale) = store_op("delete network", move || {
+            let net = state.network(&id)?;
+            let stale: Vec<EndpointRecord> = state
+                .endpoints()?
+                .into_iter()
+                .filter(|e| e.network_id == id && e.host_id == state.host_id)
+                .collect();
+            Ok((net, stale))
+        })
+        .await?;
+        let Some(net) = net else {
+            return Ok(());
+        };
+        for e in &stale {
+            warn!(endpoint = %e.id, network = %net.id, "endpoint left behind by Docker; removing it with its network");
+            self.delete_endpoint(&e.network_id, &e.id).await?;
+        }
+        let state = self.state.clone();
+        store_op("delete network", move || {
+            let mut ops = vec![Op::Delete(network_key(&net.id))];
+            if let Some(kv) = state.store.get(&vlan_key(net.vlan))? {
+                if kv.value == net.id.as_bytes() {
+                    ops.push(Op::Delete(vlan_key(net.vlan)));
+                }
+            }
+            if let Some(pool_id) = &net.pool_id {
+                if let Some((mut pool, _)) = state.get::<PoolRecord>(&pool_key(pool_id))? {
+                    if pool.network_id.as_deref() == Some(net.id.as_str()) {
+                        pool.network_id = None;
+                        ops.push(Op::put(pool_key(pool_id), encode(&pool)));
+                    }
+                }
+            }
+            state.store.txn(Txn {
+                success: ops,
+                ..Default::default()
+            })?;
+            info!(network = %net.id, vlan = net.vlan, "network deleted");
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn create_endpoint(
+        &self,
+        req: CreateEndpointRequest,
+    ) -> NetResult<CreateEndpointResponse> {
+        let started = Instant::now();
+        require_id("NetworkID", &req.network_id)?;
+        require_id("EndpointID", &req.endpoint_id)?;
+        if !req.interface.address_ipv6.is_empty() {
+            return Err(NetError::invalid(
+                "IPv6 addresses are not supported by berth-net yet",
+            ));
+        }
+        if req.interface.address.is_empty() {
+            return Err(NetError::invalid(
+                "Interface.Address is empty: berth-net endpoints need an IPv4 address from IPAM",
+            ));
+        }
+        let (ip, prefix) = parse_cidr(&req.interface.address)
+            .map_err(|e| NetError::invalid(format!("Interface.Address {e}")))?;
+        let given_mac = !req.interface.mac_address.is_empty();
+        let mac = if given_mac {
+            parse_mac(&req.interface.mac_address)
+                .map_err(|e| NetError::invalid(format!("Interface.MacAddress {e}")))?
+        } else {
+            mac_from_ip(ip)
+        };
+        let state = self.state.clone();
+        let (nid, eid) = (req.network_id.clone(), req.endpoint_id.clone());
+        let (net, existing) = store_op("create endpoint", move || {
+            Ok((state.network(&nid)?, state.endpoint(&eid)?))
+        })
+        .await?;
+        let Some(net) = net else {
+            return Err(NetError::NotFound(format!(
+                "network {} is not known to berth-net (was it created with -d berth-net on this store?)",
+                short(&req.network_id)
+            )));
+        };
+        let reply = CreateEndpointResponse {
+            interface: (!given_mac).then(|| ReplyInterface {
+                mac_address: format_mac(&mac),
+            }),
+        };
+        let record = EndpointRecord {
+            id: req.endpoint_id.clone(),
+            network_id: net.id.clone(),
+            host_id: self.state.host_id.clone(),
+            address: format!("{ip}/{prefix}"),
+            mac: format_mac(&mac),
+            host_if: host_if_name(&req.endpoint_id),
+            container_if: container_if_name(&req.endpoint_id),
+            vlan: net.vlan,
+            mtu: net.mtu,
+            created_at: now(),
+        };
+        if let Some(e) = existing {
+            if e.network_id == record.network_id && e.address == record.address {
+                return Ok(reply);
+            }
+            return Err(NetError::conflict(format!(
+                "endpoint {} exists already on network {} with address {}",
+                short(&e.id),
+                short(&e.network_id),
+                e.address
+            )));
+        }
+        let plan = plan_of(&record)?;
+        let _guard = self.reconcile_lock.lock().await;
+        self.ready().await?;
+        // The record (write-ahead: a crash leaves it for the reconciler) is written while the
+        // datapath is built; both must succeed, else both are undone.
+        let state = self.state.clone();
+        let rec = record.clone();
+        let store_task = tokio::spawn(async move {
+            let t = Instant::now();
+            let r = store_op("create endpoint", move || {
+                save_endpoint(&state, &net, &rec, ip)
+            })
+            .await;
+            (r, t.elapsed())
+        });
+        let dp_started = Instant::now();
+        let built = self.dp.create_endpoint(&plan).await;
+        let dp_time = dp_started.elapsed();
+        let (saved, store_time) = match store_task.await {
+            Ok(r) => r,
+            Err(join) => (
+                Err(NetError::Store(StoreError::Backend(format!(
+                    "create endpoint: worker failed: {join}"
+                )))),
+                Duration::ZERO,
+            ),
+        };
+        match (built, saved) {
+            (Ok(()), Ok(())) => {}
+            (Err(dp), saved) => {
+                if saved.is_ok() {
+                    let state = self.state.clone();
+                    let eid = record.id.clone();
+                    let undo = store_op("undo endpoint", move || {
+                        state.store.txn(Txn {
+                            success: vec![Op::Delete(endpoint_key(&eid))],
+                            ..Default::default()
+                        })?;
+                        Ok(())
+                    })
+                    .await;
+                    if let Err(e) = undo {
+                        warn!(endpoint = %record.id, error = %e, "undoing the record of a failed endpoint");
+                    }
+                }
+                return Err(NetError::Datapath(dp));
+            }
+            (Ok(()), Err(e)) => {
+                if let Err(undo) = self.dp.delete_endpoint(&record.host_if).await {
+                    warn!(endpoint = %record.id, error = %undo, "undoing the datapath of a failed endpoint");
+                }
+                return Err(e);
+            }
+        }
+        self.latencies.record("create_endpoint_datapath", dp_time);
+        self.latencies.record("create_endpoint_store", store_time);
+        self.latencies.record("create_endpoint", started.elapsed());
+        Ok(reply)
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> NetResult<JoinResponse> {
+        let started = Instant::now();
+        require_id("NetworkID", &req.network_id)?;
+        require_id("EndpointID", &req.endpoint_id)?;
+        let state = self.state.clone();
+        let (nid, eid) = (req.network_id.clone(), req.endpoint_id.clone());
+        let (net, ep) = store_op("join", move || {
+            Ok((state.network(&nid)?, state.endpoint(&eid)?))
+        })
+        .await?;
+        let Some(ep) = ep else {
+            return Err(NetError::NotFound(format!(
+                "endpoint {} not found: CreateEndpoint did not succeed",
+                short(&req.endpoint_id)
+            )));
+        };
+        let gateway = net.and_then(|n| n.gateway).unwrap_or_default();
+        let reply = JoinResponse {
+            interface_name: InterfaceName {
+                src_name: ep.container_if,
+                dst_prefix: "eth".into(),
+            },
+            disable_gateway_service: gateway.is_empty(),
+            gateway,
+        };
+        self.latencies.record("join", started.elapsed());
+        Ok(reply)
+    }
+
+    /// DeleteEndpoint: the port and the veth go even if the record or the container's
+    /// namespace is gone already.
+    pub async fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> NetResult<()> {
+        require_id("NetworkID", network_id)?;
+        require_id("EndpointID", endpoint_id)?;
+        let state = self.state.clone();
+        let eid = endpoint_id.to_string();
+        let record = store_op("delete endpoint", move || Ok(state.endpoint(&eid)?)).await?;
+        let host_if = record
+            .as_ref()
+            .map(|r| r.host_if.clone())
+            .unwrap_or_else(|| host_if_name(endpoint_id));
+        let _guard = self.reconcile_lock.lock().await;
+        if let Err(e) = self.dp.delete_endpoint(&host_if).await {
+            // The record goes anyway: the reconcile pass removes a port without an endpoint.
+            warn!(endpoint = endpoint_id, error = %e, "datapath cleanup incomplete; the reconciler retries");
+        }
+        if record.is_some() {
+            let state = self.state.clone();
+            let eid = endpoint_id.to_string();
+            store_op("delete endpoint", move || {
+                state.store.txn(Txn {
+                    success: vec![Op::Delete(endpoint_key(&eid))],
+                    ..Default::default()
+                })?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Re-asserts the datapath of this host's endpoints without touching what is right.
+    pub async fn reconcile(&self) -> NetResult<ReassertReport> {
+        let _guard = self.reconcile_lock.lock().await;
+        let state = self.state.clone();
+        let records = store_op("reconcile", move || {
+            Ok(state
+                .endpoints()?
+                .into_iter()
+                .filter(|e| e.host_id == state.host_id)
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        let plans: Vec<EndpointPlan> = records.iter().map(plan_of).collect::<NetResult<_>>()?;
+        self.dp.reassert(&plans).await.map_err(NetError::Datapath)
+    }
+
+    // ---- admin views ----
+
+    pub async fn admin_networks(&self) -> NetResult<Vec<NetworkView>> {
+        let state = self.state.clone();
+        store_op("list networks", move || {
+            let eps = state.endpoints()?;
+            Ok(state
+                .networks()?
+                .into_iter()
+                .map(|n| NetworkView {
+                    endpoints: eps.iter().filter(|e| e.network_id == n.id).count(),
+                    id: n.id,
+                    vlan: n.vlan,
+                    vlan_auto: n.vlan_auto,
+                    subnet: n.subnet.unwrap_or_default(),
+                    gateway: n.gateway.unwrap_or_default(),
+                    mtu: n.mtu,
+                    pool_id: n.pool_id.unwrap_or_default(),
+                    host_id: n.host_id,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn admin_endpoints(&self, network: Option<String>) -> NetResult<Vec<EndpointView>> {
+        let state = self.state.clone();
+        let ports: BTreeMap<String, (Option<u16>, Option<i64>)> = self
+            .dp
+            .ports()
+            .into_iter()
+            .map(|p| (p.name, (p.tag, p.ofport)))
+            .collect();
+        store_op("list endpoints", move || {
+            Ok(state
+                .endpoints()?
+                .into_iter()
+                .filter(|e| {
+                    network
+                        .as_deref()
+                        .is_none_or(|n| e.network_id.starts_with(n))
+                })
+                .map(|e| {
+                    let port = ports.get(&e.host_if).copied();
+                    EndpointView {
+                        ovs_port: if port.is_some() { "present" } else { "missing" }.into(),
+                        ovs_tag: port.and_then(|p| p.0),
+                        id: e.id,
+                        network_id: e.network_id,
+                        address: e.address,
+                        mac: e.mac,
+                        host_if: e.host_if,
+                        container_if: e.container_if,
+                        vlan: e.vlan,
+                        host_id: e.host_id,
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    pub async fn admin_pools(&self) -> NetResult<Vec<PoolView>> {
+        let state = self.state.clone();
+        store_op("list pools", move || {
+            state
+                .pools()?
+                .into_iter()
+                .map(|p| pool_view(&state, p, false))
+                .collect()
+        })
+        .await
+    }
+
+    /// One pool, by pool id, subnet or network id (prefix).
+    pub async fn admin_pool(&self, key: String) -> NetResult<PoolView> {
+        let state = self.state.clone();
+        store_op("show pool", move || {
+            let pools = state.pools()?;
+            let found = pools.into_iter().find(|p| {
+                p.id == key
+                    || p.subnet == key
+                    || (key.len() >= 4
+                        && p.network_id.as_deref().is_some_and(|n| n.starts_with(&key)))
+            });
+            match found {
+                Some(p) => pool_view(&state, p, true),
+                None => Err(NetError::NotFound(format!(
+                    "no pool {key:?} (give a pool id, a subnet or a network id)"
+                ))),
+            }
+        })
+        .await
+    }
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct NetworkView {
+    pub id: String,
+    pub vlan: u16,
+    pub vlan_auto: bool,
+    pub subnet: String,
+    pub gateway: String,
+    pub mtu: u32,
+    pub pool_id: String,
+    pub endpoints: usize,
+    pub host_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct EndpointView {
+    pub id: String,
+    pub network_id: String,
+    pub address: String,
+    pub mac: String,
+    pub host_if: String,
+    pub container_if: String,
+    pub vlan: u16,
+    pub host_id: String,
+    pub ovs_port: String,
+    pub ovs_tag: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AddressView {
+    pub address: String,
+    pub held_by: String,
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PoolView {
+    pub id: String,
+    pub address_space: String,
+    pub subnet: String,
+    pub ip_range: Option<String>,
+    pub auto: bool,
+    pub network_id: Option<String>,
+    pub allocated: usize,
+    pub free: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<AddressView>,
+}
+
+fn pool_view(state: &State, p: PoolRecord, detail: bool) -> NetResult<PoolView> {
+    let addrs = state.addresses(&p.id)?;
+    let net: Option<Ipv4Net> = p.subnet.parse().ok();
+    let usable = net
+        .map(|n| {
+            let (lo, hi) = n.hosts();
+            u64::from(hi - lo) + 1
+        })
+        .unwrap_or(0);
+    Ok(PoolView {
+        allocated: addrs.len(),
+        free: usable.saturating_sub(addrs.len() as u64),
+        addresses: if detail {
+            addrs
+                .iter()
+                .map(|a| AddressView {
+                    address: a.address.to_string(),
+                    held_by: describe_holder(a),
+                    mac: a.mac.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        id: p.id,
+        address_space: p.address_space,
+        subnet: p.subnet,
+        ip_range: p.sub_pool,
+        auto: p.auto,
+        network_id: p.network_id,
+    })
+}
+
+fn create_network_record(
+    state: &State,
+    config: &NetConfig,
+    id: &str,
+    opts: NetOptions,
+    subnet: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+    space: &str,
+) -> NetResult<()> {
+    for _ in 0..CAS_ATTEMPTS {
+        if let Some(existing) = state.network(id)? {
+            if opts.vlan.is_none_or(|v| v == existing.vlan) {
+                return Ok(());
+            }
+            return Err(NetError::conflict(format!(
+                "network {} exists already with VLAN {}",
+                short(id),
+                existing.vlan
+            )));
+        }
+        // Our pool for this subnet, if berth-net is also the IPAM driver.
+        let pool = match subnet {
+            Some(net) => state.pools()?.into_iter().find(|p| {
+                p.subnet == net.to_string()
+                    && (space.is_empty() || p.address_space == space)
+                    && p.network_id.as_deref().is_none_or(|n| n == id)
+            }),
+            None => None,
+        };
+        let vlan = match opts.vlan {
+            Some(v) => {
+                if let Some(kv) = state.store.get(&vlan_key(v))? {
+                    let holder = String::from_utf8_lossy(&kv.value).into_owned();
+                    return Err(NetError::conflict(format!(
+                        "-o vlan={v}: VLAN {v} is already used by network {}",
+                        short(&holder)
+                    )));
+                }
+                v
+            }
+            None => {
+                let held: BTreeSet<u16> = state
+                    .store
+                    .range("vlans/")?
+                    .iter()
+                    .filter_map(|kv| kv.key.strip_prefix("vlans/")?.parse().ok())
+                    .collect();
+                let (lo, hi) = config.vlan_range;
+                (lo..=hi).find(|v| !held.contains(v)).ok_or_else(|| {
+                    NetError::conflict(format!(
+                        "no free VLAN left in --vlan-range {lo}-{hi}: pass -o vlan=N"
+                    ))
+                })?
+            }
+        };
+        let record = NetworkRecord {
+            id: id.to_string(),
+            vlan,
+            vlan_auto: opts.vlan.is_none(),
+            mtu: opts.mtu,
+            subnet: subnet.map(|s| s.to_string()),
+            gateway: gateway.map(|g| g.to_string()),
+            pool_id: pool.as_ref().map(|p| p.id.clone()),
+            host_id: state.host_id.clone(),
+            created_at: now(),
+        };
+        let mut compare = vec![
+            Compare::Version(vlan_key(vlan), 0),
+            Compare::Version(network_key(id), 0),
+        ];
+        let mut success = vec![
+            Op::put(vlan_key(vlan), id.as_bytes().to_vec()),
+            Op::put(network_key(id), encode(&record)),
+        ];
+        if let Some(mut p) = pool {
+            let rev = state
+                .store
+                .get(&pool_key(&p.id))?
+                .map(|kv| kv.mod_revision)
+                .unwrap_or(0);
+            compare.push(Compare::ModRevision(pool_key(&p.id), rev));
+            p.network_id = Some(id.to_string());
+            success.push(Op::put(pool_key(&p.id), encode(&p)));
+        }
+        if state
+            .store
+            .txn(Txn {
+                compare,
+                success,
+                failure: vec![],
+            })?
+            .succeeded
+        {
+            info!(network = id, vlan, subnet = ?record.subnet, "network created");
+            return Ok(());
+        }
+    }
+    Err(NetError::Store(StoreError::Contention {
+        what: "network creation".into(),
+        attempts: CAS_ATTEMPTS,
+    }))
+}
+
+fn save_endpoint(
+    state: &State,
+    net: &NetworkRecord,
+    rec: &EndpointRecord,
+    ip: Ipv4Addr,
+) -> NetResult<()> {
+    let mut ops = vec![Op::put(endpoint_key(&rec.id), encode(rec))];
+    if let Some(pool_id) = &net.pool_id {
+        if let Some((mut a, _)) = state.get::<AddrRecord>(&addr_key(pool_id, ip))? {
+            a.endpoint_id = Some(rec.id.clone());
+            if a.mac.is_none() {
+                a.mac = Some(rec.mac.clone());
+            }
+            ops.push(Op::put(addr_key(pool_id, ip), encode(&a)));
+        }
+    }
+    state.store.txn(Txn {
+        compare: vec![Compare::Version(endpoint_key(&rec.id), 0)],
+        success: ops,
+        failure: vec![],
+    })?;
+    Ok(())
+}

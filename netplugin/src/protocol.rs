@@ -1,0 +1,270 @@
+//! Docker's NetworkDriver and IpamDriver messages (protocols.md §2-3), apart from the logic.
+//! Unknown fields are ignored, missing ones default, `null` maps are empty.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `null` or absent → default.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Accepts a string map whose values may be any JSON (Docker sends strings, bools, objects).
+fn loose_map<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let raw = Option::<BTreeMap<String, serde_json::Value>>::deserialize(d)?.unwrap_or_default();
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (k, s)
+        })
+        .collect())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Empty {}
+
+#[derive(Debug, Serialize, Default)]
+pub struct EmptyReply {}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ActivateResponse {
+    pub implements: Vec<&'static str>,
+}
+
+// ---- NetworkDriver ----
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetCapabilities {
+    pub scope: &'static str,
+    pub connectivity_scope: &'static str,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamData {
+    #[serde(default, deserialize_with = "nullable")]
+    pub address_space: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub pool: String,
+    /// CIDR form (`10.1.0.1/24`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub gateway: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub aux_addresses: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateNetworkRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub options: BTreeMap<String, serde_json::Value>,
+    #[serde(rename = "IPv4Data", default, deserialize_with = "nullable")]
+    pub ipv4_data: Vec<IpamData>,
+    #[serde(rename = "IPv6Data", default, deserialize_with = "nullable")]
+    pub ipv6_data: Vec<IpamData>,
+}
+
+/// The `-o` options of `docker network create`.
+pub const GENERIC_OPTIONS: &str = "com.docker.network.generic";
+
+impl CreateNetworkRequest {
+    /// `com.docker.network.generic` as a string map.
+    pub fn generic_options(&self) -> BTreeMap<String, String> {
+        match self.options.get(GENERIC_OPTIONS) {
+            Some(serde_json::Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), s)
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkIdRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointInterface {
+    #[serde(default, deserialize_with = "nullable")]
+    pub address: String,
+    #[serde(rename = "AddressIPv6", default, deserialize_with = "nullable")]
+    pub address_ipv6: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub mac_address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateEndpointRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub interface: EndpointInterface,
+    #[serde(default, deserialize_with = "nullable")]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReplyInterface {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mac_address: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateEndpointResponse {
+    pub interface: Option<ReplyInterface>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JoinRequest {
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub sandbox_key: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InterfaceName {
+    pub src_name: String,
+    pub dst_prefix: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JoinResponse {
+    pub interface_name: InterfaceName,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
+    pub disable_gateway_service: bool,
+}
+
+#[derive(Debug, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct OperInfoResponse {
+    pub value: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllocateNetworkResponse {
+    pub options: BTreeMap<String, String>,
+}
+
+// ---- IpamDriver ----
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamCapabilities {
+    #[serde(rename = "RequiresMACAddress")]
+    pub requires_mac_address: bool,
+    pub requires_request_replay: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AddressSpaces {
+    pub local_default_address_space: &'static str,
+    pub global_default_address_space: &'static str,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RequestPoolRequest {
+    #[serde(default, deserialize_with = "nullable")]
+    pub address_space: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub pool: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub sub_pool: String,
+    #[serde(default, deserialize_with = "loose_map")]
+    pub options: BTreeMap<String, String>,
+    #[serde(rename = "V6", default, deserialize_with = "nullable")]
+    pub v6: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RequestPoolResponse {
+    #[serde(rename = "PoolID")]
+    pub pool_id: String,
+    pub pool: String,
+    pub data: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PoolIdRequest {
+    #[serde(rename = "PoolID", default, deserialize_with = "nullable")]
+    pub pool_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RequestAddressRequest {
+    #[serde(rename = "PoolID", default, deserialize_with = "nullable")]
+    pub pool_id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub address: String,
+    #[serde(default, deserialize_with = "loose_map")]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RequestAddressResponse {
+    pub address: String,
+    pub data: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReleaseAddressRequest {
+    #[serde(rename = "PoolID", default, deserialize_with = "nullable")]
+    pub pool_id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub address: String,
+}

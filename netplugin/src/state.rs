@@ -1,0 +1,212 @@
+//! Typed records over the [`Store`] and their key layout (the same keys go under
+//! `--etcd-prefix` in etcd):
+//!
+//! ```text
+//! spaces/<address-space>        guard bumped by every pool create/release (overlap checks)
+//! pools/<pool-id>               PoolRecord
+//! addrs/<pool-id>/<ip-hex>      AddrRecord (one per held address)
+//! networks/<network-id>         NetworkRecord
+//! vlans/<nnnn>                  network id holding the VLAN
+//! endpoints/<endpoint-id>       EndpointRecord
+//! ```
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{KeyValue, Store, StoreError, StoreResult};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub id: String,
+    pub address_space: String,
+    /// CIDR.
+    pub subnet: String,
+    /// `--ip-range`: dynamic addresses come from here.
+    #[serde(default)]
+    pub sub_pool: Option<String>,
+    /// Handed out from the default range (no `--subnet`).
+    pub auto: bool,
+    /// Set when a network is created on it.
+    #[serde(default)]
+    pub network_id: Option<String>,
+    pub host_id: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddrKind {
+    Gateway,
+    /// Requested by Docker for an endpoint (or an aux address: Docker does not tell them apart).
+    Address,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrRecord {
+    pub pool_id: String,
+    pub address: Ipv4Addr,
+    pub kind: AddrKind,
+    /// Set once an endpoint is created with this address.
+    #[serde(default)]
+    pub endpoint_id: Option<String>,
+    #[serde(default)]
+    pub mac: Option<String>,
+    pub host_id: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub vlan: u16,
+    /// The VLAN was picked from `--vlan-range`.
+    pub vlan_auto: bool,
+    pub mtu: u32,
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// Plain IP.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub pool_id: Option<String>,
+    pub host_id: String,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub network_id: String,
+    pub host_id: String,
+    /// CIDR.
+    pub address: String,
+    pub mac: String,
+    pub host_if: String,
+    pub container_if: String,
+    pub vlan: u16,
+    pub mtu: u32,
+    pub created_at: u64,
+}
+
+pub fn pool_key(id: &str) -> String {
+    format!("pools/{id}")
+}
+pub fn space_key(space: &str) -> String {
+    format!("spaces/{space}")
+}
+pub fn addr_prefix(pool_id: &str) -> String {
+    format!("addrs/{pool_id}/")
+}
+pub fn addr_key(pool_id: &str, ip: Ipv4Addr) -> String {
+    format!("addrs/{pool_id}/{:08x}", u32::from(ip))
+}
+pub fn network_key(id: &str) -> String {
+    format!("networks/{id}")
+}
+pub fn vlan_key(vlan: u16) -> String {
+    format!("vlans/{vlan:04}")
+}
+pub fn endpoint_key(id: &str) -> String {
+    format!("endpoints/{id}")
+}
+
+/// The store plus this host's identity, with typed reads.
+#[derive(Clone)]
+pub struct State {
+    pub store: Arc<dyn Store>,
+    pub host_id: String,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records always serialize")
+}
+
+pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> StoreResult<T> {
+    serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
+        key: kv.key.clone(),
+        message: e.to_string(),
+    })
+}
+
+impl State {
+    pub fn new(store: Arc<dyn Store>, host_id: impl Into<String>) -> Self {
+        Self {
+            store,
+            host_id: host_id.into(),
+        }
+    }
+
+    /// The record and its mod_revision.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<(T, i64)>> {
+        match self.store.get(key)? {
+            Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<T>> {
+        self.store.range(prefix)?.iter().map(decode).collect()
+    }
+
+    pub fn network(&self, id: &str) -> StoreResult<Option<NetworkRecord>> {
+        Ok(self.get(&network_key(id))?.map(|(n, _)| n))
+    }
+
+    pub fn networks(&self) -> StoreResult<Vec<NetworkRecord>> {
+        self.list("networks/")
+    }
+
+    pub fn endpoint(&self, id: &str) -> StoreResult<Option<EndpointRecord>> {
+        Ok(self.get(&endpoint_key(id))?.map(|(e, _)| e))
+    }
+
+    pub fn endpoints(&self) -> StoreResult<Vec<EndpointRecord>> {
+        self.list("endpoints/")
+    }
+
+    pub fn pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        self.list("pools/")
+    }
+
+    pub fn pool(&self, id: &str) -> StoreResult<Option<PoolRecord>> {
+        Ok(self.get(&pool_key(id))?.map(|(p, _)| p))
+    }
+
+    pub fn addresses(&self, pool_id: &str) -> StoreResult<Vec<AddrRecord>> {
+        self.list(&addr_prefix(pool_id))
+    }
+}
+
+/// Short form of a Docker ID, as `docker network ls` shows it.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A random hex id (from the kernel's generator).
+pub fn random_id(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    if filled.is_err() {
+        // Fallback: time and pid; ids only need to be unique, not secret.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ u128::from(std::process::id());
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

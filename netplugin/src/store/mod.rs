@@ -1,0 +1,126 @@
+//! The state store: a key-value store with etcd's semantics, so that the etcd implementation
+//! (its own issue) is a thin mapping and handlers never change.
+//!
+//! - Every key carries `create_revision`, `mod_revision` and `version`, from one store-wide
+//!   revision counter that every committed write bumps.
+//! - [`Store::txn`] is etcd's `Txn`: if every [`Compare`] holds, the `success` ops run, else the
+//!   `failure` ops; all atomically. Create-if-absent is `Compare::Version(key, 0)`,
+//!   compare-and-swap is `Compare::ModRevision(key, seen)`.
+//! - Leases: keys put with a lease vanish when it is revoked or expires (a host's leases keep
+//!   its live records; the embedded store is single-host, where leases matter little).
+//! - Watches: every change under a prefix, in revision order.
+//!
+//! Implementations: [`memory::MemStore`] (unit tests) and [`redb::RedbStore`] (the embedded,
+//! durable default). Typed records live in [`crate::state`].
+
+pub mod engine;
+pub mod memory;
+pub mod redb;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// One stored key with its revisions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// Number of writes since creation (1 after the first put).
+    pub version: i64,
+    /// 0 = none.
+    pub lease: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// Version of the key; 0 means "does not exist".
+    Version(String, i64),
+    ModRevision(String, i64),
+    /// The value equals (absent keys never match).
+    Value(String, Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        /// 0 = none.
+        lease: i64,
+    },
+    Delete(String),
+    DeletePrefix(String),
+}
+
+impl Op {
+    pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResult {
+    /// Whether the comparisons held (and `success` ran).
+    pub succeeded: bool,
+    /// The store revision after the transaction.
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Put(KeyValue),
+    /// The key and the revision of its deletion.
+    Delete {
+        key: String,
+        revision: i64,
+    },
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Backend(String),
+    #[error("state store: lease {0} not found (expired or revoked)")]
+    LeaseNotFound(i64),
+    #[error("state store: record {key} is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("state store: {what} still conflicting after {attempts} attempts; try again")]
+    Contention { what: String, attempts: usize },
+    #[error(
+        "state store: the {0} store is not available in this release yet (use --store embedded)"
+    )]
+    Unavailable(&'static str),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The state store. Calls are synchronous and short; async callers run them on blocking
+/// threads with a time bound (an etcd implementation blocks on its own runtime handle).
+pub trait Store: Send + Sync {
+    /// Which implementation (for logs and `netplugin` admin output).
+    fn kind(&self) -> &'static str;
+    fn get(&self, key: &str) -> StoreResult<Option<KeyValue>>;
+    /// Every key starting with `prefix`, in key order.
+    fn range(&self, prefix: &str) -> StoreResult<Vec<KeyValue>>;
+    fn txn(&self, txn: Txn) -> StoreResult<TxnResult>;
+    fn revision(&self) -> StoreResult<i64>;
+    fn grant_lease(&self, ttl: Duration) -> StoreResult<i64>;
+    fn keep_alive(&self, lease: i64) -> StoreResult<()>;
+    /// Revokes the lease and deletes its keys; unknown leases are fine.
+    fn revoke_lease(&self, lease: i64) -> StoreResult<()>;
+    /// Changes under `prefix` after the current revision, until the receiver is dropped.
+    fn watch(&self, prefix: &str) -> StoreResult<mpsc::Receiver<Event>>;
+}

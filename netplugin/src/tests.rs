@@ -1,0 +1,457 @@
+//! Handler tests: Docker's exchanges byte for byte through the router, on the in-memory store
+//! and the recording datapath.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use plugin_transport::{Request, Router};
+use serde_json::{json, Value};
+
+use crate::dataplane::fake::FakeDataplane;
+use crate::handlers::plugin_router;
+use crate::ipam::{Ipam, IpamConfig};
+use crate::network::{NetConfig, Service};
+use crate::state::State;
+use crate::store::memory::MemStore;
+
+struct T {
+    router: Router,
+    dp: Arc<FakeDataplane>,
+    svc: Arc<Service>,
+}
+
+fn setup() -> T {
+    let state = State::new(Arc::new(MemStore::new()), "h1");
+    let ipam = Arc::new(Ipam::new(
+        state.clone(),
+        IpamConfig {
+            default_pools: vec!["10.240.0.0/16".parse().unwrap()],
+            default_prefix: 24,
+        },
+    ));
+    let dp = Arc::new(FakeDataplane::new());
+    let svc = Arc::new(Service::new(
+        state,
+        ipam,
+        dp.clone(),
+        NetConfig {
+            vlan_range: (100, 101),
+            default_mtu: 1500,
+        },
+    ));
+    T {
+        router: plugin_router(svc.clone()),
+        dp,
+        svc,
+    }
+}
+
+impl T {
+    async fn call(&self, method: &str, body: Value) -> (u16, Value) {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            format!("{body}\n")
+        };
+        let reply = self
+            .router
+            .dispatch(Request {
+                method: Method::POST,
+                path: format!("/{method}"),
+                query: None,
+                body: Bytes::from(body),
+            })
+            .await;
+        (
+            reply.status.as_u16(),
+            serde_json::from_slice(&reply.body).unwrap(),
+        )
+    }
+
+    async fn ok(&self, method: &str, body: Value) -> Value {
+        let (status, v) = self.call(method, body).await;
+        assert_eq!(status, 200, "{method}: {v}");
+        v
+    }
+
+    async fn err(&self, method: &str, body: Value) -> String {
+        let (status, v) = self.call(method, body).await;
+        assert_ne!(status, 200, "{method} should fail: {v}");
+        assert_eq!(v["Err"], v["Error"], "IPAM clients read Error");
+        v["Err"].as_str().unwrap().to_string()
+    }
+
+    /// `docker network create` as dockerd 20.10 sends it.
+    async fn create_network(&self, id: &str, subnet: &str, opts: Value) -> Result<String, String> {
+        let pool = self
+            .call(
+                "IpamDriver.RequestPool",
+                json!({"AddressSpace":"berth-local","Pool":subnet,"SubPool":"","Options":{},"V6":false}),
+            )
+            .await;
+        if pool.0 != 200 {
+            return Err(pool.1["Err"].as_str().unwrap().into());
+        }
+        let pool_id = pool.1["PoolID"].as_str().unwrap().to_string();
+        let cidr = pool.1["Pool"].as_str().unwrap().to_string();
+        let gw = self
+            .ok(
+                "IpamDriver.RequestAddress",
+                json!({"PoolID":pool_id,"Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}),
+            )
+            .await;
+        let (status, v) = self
+            .call(
+                "NetworkDriver.CreateNetwork",
+                json!({"NetworkID":id,"Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":opts},
+                    "IPv4Data":[{"AddressSpace":"berth-local","Gateway":gw["Address"],"Pool":cidr}],"IPv6Data":[]}),
+            )
+            .await;
+        if status != 200 {
+            // Docker rolls back: gateway and pool released.
+            self.ok(
+                "IpamDriver.ReleaseAddress",
+                json!({"PoolID":pool_id,"Address":gw["Address"].as_str().unwrap().split('/').next().unwrap()}),
+            )
+            .await;
+            self.ok("IpamDriver.ReleasePool", json!({ "PoolID": pool_id }))
+                .await;
+            return Err(v["Err"].as_str().unwrap().into());
+        }
+        Ok(pool_id)
+    }
+
+    /// `docker run --network`: address, endpoint, join.
+    async fn start(&self, net: &str, pool: &str, ep: &str, ip: &str) -> (String, Value) {
+        let a = self
+            .ok(
+                "IpamDriver.RequestAddress",
+                json!({"PoolID":pool,"Address":ip,"Options":null}),
+            )
+            .await;
+        let addr = a["Address"].as_str().unwrap().to_string();
+        let c = self
+            .ok(
+                "NetworkDriver.CreateEndpoint",
+                json!({"NetworkID":net,"EndpointID":ep,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}}),
+            )
+            .await;
+        assert!(c["Interface"]["MacAddress"]
+            .as_str()
+            .unwrap()
+            .starts_with("02:b7:"));
+        let j = self
+            .ok(
+                "NetworkDriver.Join",
+                json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":"/var/run/docker/netns/x","Options":{}}),
+            )
+            .await;
+        (addr, j)
+    }
+
+    async fn stop(&self, net: &str, pool: &str, ep: &str, addr: &str) {
+        let ip = addr.split('/').next().unwrap();
+        self.ok(
+            "NetworkDriver.Leave",
+            json!({"NetworkID":net,"EndpointID":ep}),
+        )
+        .await;
+        self.ok(
+            "NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID":net,"EndpointID":ep}),
+        )
+        .await;
+        self.ok(
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID":pool,"Address":ip}),
+        )
+        .await;
+    }
+}
+
+const N1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const N2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const E1: &str = "aaaaaaaaaa0000000000000000000000000000000000000000000000000000000";
+const E2: &str = "bbbbbbbbbb0000000000000000000000000000000000000000000000000000000";
+
+#[tokio::test]
+async fn handshake_is_constant() {
+    let t = setup();
+    t.dp.set_down(true);
+    assert_eq!(
+        t.ok("Plugin.Activate", Value::Null).await,
+        json!({"Implements":["NetworkDriver","IpamDriver"]})
+    );
+    assert_eq!(
+        t.ok("NetworkDriver.GetCapabilities", Value::Null).await,
+        json!({"Scope":"local","ConnectivityScope":"global"})
+    );
+    assert_eq!(
+        t.ok("IpamDriver.GetCapabilities", Value::Null).await,
+        json!({"RequiresMACAddress":false,"RequiresRequestReplay":false})
+    );
+    assert_eq!(
+        t.ok("IpamDriver.GetDefaultAddressSpaces", Value::Null)
+            .await,
+        json!({"LocalDefaultAddressSpace":"berth-local","GlobalDefaultAddressSpace":"berth-global"})
+    );
+    assert_eq!(
+        t.ok(
+            "NetworkDriver.EndpointOperInfo",
+            json!({"NetworkID":N1,"EndpointID":E1})
+        )
+        .await,
+        json!({"Value":{}})
+    );
+}
+
+#[tokio::test]
+async fn container_lifecycle() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.1.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let (addr, join) = t.start(N1, &pool, E1, "").await;
+    assert_eq!(addr, "10.231.1.2/24");
+    assert_eq!(
+        join,
+        json!({"InterfaceName":{"SrcName":"tbaaaaaaaaaa","DstPrefix":"eth"},"Gateway":"10.231.1.1","DisableGatewayService":false})
+    );
+    {
+        let eps = t.dp.endpoints.lock().unwrap();
+        let plan = eps.get("vbaaaaaaaaaa").expect("port created");
+        assert_eq!((plan.vlan, plan.mtu), (100, 1500));
+    }
+    // --ip and a MAC given by Docker (not echoed back).
+    let a = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"10.231.1.50","Options":{}}),
+        )
+        .await;
+    assert_eq!(a["Address"], "10.231.1.50/24");
+    let c = t
+        .ok(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":N1,"EndpointID":E2,"Interface":{"Address":"10.231.1.50/24","MacAddress":"02:42:00:00:00:07"}}),
+        )
+        .await;
+    assert_eq!(c, json!({ "Interface": null }));
+    let msg = t
+        .err(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"10.231.1.50","Options":{}}),
+        )
+        .await;
+    assert!(
+        msg.contains("already in use") && msg.contains("endpoint bbbbbbbbbb00"),
+        "{msg}"
+    );
+    let views = t.svc.admin_pool(pool.clone()).await.unwrap();
+    assert_eq!(views.allocated, 3);
+    t.stop(N1, &pool, E1, &addr).await;
+    t.stop(N1, &pool, E1, &addr).await; // all idempotent
+    t.stop(N1, &pool, E2, "10.231.1.50/24").await;
+    assert!(t.dp.endpoints.lock().unwrap().is_empty());
+    assert_eq!(t.svc.admin_pool(pool.clone()).await.unwrap().allocated, 1);
+    // docker network rm
+    t.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID":pool,"Address":"10.231.1.1"}),
+    )
+    .await;
+    t.ok("IpamDriver.ReleasePool", json!({ "PoolID": pool }))
+        .await;
+    t.ok("NetworkDriver.DeleteNetwork", json!({ "NetworkID": N1 }))
+        .await;
+    t.ok("NetworkDriver.DeleteNetwork", json!({ "NetworkID": N1 }))
+        .await;
+    assert!(t
+        .svc
+        .state
+        .store
+        .range("")
+        .unwrap()
+        .iter()
+        .all(|kv| kv.key.starts_with("spaces/")));
+}
+
+#[tokio::test]
+async fn vlans_subnets_and_options() {
+    let t = setup();
+    t.create_network(N1, "10.231.1.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let e = t
+        .create_network(N2, "10.231.2.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("VLAN 100 is already used by network 111111111111"),
+        "{e}"
+    );
+    let e = t
+        .create_network(N2, "10.231.1.128/25", json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("overlaps 10.231.1.0/24 of network 111111111111"),
+        "{e}"
+    );
+    for (opts, needle) in [
+        (json!({"vlan":"0"}), "1 to 4094"),
+        (json!({"vlan":"4095"}), "1 to 4094"),
+        (json!({"vlan":"abc"}), "1 to 4094"),
+        (json!({"mtu":"20"}), "68 to 9216"),
+        (json!({"vlam":"5"}), "unknown option"),
+    ] {
+        let e = t
+            .create_network(N2, "10.231.2.0/24", opts)
+            .await
+            .unwrap_err();
+        assert!(e.contains(needle), "{e}");
+    }
+    // Auto VLAN from the range (100 is taken → 101), then the range is exhausted.
+    let pool = t
+        .create_network(N2, "", json!({"mtu":"1400"}))
+        .await
+        .unwrap();
+    let nets = t.svc.admin_networks().await.unwrap();
+    let n2 = nets.iter().find(|n| n.id == N2).unwrap();
+    assert_eq!((n2.vlan, n2.vlan_auto, n2.mtu), (101, true, 1400));
+    assert_eq!(n2.subnet, "10.240.0.0/24");
+    assert_eq!(n2.pool_id, pool);
+    let e = t
+        .create_network("3333", "10.231.3.0/24", json!({}))
+        .await
+        .unwrap_err();
+    assert!(e.contains("no free VLAN"), "{e}");
+    // Deleting frees the VLAN.
+    t.ok("NetworkDriver.DeleteNetwork", json!({ "NetworkID": N1 }))
+        .await;
+    t.create_network("3333", "10.231.3.0/24", json!({}))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn ovs_down_fails_network_calls_but_not_ipam() {
+    let t = setup();
+    t.dp.set_down(true);
+    let (status, pool) = t
+        .call(
+            "IpamDriver.RequestPool",
+            json!({"Pool":"10.231.5.0/24","V6":false}),
+        )
+        .await;
+    assert_eq!(status, 200, "IPAM works without OVS: {pool}");
+    let e = t
+        .err(
+            "NetworkDriver.CreateNetwork",
+            json!({"NetworkID":N1,"Options":{},"IPv4Data":[{"Pool":"10.231.5.0/24","Gateway":"10.231.5.1/24"}]}),
+        )
+        .await;
+    assert!(e.contains("not reachable"), "{e}");
+    t.dp.set_down(false);
+    t.ok(
+        "NetworkDriver.CreateNetwork",
+        json!({"NetworkID":N1,"Options":{},"IPv4Data":[{"Pool":"10.231.5.0/24","Gateway":"10.231.5.1/24"}]}),
+    )
+    .await;
+    // A failed datapath leaves no record behind.
+    t.dp.fail_next_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = t
+        .err(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":"10.231.5.2/24"}}),
+        )
+        .await;
+    assert!(e.contains("injected"), "{e}");
+    assert!(t.svc.state.endpoint(E1).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn hostile_and_empty_requests() {
+    let t = setup();
+    for method in [
+        "NetworkDriver.CreateNetwork",
+        "NetworkDriver.CreateEndpoint",
+        "NetworkDriver.Join",
+        "NetworkDriver.DeleteEndpoint",
+        "IpamDriver.RequestAddress",
+        "IpamDriver.ReleasePool",
+    ] {
+        let e = t.err(method, Value::Null).await;
+        assert!(
+            e.contains("empty") || e.contains("missing"),
+            "{method}: {e}"
+        );
+    }
+    let e = t
+        .err(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":"10.0.0.2/24"}}),
+        )
+        .await;
+    assert!(e.contains("not known to berth-net"), "{e}");
+    let e = t
+        .err(
+            "NetworkDriver.CreateNetwork",
+            json!({"NetworkID":"../../x","Options":{}}),
+        )
+        .await;
+    assert!(e.contains("NetworkID"), "{e}");
+    let e = t
+        .err(
+            "IpamDriver.RequestPool",
+            json!({"Pool":"","SubPool":"10.0.0.0/24"}),
+        )
+        .await;
+    assert!(e.contains("--ip-range needs --subnet"), "{e}");
+    // Idempotent deletes of unknown things.
+    t.ok(
+        "NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E1}),
+    )
+    .await;
+    t.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID":"p-x","Address":"10.0.0.9"}),
+    )
+    .await;
+    t.ok("IpamDriver.ReleasePool", json!({"PoolID":"p-x"}))
+        .await;
+    t.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID":N2}))
+        .await;
+}
+
+#[tokio::test]
+async fn reconcile_restores_and_removes() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    // OVS lost the port: reconcile puts it back; an unknown port of ours is removed.
+    let lost =
+        t.dp.endpoints
+            .lock()
+            .unwrap()
+            .remove("vbaaaaaaaaaa")
+            .unwrap();
+    let mut stray = lost.clone();
+    stray.host_if = "vbdeadbeef00".into();
+    t.dp.endpoints
+        .lock()
+        .unwrap()
+        .insert(stray.host_if.clone(), stray);
+    let report = t.svc.reconcile().await.unwrap();
+    assert_eq!(report.ports_fixed, vec!["vbaaaaaaaaaa"]);
+    assert_eq!(report.ports_removed, vec!["vbdeadbeef00"]);
+    let again = t.svc.reconcile().await.unwrap();
+    assert!(again.ports_fixed.is_empty() && again.ports_removed.is_empty());
+}
