@@ -16,6 +16,8 @@ packages=(
     openvswitch-switch iproute2 ethtool iputils-arping
     # ovs-ffi's check that its checked-in wire definitions regenerate identically
     openvswitch-source bindgen libclang-dev python3
+    # volplugin's lvm-thin tests: a Debian cloud kernel under qemu (TCG) with LVM inside
+    qemu-system-x86 lvm2 thin-provisioning-tools dmsetup binutils
     # build (libdevmapper-dev + libclang-dev: the devicemapper crate's bindings)
     gcc pkg-config libdevmapper-dev ca-certificates curl procps
 )
@@ -40,6 +42,17 @@ command -v cargo >/dev/null 2>&1 || { echo "install-deps: no Rust toolchain (car
 
 # Debian's docker.io unit may have started a system dockerd with its own bridge and iptables
 # rules on install. Tests never use it; they start their own.
+# The lvm-thin tests boot Debian's cloud kernel (this machine's kernel has no device-mapper).
+# Downloaded as a .deb into a cache, never installed on the host.
+guest_cache=/var/cache/berth-guest
+mkdir -p "$guest_cache"
+if ! ls "$guest_cache"/linux-image-*-cloud-amd64_*.deb >/dev/null 2>&1; then
+    kpkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -1)
+    [ -n "$kpkg" ] || { apt-get update -qq; kpkg=$(apt-cache depends linux-image-cloud-amd64 | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -1); }
+    [ -n "$kpkg" ] || { echo "install-deps: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+    (cd "$guest_cache" && apt-get download "$kpkg" >/dev/null)
+fi
+
 modprobe loop 2>/dev/null || true
 [ -e /dev/loop-control ] || { echo "install-deps: /dev/loop-control is missing; loop devices are needed" >&2; exit 1; }
 echo "install-deps: ok"

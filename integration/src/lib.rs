@@ -16,6 +16,7 @@ pub mod netplugin;
 pub mod ovs;
 pub mod plugins;
 pub mod procs;
+pub mod vm;
 
 pub use docker::{DockerEnv, DockerOptions, TEST_IMAGE};
 pub use procs::{wait_until, Daemon};

@@ -116,49 +116,63 @@ fn read_response(stream: &mut UnixStream) -> Result<(u16, Vec<u8>)> {
     Ok((status, buf[header_end..header_end + length].to_vec()))
 }
 
-/// A volplugin daemon with its own state dir, admin socket and no metrics listener, serving
-/// Docker's plugin dir (or another one).
-pub struct Volplugin {
+/// A Berth daemon (`volplugin` or `netplugin`) run by a test: its own state dir, admin socket
+/// and log, serving Docker's plugin dir (or another one), stopped by pid when dropped.
+pub struct PluginDaemon {
+    /// `volplugin` or `netplugin`: the binary's and the log's name.
+    pub name: &'static str,
+    /// The plugin socket's file name in `plugin_dir`.
+    pub socket_name: &'static str,
     pub bin: PathBuf,
     pub state_dir: PathBuf,
     pub plugin_dir: PathBuf,
     pub admin_socket: PathBuf,
     pub log_dir: PathBuf,
-    pub extra_args: Vec<String>,
+    /// Flags after `serve --state-dir --plugin-dir --admin-socket`.
+    pub args: Vec<String>,
     daemon: Option<Daemon>,
 }
 
-impl Volplugin {
-    pub fn new(bin: PathBuf, work: &Path, plugin_dir: &Path) -> Self {
+impl PluginDaemon {
+    pub fn new(
+        name: &'static str,
+        socket_name: &'static str,
+        bin: PathBuf,
+        work: &Path,
+        plugin_dir: &Path,
+    ) -> Self {
         Self {
+            name,
+            socket_name,
             bin,
             state_dir: work.join("state"),
             plugin_dir: plugin_dir.to_path_buf(),
             admin_socket: work.join("admin.sock"),
             log_dir: work.to_path_buf(),
-            extra_args: Vec::new(),
+            args: Vec::new(),
             daemon: None,
         }
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.plugin_dir.join("berth-vol.sock")
+        self.plugin_dir.join(self.socket_name)
     }
 
-    pub fn images_dir(&self) -> PathBuf {
-        self.state_dir.join("images")
+    pub fn is_running(&mut self) -> bool {
+        self.daemon.as_mut().is_some_and(|d| d.is_running())
     }
 
-    pub fn mount_root(&self) -> PathBuf {
-        self.state_dir.join("mounts")
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|d| d.pid())
     }
 
     /// Starts the daemon and waits until the plugin socket answers.
     pub fn start(&mut self) -> Result<()> {
         if UnixStream::connect(self.socket()).is_ok() {
             bail!(
-                "{} is already served by another process (a volplugin from the setup demo?); stop it first",
-                self.socket().display()
+                "{} is already served by another process (the demo's or the system's {}?); stop it first",
+                self.socket().display(),
+                self.name
             );
         }
         let mut cmd = Command::new(&self.bin);
@@ -169,10 +183,9 @@ impl Volplugin {
             .arg(&self.plugin_dir)
             .arg("--admin-socket")
             .arg(&self.admin_socket)
-            .args(["--metrics", "off"])
-            .args(&self.extra_args)
+            .args(&self.args)
             .env("RUST_LOG", "info");
-        let mut daemon = Daemon::spawn("volplugin", cmd, &self.log_dir)?;
+        let mut daemon = Daemon::spawn(self.name, cmd, &self.log_dir)?;
         let socket = self.socket();
         let up = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
             docker_call(&socket, "Plugin.Activate", None).is_ok()
@@ -180,7 +193,7 @@ impl Volplugin {
         if !up {
             let tail = daemon.log_tail(30);
             let _ = daemon.stop(Duration::from_secs(5));
-            bail!("volplugin did not come up within 30 s:\n{tail}");
+            bail!("{} did not come up within 30 s:\n{tail}", self.name);
         }
         self.daemon = Some(daemon);
         Ok(())
@@ -193,12 +206,14 @@ impl Volplugin {
         Ok(())
     }
 
+    /// SIGTERM; the daemon must exit 0 within 30 s.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut daemon) = self.daemon.take() {
             let status = daemon.stop(Duration::from_secs(30))?;
             if !status.success() {
                 bail!(
-                    "volplugin exited with {status} on SIGTERM:\n{}",
+                    "{} exited with {status} on SIGTERM:\n{}",
+                    self.name,
                     daemon.log_tail(20)
                 );
             }
@@ -210,23 +225,87 @@ impl Volplugin {
         self.daemon
             .as_ref()
             .map(|d| d.log_tail(n))
-            .unwrap_or_default()
+            .unwrap_or_else(|| {
+                crate::procs::tail_file(&self.log_dir.join(format!("{}.log", self.name)), n)
+            })
     }
 
     pub fn call(&self, method: &str, body: Option<&str>) -> Result<(u16, serde_json::Value)> {
         docker_call(&self.socket(), method, body)
     }
 
-    /// `volplugin volume ls --json` through the admin socket, as an operator runs it.
-    pub fn admin_ls(&self) -> Result<Vec<serde_json::Value>> {
+    /// `<bin> ARGS --admin-socket ...` as an operator runs it; its stdout.
+    pub fn admin_text(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.bin)
-            .args(["volume", "ls", "--json", "--admin-socket"])
+            .args(args)
+            .arg("--admin-socket")
             .arg(&self.admin_socket)
             .output()?;
         if !out.status.success() {
-            bail!("volume ls failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{} {}: {}",
+                self.name,
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The same with `--json`, decoded.
+    pub fn admin_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        Ok(serde_json::from_str(&self.admin_text(&with_json)?)?)
+    }
+}
+
+impl Drop for PluginDaemon {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("stopping {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// volplugin with the loopfile backend's view of its state dir, for leak checks.
+pub struct Volplugin(PluginDaemon);
+
+impl std::ops::Deref for Volplugin {
+    type Target = PluginDaemon;
+    fn deref(&self) -> &PluginDaemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Volplugin {
+    fn deref_mut(&mut self) -> &mut PluginDaemon {
+        &mut self.0
+    }
+}
+
+impl Volplugin {
+    /// Without a metrics listener, so several can run side by side.
+    pub fn new(bin: PathBuf, work: &Path, plugin_dir: &Path) -> Self {
+        let mut daemon = PluginDaemon::new("volplugin", "berth-vol.sock", bin, work, plugin_dir);
+        daemon.args = vec!["--metrics".into(), "off".into()];
+        Self(daemon)
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    pub fn mount_root(&self) -> PathBuf {
+        self.state_dir.join("mounts")
+    }
+
+    /// `volplugin volume ls --json` through the admin socket, as an operator runs it.
+    pub fn admin_ls(&self) -> Result<Vec<serde_json::Value>> {
+        match self.admin_json(&["volume", "ls"])? {
+            serde_json::Value::Array(list) => Ok(list),
+            other => bail!("volume ls --json is not a list: {other}"),
+        }
     }
 
     /// Leftovers a crash could cause: loop devices on our images that no mount uses, image
@@ -266,14 +345,6 @@ impl Volplugin {
             }
         }
         Ok(problems)
-    }
-}
-
-impl Drop for Volplugin {
-    fn drop(&mut self) {
-        if let Err(e) = self.stop() {
-            eprintln!("stopping volplugin: {e:#}");
-        }
     }
 }
 

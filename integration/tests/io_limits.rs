@@ -28,10 +28,10 @@ fn setup() -> Result<Ctx> {
         work.path(),
         std::path::Path::new(DOCKER_PLUGIN_DIR),
     );
-    vol.extra_args = vec![
+    vol.args.extend([
         "--docker-socket".into(),
         docker.socket_path().display().to_string(),
-    ];
+    ]);
     vol.start()?;
     Ok(Ctx {
         docker,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use http::{Method, StatusCode};
+use http::Method;
+use plugin_transport::cli::{create_private_dir, print_table};
 use plugin_transport::listen::{bind_tcp, bind_unix, plugin_listener};
 use plugin_transport::logging::LogFormat;
 use plugin_transport::metrics::Metrics;
@@ -283,7 +284,8 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
 
     let store: Arc<dyn Store> = match args.store.as_deref().unwrap_or("embedded") {
         "embedded" => {
-            create_private_dir(&state_dir)?;
+            create_private_dir(&state_dir)
+                .with_context(|| format!("creating --state-dir {}", state_dir.display()))?;
             Arc::new(
                 RedbStore::open(&state_dir.join("state.redb"))
                     .context("opening the embedded store")?,
@@ -411,27 +413,8 @@ async fn reconciler(
     }
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating --state-dir {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod {}", dir.display()))
-}
-
 async fn admin_call(admin: &AdminArgs, method: Method, path: &str) -> anyhow::Result<bytes::Bytes> {
-    let (status, body) = plugin_transport::client::request(
-        &admin.admin_socket,
-        method,
-        path,
-        None,
-        Duration::from_secs(30),
-    )
-    .await?;
-    if status != StatusCode::OK {
-        bail!("{}", plugin_transport::client::error_message(&body));
-    }
-    Ok(body)
+    Ok(plugin_transport::cli::admin_call(&admin.admin_socket, method, path, None).await?)
 }
 
 async fn network_ls(admin: AdminArgs) -> anyhow::Result<()> {
@@ -594,27 +577,6 @@ async fn pool_show(pool: &str, admin: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,11 +586,7 @@ mod tests {
     #[test]
     fn packaged_example_config_parses() {
         let example = include_str!("../../packaging/netplugin.toml");
-        let uncommented: String = example
-            .lines()
-            .filter_map(|l| l.strip_prefix("# ").filter(|rest| rest.contains(" = ")))
-            .map(|l| format!("{}\n", l.split("  #").next().unwrap_or(l).trim_end()))
-            .collect();
+        let uncommented = plugin_transport::cli::uncomment_example(example);
         assert!(uncommented.lines().count() >= 15, "{uncommented}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("netplugin.toml");

@@ -22,6 +22,9 @@ pub enum ClientError {
     Http { path: String, message: String },
     #[error("no answer from {path} within {secs} s")]
     Timeout { path: String, secs: u64 },
+    /// The daemon answered with an error; this is its message.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Sends one request and returns the status and body.

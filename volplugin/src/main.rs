@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use http::{Method, StatusCode};
+use http::Method;
+use plugin_transport::cli::{admin_call, create_private_dir, print_table};
 use plugin_transport::listen::{bind_tcp, bind_unix, plugin_listener};
 use plugin_transport::logging::LogFormat;
 use plugin_transport::metrics::Metrics;
@@ -235,7 +235,8 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
-    create_private_dir(&state_dir)?;
+    create_private_dir(&state_dir)
+        .with_context(|| format!("creating --state-dir {}", state_dir.display()))?;
     std::fs::create_dir_all(&mount_root)
         .with_context(|| format!("creating --mount-root {}", mount_root.display()))?;
     if mount_root.starts_with("/var/lib/docker") {
@@ -346,17 +347,13 @@ async fn volume_set_limits(
     if change.is_empty() {
         bail!("nothing to change: give at least one of --read-bps, --write-bps, --read-iops, --write-iops");
     }
-    let (status, body) = plugin_transport::client::request(
+    let body = admin_call(
         &admin.admin_socket,
         Method::POST,
         &format!("/volumes/{name}/limits"),
         Some(serde_json::to_vec(&change)?),
-        Duration::from_secs(60),
     )
     .await?;
-    if status != StatusCode::OK {
-        bail!("{}", plugin_transport::client::error_message(&body));
-    }
     let info: VolumeInfo = serde_json::from_slice(&body).context("decoding the daemon's answer")?;
     if admin.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -366,27 +363,8 @@ async fn volume_set_limits(
     Ok(())
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating --state-dir {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod {}", dir.display()))
-}
-
 async fn admin_get(admin: &AdminArgs, path: &str) -> anyhow::Result<bytes::Bytes> {
-    let (status, body) = plugin_transport::client::request(
-        &admin.admin_socket,
-        Method::GET,
-        path,
-        None,
-        Duration::from_secs(60),
-    )
-    .await?;
-    if status != StatusCode::OK {
-        bail!("{}", plugin_transport::client::error_message(&body));
-    }
-    Ok(body)
+    Ok(admin_call(&admin.admin_socket, Method::GET, path, None).await?)
 }
 
 async fn volume_ls(admin: AdminArgs) -> anyhow::Result<()> {
@@ -465,27 +443,6 @@ async fn volume_inspect(name: &str, admin: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,11 +452,7 @@ mod tests {
     #[test]
     fn packaged_example_config_parses() {
         let example = include_str!("../../packaging/volplugin.toml");
-        let uncommented: String = example
-            .lines()
-            .filter_map(|l| l.strip_prefix("# ").filter(|rest| rest.contains(" = ")))
-            .map(|l| format!("{}\n", l.split("  #").next().unwrap_or(l).trim_end()))
-            .collect();
+        let uncommented = plugin_transport::cli::uncomment_example(example);
         assert!(uncommented.lines().count() >= 10, "{uncommented}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("volplugin.toml");

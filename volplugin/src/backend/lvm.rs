@@ -399,12 +399,20 @@ impl LvmThinBackend {
         }
     }
 
-    /// Removes the LV if it carries our tag (a selection: one command, and an LV that is not
-    /// ours, or is gone already, is left as it is).
+    /// Removes the LV if it carries our tag: the LV is named (LVM looks at it alone) and the
+    /// selection keeps an LV that is not ours as it is. Absent is success.
     fn remove_lv(&self, lv: &str) -> Result<(), BackendError> {
-        let select = format!("lv_name={lv} && lv_tags={{{TAG}}}");
-        self.lvm(&["lvremove", "--yes", "--select", &select, &self.cfg.vg])
-            .map(drop)
+        let select = format!("lv_tags={{{TAG}}}");
+        let path = format!("{}/{lv}", self.cfg.vg);
+        match self.lvm(&["lvremove", "--yes", "--select", &select, &path]) {
+            Ok(_) => Ok(()),
+            Err(BackendError::Command { stderr, .. })
+                if stderr.contains("Failed to find logical volume") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn activate(&self, lv: &str) -> Result<(), BackendError> {

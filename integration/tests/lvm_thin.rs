@@ -1,0 +1,1045 @@
+//! volplugin's lvm-thin backend on a real device-mapper kernel.
+//!
+//! This host's kernel has no device-mapper, so the tests run in a qemu guest (see
+//! `integration::vm`): Debian's cloud kernel, an initramfs with lvm2, xfsprogs, busybox,
+//! volplugin and this very test binary, and a virtual disk with a VG and a thin pool made in
+//! the guest. In the guest this binary (with `BERTH_GUEST=1`) drives volplugin over its socket
+//! with the exact requests dockerd sends, checks with `lvs` and `dmsetup`, and reports each
+//! check on the second serial port; on the host each check is one test.
+//!
+//! Two boots on one disk: the second one checks what survives a reboot.
+//! Run: `cargo test -p integration --test lvm_thin` (root; see `vm::require_prerequisites`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use integration::harness::{self, TestFn};
+use integration::vm;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(170);
+
+struct Ctx {
+    results: BTreeMap<String, Result<(), String>>,
+    boots: Vec<(String, vm::BootOutput)>,
+    _work: tempfile::TempDir,
+}
+
+fn setup() -> Result<Ctx> {
+    vm::require_prerequisites()?;
+    let volplugin = integration::plugins::binary("volplugin")?;
+    let me = std::env::current_exe()?;
+    let kernel = vm::kernel()?;
+    let base = vm::base_initramfs(&kernel)?;
+    let work = tempfile::Builder::new()
+        .prefix("berth-lvm-")
+        .tempdir_in(vm::cache_dir()?)?;
+    let disk = work.path().join("disk.raw");
+    vm::create_disk(&disk, 3 << 30)?;
+    let mut results = BTreeMap::new();
+    let mut boots = Vec::new();
+    for phase in ["first_boot", "second_boot"] {
+        let out = vm::boot(
+            &kernel,
+            &base,
+            &vm::Boot {
+                programs: vec![
+                    (volplugin.clone(), "volplugin".into()),
+                    (me.clone(), "lvm_thin".into()),
+                ],
+                disks: vec![disk.clone()],
+                script: format!("BERTH_GUEST=1 /usr/bin/lvm_thin {phase}\n"),
+                memory_mb: 1536,
+                cpus: 2,
+                timeout: BOOT_TIMEOUT,
+                work: work.path().to_path_buf(),
+                name: phase.into(),
+            },
+        )?;
+        // Kept after the run (the work dir goes): what to read when a guest test fails.
+        let kept = vm::cache_dir()?.join(format!("last-{phase}-console.log"));
+        std::fs::write(&kept, &out.console)?;
+        println!(
+            "guest {phase}: {:.1}s{} (console: {})",
+            out.elapsed.as_secs_f64(),
+            if out.timed_out { " (TIMED OUT)" } else { "" },
+            kept.display()
+        );
+        results.extend(vm::parse_results(&out.results));
+        boots.push((phase.to_string(), out));
+    }
+    Ok(Ctx {
+        results,
+        boots,
+        _work: work,
+    })
+}
+
+fn outcome(ctx: &Ctx, name: &str) -> Result<()> {
+    match ctx.results.get(name) {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(anyhow!("in the guest: {e}")),
+        None => {
+            let tails: Vec<String> = ctx
+                .boots
+                .iter()
+                .map(|(phase, b)| {
+                    format!(
+                        "--- {phase} console (last 40 lines):\n{}",
+                        b.console_tail(40)
+                    )
+                })
+                .collect();
+            Err(anyhow!(
+                "the guest reported nothing for {name} (it crashed or ran out of time)\n{}",
+                tails.join("\n")
+            ))
+        }
+    }
+}
+
+macro_rules! guest_tests {
+    ($($name:ident),* $(,)?) => {
+        $(fn $name(ctx: &Ctx) -> Result<()> { outcome(ctx, stringify!($name)) })*
+        const GUEST_TESTS: &[(&str, TestFn<Ctx>)] = &[$((stringify!($name), $name)),*];
+    };
+}
+
+guest_tests!(
+    pool_setup,
+    create_get_and_lvs,
+    mount_refcount_and_mapped_sectors,
+    ext4_volume,
+    lvm_name_rules,
+    foreign_lvs_untouched,
+    clone_is_writable_with_its_own_uuid,
+    clone_of_unmounted_source_and_o1,
+    clone_errors,
+    kill9_mid_create_clone_remove,
+    restart_keeps_mounts,
+    overcommit_cap,
+    pool_threshold_and_metrics,
+    loopfile_reflink_clone,
+    after_reboot,
+);
+
+fn boots_are_bounded(ctx: &Ctx) -> Result<()> {
+    for (phase, b) in &ctx.boots {
+        if b.timed_out {
+            bail!(
+                "{phase} ran past {BOOT_TIMEOUT:?}; console tail:\n{}",
+                b.console_tail(40)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    if std::env::var_os("BERTH_GUEST").is_some() {
+        guest::main();
+    }
+    let mut tests: Vec<(&str, TestFn<Ctx>)> = vec![("boots_are_bounded", boots_are_bounded)];
+    tests.extend_from_slice(GUEST_TESTS);
+    harness::run("lvm_thin", setup, &tests);
+}
+
+/// What runs inside the guest.
+mod guest {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{anyhow, bail, ensure, Context, Result};
+    use integration::plugins::docker_call;
+    use integration::procs::{run_with_timeout, wait_until, Daemon};
+    use serde_json::{json, Value};
+
+    pub const VG: &str = "berthvg";
+    pub const POOL: &str = "pool";
+    const PLUGIN_DIR: &str = "/run/docker/plugins";
+
+    type GuestTest = fn(&mut Guest) -> Result<()>;
+
+    pub fn main() -> ! {
+        let phase = std::env::args().nth(1).unwrap_or_default();
+        let mut report = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/ttyS1")
+            .expect("/dev/ttyS1");
+        let mut g = Guest::new();
+        let tests: Vec<(&str, GuestTest)> = match phase.as_str() {
+            "first_boot" => vec![
+                ("pool_setup", pool_setup),
+                ("create_get_and_lvs", create_get_and_lvs),
+                (
+                    "mount_refcount_and_mapped_sectors",
+                    mount_refcount_and_mapped_sectors,
+                ),
+                ("ext4_volume", ext4_volume),
+                ("lvm_name_rules", lvm_name_rules),
+                ("foreign_lvs_untouched", foreign_lvs_untouched),
+                (
+                    "clone_is_writable_with_its_own_uuid",
+                    clone_is_writable_with_its_own_uuid,
+                ),
+                (
+                    "clone_of_unmounted_source_and_o1",
+                    clone_of_unmounted_source_and_o1,
+                ),
+                ("clone_errors", clone_errors),
+                (
+                    "kill9_mid_create_clone_remove",
+                    kill9_mid_create_clone_remove,
+                ),
+                ("restart_keeps_mounts", restart_keeps_mounts),
+                ("overcommit_cap", overcommit_cap),
+                ("pool_threshold_and_metrics", pool_threshold_and_metrics),
+                ("loopfile_reflink_clone", loopfile_reflink_clone),
+                ("prepare_reboot", prepare_reboot),
+            ],
+            "second_boot" => vec![("after_reboot", after_reboot)],
+            other => panic!("unknown guest phase {other:?}"),
+        };
+        for (name, f) in tests {
+            let t = Instant::now();
+            println!("=== guest test {name}");
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut g)))
+                .unwrap_or_else(|_| Err(anyhow!("panicked")));
+            let result = result.map_err(|e| {
+                let mut msg = format!("{e:#}");
+                let tail = g.log_tail(15);
+                if !tail.is_empty() {
+                    msg.push_str(&format!("\nvolplugin log tail:\n{tail}"));
+                }
+                msg
+            });
+            println!(
+                "=== {name}: {} ({:.1}s)",
+                if result.is_ok() { "ok" } else { "FAILED" },
+                t.elapsed().as_secs_f64()
+            );
+            if let Err(e) = &result {
+                println!("{e}");
+            }
+            let _ = report.write_all(integration::vm::result_line(name, &result).as_bytes());
+            let _ = report.flush();
+        }
+        g.stop();
+        let _ = Command::new("sync").status();
+        std::process::exit(0);
+    }
+
+    pub struct Guest {
+        daemon: Option<Daemon>,
+        pub pool: String,
+        /// Flags beyond the fixed ones (thresholds).
+        pub flags: Vec<String>,
+    }
+
+    /// A command with a bound; its stdout, or an error with its stderr.
+    pub fn sh(args: &[&str]) -> Result<String> {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        let out = run_with_timeout(c, None, Duration::from_secs(60))
+            .with_context(|| format!("running {args:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn socket() -> PathBuf {
+        Path::new(PLUGIN_DIR).join("berth-vol.sock")
+    }
+
+    /// One plugin call exactly as dockerd sends it; fails unless 200.
+    pub fn call(method: &str, body: Value) -> Result<Value> {
+        let (status, value) = docker_call(&socket(), method, Some(&body.to_string()))?;
+        if status != 200 {
+            bail!("{method} {body}: HTTP {status}: {value}");
+        }
+        Ok(value)
+    }
+
+    /// A call that must fail; returns Docker's error text.
+    pub fn call_err(method: &str, body: Value) -> Result<String> {
+        let (status, value) = docker_call(&socket(), method, Some(&body.to_string()))?;
+        ensure!(
+            status != 200,
+            "{method} {body} succeeded but must fail: {value}"
+        );
+        Ok(value["Err"].as_str().unwrap_or_default().to_string())
+    }
+
+    pub fn create(name: &str, opts: Value) -> Result<()> {
+        call("VolumeDriver.Create", json!({"Name": name, "Opts": opts})).map(drop)
+    }
+
+    pub fn mount(name: &str, id: &str) -> Result<PathBuf> {
+        let v = call("VolumeDriver.Mount", json!({"Name": name, "ID": id}))?;
+        Ok(PathBuf::from(v["Mountpoint"].as_str().unwrap_or_default()))
+    }
+
+    pub fn unmount(name: &str, id: &str) -> Result<()> {
+        call("VolumeDriver.Unmount", json!({"Name": name, "ID": id})).map(drop)
+    }
+
+    pub fn remove(name: &str) -> Result<()> {
+        call("VolumeDriver.Remove", json!({"Name": name})).map(drop)
+    }
+
+    pub fn status(name: &str) -> Result<Value> {
+        let v = call("VolumeDriver.Get", json!({"Name": name}))?;
+        Ok(v["Volume"]["Status"].clone())
+    }
+
+    pub fn list() -> Result<Vec<String>> {
+        let v = call("VolumeDriver.List", json!({}))?;
+        let mut names: Vec<String> = v["Volumes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v["Name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `lvs` rows of the VG as (name → row).
+    pub fn lvs() -> Result<BTreeMap<String, Value>> {
+        let out = sh(&[
+            "lvm",
+            "lvs",
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            "lv_name,lv_attr,lv_size,lv_tags,pool_lv,origin,data_percent",
+            VG,
+        ])?;
+        let v: Value = serde_json::from_str(&out)?;
+        Ok(v["report"][0]["lv"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r["lv_name"].as_str().unwrap_or_default().to_string(), r))
+            .collect())
+    }
+
+    /// Volume names that have a tagged thin LV.
+    pub fn tagged_volumes() -> Result<Vec<String>> {
+        let mut v: Vec<String> = lvs()?
+            .into_iter()
+            .filter(|(_, r)| {
+                r["lv_tags"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .any(|t| t == "berth-vol")
+            })
+            .filter_map(|(n, _)| n.strip_prefix("berth_").map(str::to_string))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    fn dm(lv: &str) -> String {
+        format!("{VG}-{}", lv.replace('-', "--"))
+    }
+
+    /// Nothing half-done: the tagged LVs are exactly the volumes, every mount under the mount
+    /// root is counted, and dmsetup knows every volume's device.
+    pub fn consistent() -> Result<()> {
+        let names = list()?;
+        let tagged = tagged_volumes()?;
+        ensure!(
+            names == tagged,
+            "volumes {names:?} but tagged LVs {tagged:?}"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+        for line in mounts.lines() {
+            let mut f = line.split(' ');
+            let (_src, point) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+            if let Some(vol) = point.strip_prefix("/state/vol/mounts/") {
+                let st = status(vol)?;
+                ensure!(
+                    st["mounts"].as_u64() > Some(0),
+                    "{vol} is mounted at {point} with no counted mount"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    impl Guest {
+        fn new() -> Self {
+            Self {
+                daemon: None,
+                pool: POOL.into(),
+                flags: Vec::new(),
+            }
+        }
+
+        pub fn start(&mut self) -> Result<()> {
+            let mut cmd = Command::new("/usr/bin/volplugin");
+            cmd.args([
+                "serve",
+                "--backend",
+                "lvm-thin",
+                "--vg",
+                VG,
+                "--thin-pool",
+                &self.pool,
+            ])
+            .args(["--state-dir", "/state/vol", "--plugin-dir", PLUGIN_DIR])
+            .args(["--admin-socket", "/run/berth/volplugin.sock"])
+            .args(["--metrics", "127.0.0.1:9474"])
+            .args(["--docker-socket", "/run/no-docker.sock"])
+            .args(&self.flags)
+            .env("RUST_LOG", "info");
+            let mut daemon = Daemon::spawn("volplugin", cmd, Path::new("/tmp/logs"))?;
+            let up = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+                docker_call(&socket(), "Plugin.Activate", None).is_ok()
+                    || daemon.try_exited().is_some()
+            });
+            if daemon.try_exited().is_some() {
+                bail!("volplugin exited at start:\n{}", daemon.log_tail(30));
+            }
+            if !up {
+                let tail = daemon.log_tail(30);
+                let _ = daemon.kill9();
+                bail!("volplugin did not come up within 60 s:\n{tail}");
+            }
+            self.daemon = Some(daemon);
+            Ok(())
+        }
+
+        pub fn kill9(&mut self) -> Result<()> {
+            if let Some(mut d) = self.daemon.take() {
+                d.kill9()?;
+            }
+            Ok(())
+        }
+
+        pub fn restart(&mut self) -> Result<()> {
+            self.stop();
+            self.start()
+        }
+
+        pub fn stop(&mut self) {
+            if let Some(mut d) = self.daemon.take() {
+                let _ = d.stop(Duration::from_secs(20));
+            }
+        }
+
+        pub fn log_tail(&self, n: usize) -> String {
+            self.daemon
+                .as_ref()
+                .map(|d| d.log_tail(n))
+                .unwrap_or_default()
+        }
+    }
+
+    fn write_file(path: &Path, mib: usize, byte: u8) -> Result<()> {
+        let mut f = std::fs::File::create(path)?;
+        let block = vec![byte; 1 << 20];
+        for _ in 0..mib {
+            f.write_all(&block)?;
+        }
+        f.sync_all()?;
+        Ok(())
+    }
+
+    fn read_all(path: &Path) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        std::fs::File::open(path)
+            .with_context(|| format!("open {}", path.display()))?
+            .read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    fn xfs_uuid(dev: &str) -> Result<String> {
+        let out = sh(&["xfs_admin", "-u", dev])?;
+        Ok(out.trim().trim_start_matches("UUID = ").to_string())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // first boot
+
+    fn pool_setup(g: &mut Guest) -> Result<()> {
+        sh(&["lvm", "pvcreate", "-q", "/dev/vda"])?;
+        sh(&["lvm", "vgcreate", "-q", VG, "/dev/vda"])?;
+        sh(&["lvm", "lvcreate", "-q", "-L", "64m", "-n", "state", VG])?;
+        sh(&["mkfs.ext4", "-q", &format!("/dev/{VG}/state")])?;
+        std::fs::create_dir_all("/state")?;
+        sh(&["mount", &format!("/dev/{VG}/state"), "/state"])?;
+        sh(&[
+            "lvm",
+            "lvcreate",
+            "-q",
+            "--type",
+            "thin-pool",
+            "-L",
+            "1500m",
+            "--poolmetadatasize",
+            "16m",
+            "-n",
+            POOL,
+            VG,
+        ])?;
+        // A daemon with a missing pool refuses to start, naming it.
+        g.pool = "nopool".into();
+        let err = g.start().unwrap_err().to_string();
+        ensure!(
+            err.contains("nopool") && err.contains("does not exist"),
+            "{err}"
+        );
+        g.pool = POOL.into();
+        g.flags = vec![
+            "--pool-data-max-percent".into(),
+            "60".into(),
+            "--max-overcommit".into(),
+            "20".into(),
+        ];
+        g.start()
+    }
+
+    fn create_get_and_lvs(_: &mut Guest) -> Result<()> {
+        create("db", json!({"size": "1G", "fs": "xfs"}))?;
+        // Docker repeats a Create: success.
+        create("db", json!({"size": "1G", "fs": "xfs"}))?;
+        let rows = lvs()?;
+        let row = rows.get("berth_db").context("no LV berth_db")?;
+        ensure!(row["lv_size"] == "1073741824", "{row}");
+        ensure!(row["pool_lv"] == POOL, "{row}");
+        ensure!(row["lv_tags"] == "berth-vol", "{row}");
+        let st = status("db")?;
+        ensure!(st["backend"] == "lvm-thin", "{st}");
+        ensure!(st["pool"] == format!("{VG}/{POOL}"), "{st}");
+        ensure!(st["pool_mode"] == "rw", "{st}");
+        ensure!(st["pool_data_percent"].as_f64().is_some(), "{st}");
+        ensure!(st["pool_metadata_percent"].as_f64() > Some(0.0), "{st}");
+        ensure!(st["lv"] == format!("{VG}/berth_db"), "{st}");
+        // mkfs wrote a few MiB: mapped sectors, from the dm status.
+        let alloc = st["allocated_bytes"].as_u64().context("allocated_bytes")?;
+        ensure!(alloc > 0 && alloc < 200 << 20, "{st}");
+        let dms = sh(&["dmsetup", "status", &dm("berth_db")])?;
+        ensure!(dms.contains(" thin "), "{dms}");
+        let mapped: u64 = dms.split_whitespace().nth(3).unwrap_or("0").parse()?;
+        ensure!(
+            mapped * 512 == alloc,
+            "dmsetup says {dms}, Status says {alloc}"
+        );
+        ensure!(list()?.contains(&"db".to_string()));
+        consistent()
+    }
+
+    fn mount_refcount_and_mapped_sectors(_: &mut Guest) -> Result<()> {
+        let before = status("db")?["allocated_bytes"].as_u64().unwrap_or(0);
+        let p1 = mount("db", "c1")?;
+        let p2 = mount("db", "c2")?;
+        ensure!(
+            p1 == p2 && p1 == Path::new("/state/vol/mounts/db"),
+            "{p1:?} {p2:?}"
+        );
+        write_file(&p1.join("data"), 64, 0xab)?;
+        let st = status("db")?;
+        ensure!(st["mounts"] == 2, "{st}");
+        ensure!(
+            st["device"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("253:") || d.contains(':')),
+            "{st}"
+        );
+        let after = st["allocated_bytes"].as_u64().unwrap_or(0);
+        ensure!(
+            after >= before + (60 << 20),
+            "allocated {before} -> {after}"
+        );
+        ensure!(st["used_bytes"].as_u64() > Some(60 << 20), "{st}");
+        unmount("db", "c1")?;
+        ensure!(p1.join("data").exists(), "still mounted for c2");
+        let err = call_err("VolumeDriver.Remove", json!({"Name": "db"}))?;
+        ensure!(err.contains("in use"), "{err}");
+        unmount("db", "c2")?;
+        ensure!(!p1.join("data").exists(), "unmounted after the last one");
+        // Unmount of an unknown ID is success (dockerd restarts).
+        unmount("db", "c2")?;
+        let p = mount("db", "c3")?;
+        ensure!(read_all(&p.join("data"))?.iter().all(|&b| b == 0xab));
+        unmount("db", "c3")?;
+        consistent()
+    }
+
+    fn ext4_volume(_: &mut Guest) -> Result<()> {
+        create("logs", json!({"size": "256M", "fs": "ext4"}))?;
+        let p = mount("logs", "x")?;
+        std::fs::write(p.join("f"), b"ext4 works")?;
+        let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+        ensure!(mounts.contains("/state/vol/mounts/logs ext4"), "{mounts}");
+        unmount("logs", "x")?;
+        remove("logs")?;
+        remove("logs")?; // idempotent
+        ensure!(!lvs()?.contains_key("berth_logs"));
+        consistent()
+    }
+
+    fn lvm_name_rules(_: &mut Guest) -> Result<()> {
+        // LVM refuses LV names starting with "snapshot"; the berth_ prefix makes them fine.
+        create("snapshot1", json!({"size": "16M", "fs": "ext4"}))?;
+        create("a.b_c-d", json!({"size": "16M", "fs": "ext4"}))?;
+        let rows = lvs()?;
+        ensure!(rows.contains_key("berth_snapshot1") && rows.contains_key("berth_a.b_c-d"));
+        ensure!(Path::new(&format!("/dev/mapper/{}", dm("berth_a.b_c-d"))).exists());
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "x_tmeta", "Opts": {}}),
+        )?;
+        ensure!(err.contains("_tmeta") && err.contains("reserves"), "{err}");
+        let long = "l".repeat(120);
+        let err = call_err("VolumeDriver.Create", json!({"Name": long, "Opts": {}}))?;
+        ensure!(err.contains("too long for LVM"), "{err}");
+        // The longest name that fits works end to end.
+        let longest = "m".repeat(124 - VG.len() - "berth_".len());
+        create(&longest, json!({"size": "16M", "fs": "ext4"}))?;
+        mount(&longest, "x")?;
+        unmount(&longest, "x")?;
+        remove(&longest)?;
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "bad/name", "Opts": {}}),
+        )?;
+        ensure!(err.contains("volume name"), "{err}");
+        remove("snapshot1")?;
+        remove("a.b_c-d")?;
+        consistent()
+    }
+
+    fn foreign_lvs_untouched(g: &mut Guest) -> Result<()> {
+        // An admin's thin LV that happens to have our naming, but not our tag.
+        sh(&[
+            "lvm",
+            "lvcreate",
+            "-q",
+            "-V",
+            "64m",
+            "-T",
+            &format!("{VG}/{POOL}"),
+            "-n",
+            "berth_manual",
+        ])?;
+        ensure!(
+            !list()?.contains(&"manual".to_string()),
+            "listed a foreign LV"
+        );
+        let err = call_err("VolumeDriver.Create", json!({"Name": "manual", "Opts": {}}))?;
+        ensure!(
+            err.contains("not tagged berth-vol") || err.contains("already exists"),
+            "{err}"
+        );
+        remove("manual")?; // no such volume: success, and the LV stays
+        g.restart()?; // reconcile must leave it alone too
+        ensure!(
+            lvs()?.contains_key("berth_manual"),
+            "the foreign LV was removed"
+        );
+        ensure!(!list()?.contains(&"manual".to_string()));
+        // The command volplugin removes with leaves an untagged LV alone.
+        sh(&[
+            "lvm",
+            "lvremove",
+            "--yes",
+            "--select",
+            "lv_tags={berth-vol}",
+            &format!("{VG}/berth_manual"),
+        ])?;
+        ensure!(
+            lvs()?.contains_key("berth_manual"),
+            "lvremove --select removed an untagged LV"
+        );
+        sh(&["lvm", "lvremove", "-q", "-y", &format!("{VG}/berth_manual")])?;
+        // A volume whose LV was removed behind volplugin's back can still be removed.
+        create("gone", json!({"size": "16M", "fs": "ext4"}))?;
+        sh(&["lvm", "lvremove", "-q", "-y", &format!("{VG}/berth_gone")])?;
+        remove("gone")?;
+        ensure!(!list()?.contains(&"gone".to_string()));
+        consistent()
+    }
+
+    fn clone_is_writable_with_its_own_uuid(_: &mut Guest) -> Result<()> {
+        // The source stays mounted and busy: the clone is crash-consistent, its log replayed.
+        let p = mount("db", "writer")?;
+        std::fs::write(p.join("marker"), b"before clone")?;
+        sh(&["sync"])?;
+        create("db-copy", json!({"from": "db"}))?;
+        std::fs::write(p.join("marker"), b"after clone")?;
+        let st = status("db-copy")?;
+        ensure!(
+            st["from"] == "db" && st["size_bytes"] == 1u64 << 30 && st["fs"] == "xfs",
+            "{st}"
+        );
+        let row = lvs()?.remove("berth_db-copy").context("no clone LV")?;
+        ensure!(row["origin"] == "berth_db", "{row}");
+        ensure!(
+            row["lv_attr"].as_str().unwrap_or("").chars().nth(4) == Some('a'),
+            "clone not active: {row}"
+        );
+        let src_uuid = xfs_uuid(&format!("/dev/mapper/{}", dm("berth_db")));
+        let q = mount("db-copy", "reader")?;
+        // Both mounted at once without nouuid: the clone has its own UUID.
+        let clone_uuid = xfs_uuid(&format!("/dev/mapper/{}", dm("berth_db-copy")));
+        if let (Ok(a), Ok(b)) = (&src_uuid, &clone_uuid) {
+            ensure!(a != b, "clone UUID {b} equals its source's");
+        }
+        ensure!(
+            read_all(&q.join("marker"))? == b"before clone",
+            "clone data"
+        );
+        ensure!(
+            read_all(&q.join("data"))?.iter().all(|&b| b == 0xab),
+            "clone data (64 MiB)"
+        );
+        std::fs::write(q.join("marker"), b"clone's own")?;
+        ensure!(
+            read_all(&p.join("marker"))? == b"after clone",
+            "source changed by the clone"
+        );
+        unmount("db-copy", "reader")?;
+        unmount("db", "writer")?;
+        // Idempotent repeat, then a conflicting one.
+        create("db-copy", json!({"from": "db"}))?;
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "db-copy", "Opts": {"size": "2G"}}),
+        )?;
+        ensure!(err.contains("exists with different settings"), "{err}");
+        consistent()
+    }
+
+    fn clone_of_unmounted_source_and_o1(_: &mut Guest) -> Result<()> {
+        // Clone of a clone; clone time does not grow with data (metadata only).
+        let t = Instant::now();
+        create("copy2", json!({"from": "db-copy"}))?;
+        let small = t.elapsed();
+        let st = status("copy2")?;
+        ensure!(st["from"] == "db-copy", "{st}");
+        let q = mount("copy2", "x")?;
+        ensure!(read_all(&q.join("marker"))? == b"clone's own");
+        unmount("copy2", "x")?;
+        // Removing the source leaves the clone whole.
+        remove("db-copy")?;
+        let q = mount("copy2", "y")?;
+        ensure!(read_all(&q.join("data"))?.len() == 64 << 20);
+        unmount("copy2", "y")?;
+        remove("copy2")?;
+        println!("clone of a 1G volume with 64 MiB took {small:?}");
+        consistent()
+    }
+
+    fn clone_errors(_: &mut Guest) -> Result<()> {
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "c", "Opts": {"from": "missing"}}),
+        )?;
+        ensure!(err.contains("from") && err.contains("missing"), "{err}");
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "c", "Opts": {"from": "db", "size": "5G"}}),
+        )?;
+        ensure!(err.contains("size") && err.contains("1G"), "{err}");
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "c", "Opts": {"from": "db", "fs": "ext4"}}),
+        )?;
+        ensure!(err.contains("fs"), "{err}");
+        ensure!(!lvs()?.contains_key("berth_c"));
+        consistent()
+    }
+
+    fn kill9_mid_create_clone_remove(g: &mut Guest) -> Result<()> {
+        for (i, delay) in [20u64, 200, 700].iter().enumerate() {
+            for op in ["create", "clone", "remove"] {
+                let name = format!("k{i}{op}");
+                if op == "remove" {
+                    create(&name, json!({"size": "512M"}))?;
+                }
+                let n2 = name.clone();
+                let op2 = op.to_string();
+                let worker = std::thread::spawn(move || match op2.as_str() {
+                    "create" => create(&n2, json!({"size": "512M", "fs": "xfs"})),
+                    "clone" => create(&n2, json!({"from": "db"})),
+                    _ => remove(&n2),
+                });
+                std::thread::sleep(Duration::from_millis(*delay));
+                g.kill9()?;
+                let _ = worker.join();
+                g.start()?;
+                consistent()
+                    .with_context(|| format!("after kill -9 {delay} ms into {op} {name}"))?;
+                // Whatever state it was left in, the volume can be made and removed again.
+                if op == "remove" || !list()?.contains(&name) {
+                    let _ = remove(&name);
+                    if op != "remove" {
+                        continue;
+                    }
+                } else {
+                    remove(&name)?;
+                }
+            }
+        }
+        // Everything back to just db.
+        let names = list()?;
+        ensure!(names == vec!["db".to_string()], "left: {names:?}");
+        consistent()
+    }
+
+    fn restart_keeps_mounts(g: &mut Guest) -> Result<()> {
+        let p = mount("db", "long-running")?;
+        g.kill9()?;
+        g.start()?;
+        let st = status("db")?;
+        ensure!(st["mounts"] == 1, "{st}");
+        ensure!(p.join("data").exists(), "the mount went away");
+        g.restart()?; // a clean restart too
+        ensure!(status("db")?["mounts"] == 1);
+        unmount("db", "long-running")?;
+        ensure!(!p.join("data").exists());
+        consistent()
+    }
+
+    fn overcommit_cap(_: &mut Guest) -> Result<()> {
+        // Pool 1500 MiB, cap 20x = 30000 MiB; 1 GiB (db) is already provisioned.
+        create("big1", json!({"size": "20G"}))?;
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "big2", "Opts": {"size": "10G"}}),
+        )?;
+        ensure!(
+            err.contains(&format!("{VG}/{POOL}"))
+                && err.contains("overcommitted")
+                && err.contains("20x"),
+            "{err}"
+        );
+        let err2 = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "big2", "Opts": {"from": "big1"}}),
+        )?;
+        ensure!(err2.contains("overcommitted"), "{err2}");
+        ensure!(!lvs()?.contains_key("berth_big2"));
+        remove("big1")?;
+        create("big2", json!({"size": "10G"}))?;
+        remove("big2")?;
+        consistent()
+    }
+
+    fn metric(name: &str) -> Result<f64> {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9474")?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let prefix = format!("{name}{{pool=\"{VG}/{POOL}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no {prefix} in the metrics"))
+    }
+
+    fn pool_threshold_and_metrics(g: &mut Guest) -> Result<()> {
+        let before = metric("berth_vol_pool_data_percent")?;
+        ensure!(metric("berth_vol_pool_metadata_percent")? > 0.0);
+        // Fill the pool past 25%, with the daemon refusing new volumes over 25%.
+        g.flags = vec!["--pool-data-max-percent".into(), "25".into()];
+        g.restart()?;
+        create("filler", json!({"size": "1G"}))?;
+        let p = mount("filler", "f")?;
+        let need = ((26.0 - before).max(0.0) / 100.0 * 1500.0) as usize + 8;
+        write_file(&p.join("fill"), need, 0x5a)?;
+        let data = metric("berth_vol_pool_data_percent")?;
+        ensure!(data > 25.0, "pool data {data}% after writing {need} MiB");
+        let st = status("filler")?;
+        ensure!(st["pool_data_percent"].as_f64() > Some(25.0), "{st}");
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "more", "Opts": {"size": "64M", "fs": "ext4"}}),
+        )?;
+        ensure!(
+            err.contains(&format!("{VG}/{POOL}"))
+                && err.contains("25%")
+                && err.contains("pool-data-max-percent"),
+            "{err}"
+        );
+        let err = call_err(
+            "VolumeDriver.Create",
+            json!({"Name": "more", "Opts": {"from": "db"}}),
+        )?;
+        ensure!(err.contains("pool-data-max-percent"), "{err}");
+        ensure!(!lvs()?.contains_key("berth_more"));
+        // Removing data frees the pool (the LV goes; fstrim is not needed for that).
+        unmount("filler", "f")?;
+        remove("filler")?;
+        let data = metric("berth_vol_pool_data_percent")?;
+        ensure!(data < 25.0, "pool still {data}% after removing the filler");
+        create("more", json!({"size": "64M", "fs": "ext4"}))?;
+        remove("more")?;
+        g.flags = vec![
+            "--pool-data-max-percent".into(),
+            "60".into(),
+            "--max-overcommit".into(),
+            "20".into(),
+        ];
+        g.restart()?;
+        consistent()
+    }
+
+    /// loopfile's `from=`: reflink where the state dir's filesystem can, else a clear error.
+    fn loopfile_reflink_clone(_: &mut Guest) -> Result<()> {
+        let mut results = Vec::new();
+        for (fs, reflink) in [("xfs", true), ("ext4", false)] {
+            let lv = format!("lf{fs}");
+            sh(&["lvm", "lvcreate", "-q", "-y", "-L", "320m", "-n", &lv, VG])?;
+            let dev = format!("/dev/{VG}/{lv}");
+            if fs == "xfs" {
+                sh(&["mkfs.xfs", "-q", "-m", "reflink=1", &dev])?;
+            } else {
+                sh(&["mkfs.ext4", "-q", &dev])?;
+            }
+            let root = format!("/lf-{fs}");
+            std::fs::create_dir_all(&root)?;
+            sh(&["mount", &dev, &root])?;
+            let plugin_dir = format!("/run/lf-{fs}");
+            let mut cmd = Command::new("/usr/bin/volplugin");
+            cmd.args([
+                "serve",
+                "--backend",
+                "loopfile",
+                "--state-dir",
+                &format!("{root}/state"),
+            ])
+            .args([
+                "--plugin-dir",
+                &plugin_dir,
+                "--admin-socket",
+                &format!("/run/lf-{fs}.admin"),
+            ])
+            .args(["--metrics", "off", "--docker-socket", "/run/no-docker.sock"])
+            .args(["--default-size", "64M", "--default-fs", "ext4"]);
+            let mut d = Daemon::spawn(&format!("loopfile-{fs}"), cmd, Path::new("/tmp/logs"))?;
+            let sock = Path::new(&plugin_dir).join("berth-vol.sock");
+            ensure!(wait_until(
+                Duration::from_secs(60),
+                Duration::from_millis(20),
+                || { docker_call(&sock, "Plugin.Activate", None).is_ok() }
+            ));
+            let c = |m: &str, b: Value| docker_call(&sock, m, Some(&b.to_string()));
+            let check = || -> Result<()> {
+                let (s, v) = c(
+                    "VolumeDriver.Create",
+                    json!({"Name": "src", "Opts": {"size": "300M", "fs": "xfs"}}),
+                )?;
+                ensure!(s == 200, "{v}");
+                let (_, v) = c("VolumeDriver.Mount", json!({"Name": "src", "ID": "a"}))?;
+                let p = PathBuf::from(v["Mountpoint"].as_str().unwrap_or_default());
+                write_file(&p.join("x"), 8, 0x11)?;
+                // Cloned while the source is mounted (dirty log).
+                let (s, v) = c(
+                    "VolumeDriver.Create",
+                    json!({"Name": "dst", "Opts": {"from": "src"}}),
+                )?;
+                if reflink {
+                    ensure!(s == 200, "reflink clone failed: {v}");
+                    let (_, v) = c("VolumeDriver.Mount", json!({"Name": "dst", "ID": "b"}))?;
+                    let q = PathBuf::from(v["Mountpoint"].as_str().unwrap_or_default());
+                    ensure!(
+                        read_all(&q.join("x"))?.iter().all(|&b| b == 0x11) && q.join("x").exists()
+                    );
+                    c("VolumeDriver.Unmount", json!({"Name": "dst", "ID": "b"}))?;
+                } else {
+                    let err = v["Err"].as_str().unwrap_or_default();
+                    ensure!(
+                        s != 200 && err.contains("cannot reflink") && err.contains("lvm-thin"),
+                        "{v}"
+                    );
+                    let (s, _) = c("VolumeDriver.Get", json!({"Name": "dst"}))?;
+                    ensure!(s != 200, "a failed clone left a volume");
+                }
+                c("VolumeDriver.Unmount", json!({"Name": "src", "ID": "a"}))?;
+                Ok(())
+            };
+            let r = check();
+            let tail = d.log_tail(10);
+            let _ = d.stop(Duration::from_secs(20));
+            let _ = sh(&["umount", &root]);
+            let _ = sh(&["lvm", "lvremove", "-q", "-y", &format!("{VG}/{lv}")]);
+            results.push(r.with_context(|| format!("loopfile on {fs}; log:\n{tail}")));
+        }
+        for r in results {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Leaves a mounted volume with data for the second boot (a "power cut": no unmount).
+    fn prepare_reboot(_: &mut Guest) -> Result<()> {
+        create("persist", json!({"size": "512M"}))?;
+        let p = mount("persist", "before-reboot")?;
+        std::fs::write(p.join("kept"), b"across reboots")?;
+        create("persist-copy", json!({"from": "persist"}))?;
+        sh(&["sync"])?;
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // second boot
+
+    fn after_reboot(g: &mut Guest) -> Result<()> {
+        // Only the state LV is activated by hand (no LVM autoactivation in this guest):
+        // volplugin must activate its thin LVs itself.
+        sh(&["lvm", "vgscan", "-q"]).ok();
+        sh(&["lvm", "lvchange", "-ay", &format!("{VG}/state")])?;
+        std::fs::create_dir_all("/state")?;
+        sh(&["mount", &format!("/dev/{VG}/state"), "/state"])?;
+        ensure!(!Path::new(&format!("/dev/mapper/{}", dm("berth_persist"))).exists());
+        g.flags = vec!["--pool-data-max-percent".into(), "60".into()];
+        g.start()?;
+        let names = list()?;
+        ensure!(names == vec!["db", "persist", "persist-copy"], "{names:?}");
+        let st = status("persist")?;
+        ensure!(
+            st["mounts"] == 0,
+            "mount count not cleared after reboot: {st}"
+        );
+        let p = mount("persist", "after-reboot")?;
+        ensure!(read_all(&p.join("kept"))? == b"across reboots");
+        let st = status("persist")?;
+        ensure!(
+            st["pool_mode"] == "rw" && st["allocated_bytes"].as_u64() > Some(0),
+            "{st}"
+        );
+        let q = mount("persist-copy", "c")?;
+        ensure!(read_all(&q.join("kept"))? == b"across reboots");
+        unmount("persist-copy", "c")?;
+        unmount("persist", "after-reboot")?;
+        for v in ["persist-copy", "persist", "db"] {
+            remove(v)?;
+        }
+        ensure!(tagged_volumes()?.is_empty());
+        let pool = lvs()?.remove(POOL).context("pool gone")?;
+        ensure!(
+            pool["lv_attr"].as_str().unwrap_or("").starts_with('t'),
+            "{pool}"
+        );
+        consistent()
+    }
+}
