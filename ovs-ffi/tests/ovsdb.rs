@@ -334,6 +334,13 @@ async fn concurrent_ensure_makes_one_row() {
     let c1 = client(&ovs).await;
     let c2 = client(&ovs).await;
     c1.ensure_bridge(&bridge_spec("br0")).await.unwrap();
+    // c2 learns of c1's bridge through its monitor, a moment later: the race under test is
+    // two ensure_port calls, not a cache that has not heard of the bridge yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !c2.bridges().iter().any(|b| b == "br0") {
+        assert!(std::time::Instant::now() < deadline, "c2 never saw br0");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let spec = PortSpec {
         bridge: "br0".into(),
         name: "vbrace".into(),
