@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets Berth up on this machine with the single-host defaults and shows it working:
-# builds, starts containerd + dockerd if none runs, starts volplugin (loopfile backend),
-# creates a volume, writes and reads it through containers, and inspects it.
+# builds, starts containerd + dockerd and Open vSwitch if they are not running, starts
+# volplugin (loopfile backend) and netplugin (embedded store), creates a volume, writes and
+# reads it through containers, inspects it, and pings between two containers on a VLAN network.
 #   bash scripts/demo.sh         set up and show
 #   bash scripts/demo.sh stop    stop what the demo started (volumes stay on disk)
 set -euo pipefail
@@ -23,6 +24,10 @@ stop_pid() { # name
 }
 
 if [ "${1:-}" = "stop" ]; then
+    stop_pid netplugin
+    if [ -f "$run_dir/ovs-started" ]; then
+        /usr/share/openvswitch/scripts/ovs-ctl stop >/dev/null 2>&1 && echo "demo: stopped Open vSwitch"
+    fi
     stop_pid volplugin
     stop_pid dockerd
     stop_pid containerd
@@ -75,17 +80,40 @@ if ! wait_for 1 test -S /run/docker/plugins/berth-vol.sock || ! wait_for 1 "$bin
     wait_for 30 "$bin/volplugin" volume ls || { tail "$run_dir/volplugin.log"; exit 1; }
 fi
 
+if ! ovs-vsctl --timeout=2 show >/dev/null 2>&1; then
+    echo "== starting Open vSwitch (netdev datapath where the kernel has no openvswitch module)"
+    /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >"$run_dir/ovs.log" 2>&1 || { tail "$run_dir/ovs.log"; exit 1; }
+    touch "$run_dir/ovs-started"
+fi
+
+if ! wait_for 1 "$bin/netplugin" network ls; then
+    echo "== starting netplugin (embedded store in /var/lib/berth/net, bridge br-berth)"
+    "$bin/netplugin" serve >"$run_dir/netplugin.log" 2>&1 &
+    echo $! >"$run_dir/netplugin.pid"
+    wait_for 30 "$bin/netplugin" network ls || { tail "$run_dir/netplugin.log"; exit 1; }
+fi
+
 set -x
 "$docker_cli" volume create -d berth-vol -o size=2G -o fs=xfs demo-data
 "$docker_cli" run --rm --network none -v demo-data:/data "$image" sh -c 'date > /data/written-at && df -h /data'
 "$docker_cli" run --rm --network none -v demo-data:/data "$image" cat /data/written-at
 "$docker_cli" volume inspect demo-data
 "$bin/volplugin" volume ls
+# A network on VLAN 100 with addresses that exist only inside these containers; the bridge
+# has no uplink, so nothing leaves this host.
+"$docker_cli" network inspect demo-net >/dev/null 2>&1 || \
+    "$docker_cli" network create -d berth-net --ipam-driver berth-net --subnet 10.231.100.0/24 -o vlan=100 demo-net
+"$docker_cli" run -d --rm --name demo-db --network demo-net --ip 10.231.100.10 "$image" sleep 60
+"$docker_cli" run --rm --network demo-net "$image" ping -c 3 -W 2 10.231.100.10
+"$docker_cli" rm -f demo-db
+"$bin/netplugin" network ls
+"$bin/netplugin" pool show 10.231.100.0/24
+ovs-vsctl show
 { set +x; } 2>/dev/null
 if curl -sf http://127.0.0.1:9474/metrics >"$run_dir/metrics.txt"; then
     echo "== a few of volplugin's metrics (http://127.0.0.1:9474/metrics)"
     grep -E '^berth_vol_(volumes|volume_size_bytes|volume_allocated_bytes)' "$run_dir/metrics.txt" | head -6
 fi
 echo
-echo "volplugin is serving Docker on /run/docker/plugins/berth-vol.sock; logs in $run_dir."
+echo "volplugin and netplugin are serving Docker on /run/docker/plugins/berth-{vol,net}.sock; logs in $run_dir."
 echo "Stop what the demo started with: bash scripts/demo.sh stop"
