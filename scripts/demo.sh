@@ -27,6 +27,8 @@ if [ "${1:-}" = "stop" ]; then
     stop_pid netplugin
     if [ -f "$run_dir/ovs-started" ]; then
         /usr/share/openvswitch/scripts/ovs-ctl stop >/dev/null 2>&1 && echo "demo: stopped Open vSwitch"
+        # The netdev datapath leaves its bridge's tap device behind.
+        ip link del br-berth 2>/dev/null || true
     fi
     stop_pid volplugin
     stop_pid dockerd
