@@ -12,6 +12,7 @@
 
 pub mod docker;
 pub mod harness;
+pub mod iomeasure;
 pub mod netplugin;
 pub mod ovs;
 pub mod plugins;

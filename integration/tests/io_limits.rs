@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
+use integration::iomeasure::{dd_rate, timed_dd};
 use integration::plugins::{binary, Volplugin, DOCKER_PLUGIN_DIR};
 use integration::{harness, DockerEnv, TEST_IMAGE};
 
@@ -53,30 +54,6 @@ impl Drop for Ctx {
             }
         }
     }
-}
-
-/// A shell snippet that runs dd and prints `RATE <bytes/s>`, timed with /proc/uptime (10 ms
-/// resolution; Debian's busybox dd prints no timing). `bytes` is what the dd moves.
-fn timed_dd(args: &str, bytes: u64) -> String {
-    format!(
-        "a=$(cut -d' ' -f1 /proc/uptime); dd {args} 2>/dev/null || exit 1; b=$(cut -d' ' -f1 /proc/uptime); \
-         echo \"RATE $a $b {bytes}\""
-    )
-}
-
-/// Bytes per second from the `RATE start end bytes` line of [`timed_dd`].
-fn dd_rate(output: &str) -> Result<f64> {
-    let line = output
-        .lines()
-        .find(|l| l.starts_with("RATE "))
-        .with_context(|| format!("no RATE line in {output:?}"))?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    ensure!(f.len() == 3 && f[1] > f[0], "bad timing line {line:?}");
-    Ok(f[2] / (f[1] - f[0]))
 }
 
 fn within(measured: f64, expected: f64, what: &str) -> Result<()> {
