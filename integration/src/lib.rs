@@ -11,6 +11,7 @@
 //! `busybox-static`.
 
 pub mod docker;
+pub mod etcd;
 pub mod harness;
 pub mod iomeasure;
 pub mod netplugin;

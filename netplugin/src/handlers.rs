@@ -7,6 +7,7 @@ use http::Method;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
 use crate::error::NetError;
+use crate::fleet;
 use crate::ipam::{GLOBAL_SPACE, LOCAL_SPACE};
 use crate::network::{store_op, Service};
 use crate::protocol::*;
@@ -145,10 +146,12 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
         "/IpamDriver.RequestAddress",
         |s, req: RequestAddressRequest| {
             let ipam = s.ipam.clone();
+            let started = std::time::Instant::now();
             let address = ok(store_op("request address", move || {
                 ipam.request_address(&req.pool_id, &req.address, &req.options)
             })
             .await)?;
+            s.latencies.record("request_address", started.elapsed());
             Ok(RequestAddressResponse {
                 address,
                 data: BTreeMap::new(),
@@ -185,14 +188,19 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
 }
 
 /// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
-/// `/stats`; `POST /reconcile`.
+/// `/stats`, `/hosts`, `/audit`; `POST /reconcile`, `/hosts/reclaim`,
+/// `/addresses/reserve|unreserve|release`.
 pub fn admin_router(svc: Arc<Service>) -> Router {
     let s1 = svc.clone();
     let s2 = svc.clone();
     let s3 = svc.clone();
     let s4 = svc.clone();
     let s5 = svc.clone();
-    let s6 = svc;
+    let s6 = svc.clone();
+    let s7 = svc.clone();
+    let s8 = svc.clone();
+    let s9 = svc.clone();
+    let s10 = svc;
     Router::new()
         .route(Method::GET, "/networks", move |_req: Request| {
             let s = s1.clone();
@@ -229,4 +237,75 @@ pub fn admin_router(svc: Arc<Service>) -> Router {
             let s = s6.clone();
             async move { reply(s.reconcile().await) }
         })
+        .route(Method::GET, "/hosts", move |_req: Request| {
+            let s = s7.clone();
+            async move {
+                let state = s.state.clone();
+                reply(store_op("list hosts", move || fleet::hosts(&state)).await)
+            }
+        })
+        .route(Method::POST, "/hosts/reclaim", move |req: Request| {
+            let s = s8.clone();
+            async move {
+                let body: ReclaimBody = match body_of(&req) {
+                    Ok(b) => b,
+                    Err(e) => return Reply::error(&PluginError::from(e)),
+                };
+                let ipam = s.ipam.clone();
+                reply(
+                    store_op("reclaim", move || {
+                        fleet::reclaim(&ipam, &body.host, body.force)
+                    })
+                    .await,
+                )
+            }
+        })
+        .route(Method::GET, "/audit", move |_req: Request| {
+            let s = s9.clone();
+            async move {
+                let state = s.state.clone();
+                reply(store_op("audit", move || fleet::audit(&state)).await)
+            }
+        })
+        .route_prefix(Method::POST, "/addresses/", move |req: Request| {
+            let s = s10.clone();
+            async move {
+                let body: AddressBody = match body_of(&req) {
+                    Ok(b) => b,
+                    Err(e) => return Reply::error(&PluginError::from(e)),
+                };
+                let ipam = s.ipam.clone();
+                let action = req.path.trim_start_matches("/addresses/").to_string();
+                reply(
+                    store_op("address admin", move || {
+                        let pool = body.pool.as_deref();
+                        match action.as_str() {
+                            "reserve" => fleet::reserve(&ipam, &body.ip, pool),
+                            "unreserve" => fleet::unreserve(&ipam, &body.ip, pool),
+                            "release" => fleet::release(&ipam, &body.ip, pool),
+                            other => Err(NetError::NotFound(format!("no admin action {other:?}"))),
+                        }
+                    })
+                    .await,
+                )
+            }
+        })
+}
+
+#[derive(serde::Deserialize)]
+struct ReclaimBody {
+    host: String,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct AddressBody {
+    ip: String,
+    #[serde(default)]
+    pool: Option<String>,
+}
+
+fn body_of<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, NetError> {
+    serde_json::from_slice(&req.body).map_err(|e| NetError::invalid(format!("request body: {e}")))
 }

@@ -9,6 +9,7 @@
 
 pub mod dataplane;
 pub mod error;
+pub mod fleet;
 pub mod handlers;
 pub mod ipam;
 pub mod ipnet;

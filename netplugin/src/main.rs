@@ -18,12 +18,14 @@ use tracing::{info, warn};
 
 use netplugin::dataplane::ovs::{resolve_datapath, OvsConfig, OvsDataplane};
 use netplugin::dataplane::Dataplane;
+use netplugin::fleet::{AddressChange, HostView, ReclaimReport};
 use netplugin::ipam::{Ipam, IpamConfig};
 use netplugin::ipnet::Ipv4Net;
 use netplugin::network::{EndpointView, NetConfig, NetworkView, PoolView, Service};
 use netplugin::state::{short, State};
+use netplugin::store::etcd::{EtcdConfig, EtcdStore};
 use netplugin::store::redb::RedbStore;
-use netplugin::store::{Store, StoreError};
+use netplugin::store::Store;
 
 const DEFAULT_CONFIG: &str = "/etc/berth/netplugin.toml";
 const DEFAULT_ADMIN_SOCKET: &str = "/run/berth/netplugin.sock";
@@ -57,6 +59,86 @@ enum Command {
     Reconcile(AdminArgs),
     /// Endpoint setup latencies, OVS connection, store and datapath in use.
     Stats(AdminArgs),
+    /// Hosts of the fleet: lease state and what each holds.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// The state store itself (offline; the daemon must be stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum HostCommand {
+    /// List hosts: alive (lease held) or gone, addresses, endpoints and blocks they hold.
+    Ls(AdminArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Copy this host's embedded state (networks, pools, endpoints, addresses) into etcd,
+    /// unchanged; refuses on any conflict with what etcd holds already. Run with the daemon
+    /// stopped, then start it with --store etcd and the same --host-id.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    /// Target store (only etcd).
+    #[arg(long)]
+    to: String,
+    /// The embedded store's directory. [default: /var/lib/berth/net]
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+struct EtcdArgs {
+    /// etcd endpoints, comma-separated URLs (--store etcd).
+    #[arg(long)]
+    etcd_endpoints: Option<String>,
+    /// Key prefix in etcd. [default: /berth/v1/]
+    #[arg(long)]
+    etcd_prefix: Option<String>,
+    /// CA certificate (PEM) of the etcd servers (https endpoints).
+    #[arg(long)]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long)]
+    etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of the client certificate.
+    #[arg(long)]
+    etcd_key: Option<PathBuf>,
+    /// Bound on each etcd call, seconds. [default: 3]
+    #[arg(long)]
+    etcd_timeout: Option<f64>,
+}
+
+impl EtcdArgs {
+    fn config(&self) -> anyhow::Result<EtcdConfig> {
+        let endpoints = self
+            .etcd_endpoints
+            .as_deref()
+            .context("--etcd-endpoints is required with etcd")?;
+        let mut c = EtcdConfig::new(
+            endpoints,
+            self.etcd_prefix.as_deref().unwrap_or("/berth/v1/"),
+        )
+        .map_err(anyhow::Error::msg)?;
+        c.cacert = self.etcd_cacert.clone();
+        c.cert = self.etcd_cert.clone();
+        c.key = self.etcd_key.clone();
+        let t = self.etcd_timeout.unwrap_or(3.0);
+        if !(0.1..=60.0).contains(&t) {
+            bail!("--etcd-timeout {t}: must be 0.1-60 seconds");
+        }
+        c.timeout = Duration::from_secs_f64(t);
+        Ok(c)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,6 +169,33 @@ enum PoolCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Hold IP for the admin: never handed out until unreserved.
+    Reserve(AddressArgs),
+    /// Give back an address held by `pool reserve`.
+    Unreserve(AddressArgs),
+    /// Free IP whoever holds it (a leak after a crash); says what held it.
+    Release(AddressArgs),
+    /// Release every address, endpoint and block affinity of a dead host.
+    Reclaim {
+        /// The host id (see `netplugin host ls`).
+        #[arg(long)]
+        host: String,
+        /// Even if the host's lease is alive (its containers lose their addresses' guarantee).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct AddressArgs {
+    ip: String,
+    /// The pool (id, subnet or network id) when several contain IP.
+    #[arg(long)]
+    pool: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args, Debug)]
@@ -128,12 +237,28 @@ struct ServeArgs {
     /// embedded or etcd. [default: embedded]
     #[arg(long)]
     store: Option<String>,
-    /// etcd endpoints, comma-separated (--store etcd).
+    /// etcd endpoints, comma-separated URLs (--store etcd).
     #[arg(long)]
     etcd_endpoints: Option<String>,
     /// Key prefix in etcd. [default: /berth/v1/]
     #[arg(long)]
     etcd_prefix: Option<String>,
+    /// CA certificate (PEM) of the etcd servers (https endpoints).
+    #[arg(long)]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long)]
+    etcd_cert: Option<PathBuf>,
+    /// Key (PEM) of the client certificate.
+    #[arg(long)]
+    etcd_key: Option<PathBuf>,
+    /// Bound on each etcd call, seconds. [default: 3]
+    #[arg(long)]
+    etcd_timeout: Option<f64>,
+    /// Release the addresses of a host whose lease has been gone this long (e.g. 10m, 1h);
+    /// off by default: a host cut off from etcd keeps its addresses until `pool reclaim`.
+    #[arg(long)]
+    reclaim_after: Option<String>,
     /// This host's name in the store. [default: the hostname]
     #[arg(long)]
     host_id: Option<String>,
@@ -185,6 +310,14 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Pool(PoolCommand::Ls(a)) => pool_ls(a).await,
             Command::Pool(PoolCommand::Show { pool, admin }) => pool_show(&pool, admin).await,
+            Command::Pool(PoolCommand::Reserve(a)) => address_admin("reserve", a).await,
+            Command::Pool(PoolCommand::Unreserve(a)) => address_admin("unreserve", a).await,
+            Command::Pool(PoolCommand::Release(a)) => address_admin("release", a).await,
+            Command::Pool(PoolCommand::Reclaim { host, force, admin }) => {
+                pool_reclaim(&host, force, admin).await
+            }
+            Command::Host(HostCommand::Ls(a)) => host_ls(a).await,
+            Command::Store(StoreCommand::Migrate(a)) => migrate(a).await,
             Command::Reconcile(a) => {
                 let body = admin_call(&a, Method::POST, "/reconcile").await?;
                 let v: serde_json::Value = serde_json::from_slice(&body)?;
@@ -208,6 +341,31 @@ fn parse_vlan_range(s: &str) -> anyhow::Result<(u16, u16)> {
         (1 <= a && a <= b && b <= 4094).then_some((a, b))
     });
     parsed.with_context(|| format!("--vlan-range {s:?}: must be FIRST-LAST within 1-4094"))
+}
+
+/// `90`, `30s`, `10m`, `2h`, `1d`.
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| *n > 0.0)
+        .with_context(|| format!("duration {s:?}: a positive number with s, m, h or d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => bail!("duration {s:?}: the unit must be s, m, h or d"),
+    };
+    if secs < 30.0 {
+        bail!("--reclaim-after {s}: at least 30s (hosts renew their lease every few seconds)");
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn hostname() -> String {
@@ -277,6 +435,12 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     if !(68..=9216).contains(&default_mtu) {
         bail!("--default-mtu {default_mtu}: must be 68-9216");
     }
+    let reclaim_after = args
+        .reclaim_after
+        .as_deref()
+        .filter(|s| *s != "off")
+        .map(parse_duration)
+        .transpose()?;
     let interval = args.reconcile_interval.unwrap_or(2.0);
     if !(0.1..=3600.0).contains(&interval) {
         bail!("--reconcile-interval {interval}: must be 0.1-3600 seconds");
@@ -292,11 +456,16 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
             )
         }
         "etcd" => {
-            let endpoints = args.etcd_endpoints.as_deref().unwrap_or("");
-            bail!(
-                "{} (asked for --etcd-endpoints {endpoints:?})",
-                StoreError::Unavailable("etcd")
-            )
+            let config = EtcdArgs {
+                etcd_endpoints: args.etcd_endpoints.clone(),
+                etcd_prefix: args.etcd_prefix.clone(),
+                etcd_cacert: args.etcd_cacert.clone(),
+                etcd_cert: args.etcd_cert.clone(),
+                etcd_key: args.etcd_key.clone(),
+                etcd_timeout: args.etcd_timeout,
+            }
+            .config()?;
+            Arc::new(EtcdStore::connect(&config).context("connecting to etcd")?)
         }
         other => bail!("--store {other:?} is not one of: embedded, etcd"),
     };
@@ -360,6 +529,12 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
             tasks.spawn(Server::new("metrics", metrics.router()).serve(listener, shutdown.clone()));
         }
     }
+    tasks.spawn(netplugin::fleet::host_agent(
+        svc.ipam.clone(),
+        netplugin::fleet::HOST_TTL,
+        reclaim_after,
+        shutdown.clone(),
+    ));
     tasks.spawn(reconciler(
         svc.clone(),
         Duration::from_secs_f64(interval),
@@ -415,6 +590,309 @@ async fn reconciler(
 
 async fn admin_call(admin: &AdminArgs, method: Method, path: &str) -> anyhow::Result<bytes::Bytes> {
     Ok(plugin_transport::cli::admin_call(&admin.admin_socket, method, path, None).await?)
+}
+
+async fn admin_post(
+    admin: &AdminArgs,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<bytes::Bytes> {
+    Ok(plugin_transport::cli::admin_call(
+        &admin.admin_socket,
+        Method::POST,
+        path,
+        Some(serde_json::to_vec(&body)?),
+    )
+    .await?)
+}
+
+async fn address_admin(action: &str, a: AddressArgs) -> anyhow::Result<()> {
+    let body = admin_post(
+        &a.admin,
+        &format!("/addresses/{action}"),
+        serde_json::json!({ "ip": a.ip, "pool": a.pool }),
+    )
+    .await?;
+    let c: AddressChange = serde_json::from_slice(&body).context("decoding the answer")?;
+    if a.admin.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(());
+    }
+    match c.action.as_str() {
+        "reserved" => println!(
+            "reserved {} in pool {} ({}): it is never handed out until `netplugin pool unreserve {}`",
+            c.address, c.pool_id, c.subnet, c.address
+        ),
+        action => println!(
+            "{action} {} in pool {} ({}); it was held by {}",
+            c.address, c.pool_id, c.subnet, c.held_by
+        ),
+    }
+    Ok(())
+}
+
+async fn pool_reclaim(host: &str, force: bool, admin: AdminArgs) -> anyhow::Result<()> {
+    let body = admin_post(
+        &admin,
+        "/hosts/reclaim",
+        serde_json::json!({ "host": host, "force": force }),
+    )
+    .await?;
+    let r: ReclaimReport = serde_json::from_slice(&body).context("decoding the answer")?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "host {}: released {} addresses, removed {} endpoint records, freed {} blocks",
+        r.host,
+        r.addresses.len(),
+        r.endpoints.len(),
+        r.blocks
+    );
+    if !r.addresses.is_empty() {
+        let rows = r
+            .addresses
+            .iter()
+            .map(|a| {
+                vec![
+                    a.address.clone(),
+                    a.pool_id.clone(),
+                    a.subnet.clone(),
+                    a.held_by.clone(),
+                ]
+            })
+            .collect::<Vec<_>>();
+        println!();
+        print_table(&["RELEASED", "POOL", "SUBNET", "WAS HELD BY"], &rows);
+    }
+    Ok(())
+}
+
+async fn host_ls(admin: AdminArgs) -> anyhow::Result<()> {
+    let body = admin_call(&admin, Method::GET, "/hosts").await?;
+    let list: Vec<HostView> = serde_json::from_slice(&body).context("decoding the answer")?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows = list
+        .iter()
+        .map(|h| {
+            vec![
+                format!("{}{}", h.host, if h.this_host { " (this)" } else { "" }),
+                if h.alive {
+                    format!("alive ({:x})", h.lease)
+                } else {
+                    "gone (no lease)".into()
+                },
+                h.addresses.to_string(),
+                h.endpoints.to_string(),
+                h.blocks.to_string(),
+                h.version.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(
+        &[
+            "HOST",
+            "LEASE",
+            "ADDRESSES",
+            "ENDPOINTS",
+            "BLOCKS",
+            "VERSION",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// What `store migrate` did.
+#[derive(Serialize)]
+struct MigrateReport {
+    copied: std::collections::BTreeMap<String, usize>,
+    already_there: usize,
+    host_ids: Vec<String>,
+    etcd_prefix: String,
+}
+
+async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
+    if a.to != "etcd" {
+        bail!("--to {:?}: only etcd", a.to);
+    }
+    let state_dir = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/lib/berth/net"));
+    let path = state_dir.join("state.redb");
+    if !path.exists() {
+        bail!(
+            "{} does not exist: nothing to migrate (--state-dir?)",
+            path.display()
+        );
+    }
+    let config = a.etcd.config()?;
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<MigrateReport> {
+        let source =
+            RedbStore::open(&path).context("opening the embedded store (stop netplugin first)")?;
+        let target = Arc::new(EtcdStore::connect(&config).context("connecting to etcd")?);
+        netplugin_migrate(&source, target, &config.prefix)
+    })
+    .await??;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for (kind, n) in &report.copied {
+        println!("copied {n} {kind}");
+    }
+    if report.already_there > 0 {
+        println!(
+            "{} records were in etcd already, identical",
+            report.already_there
+        );
+    }
+    println!(
+        "done: start netplugin with --store etcd --etcd-prefix {} and --host-id {} (the host id the records carry); {} is no longer read",
+        report.etcd_prefix,
+        report.host_ids.join(","),
+        state_dir.join("state.redb").display()
+    );
+    Ok(())
+}
+
+fn netplugin_migrate(
+    source: &dyn Store,
+    target: Arc<dyn Store>,
+    prefix: &str,
+) -> anyhow::Result<MigrateReport> {
+    use netplugin::store::{Compare, Op, Txn};
+    let records: Vec<_> = source
+        .range("")?
+        .into_iter()
+        // Host records belong to a live process's lease.
+        .filter(|kv| !kv.key.starts_with("hosts/"))
+        .collect();
+    let mut conflicts = Vec::new();
+    let mut todo = Vec::new();
+    let mut already = 0;
+    // The same record changed since by the fleet (a pool other hosts joined, an address in
+    // use) was migrated before: same object, same creation time.
+    let created = |v: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(v)
+            .ok()
+            .and_then(|j| j.get("created_at").cloned())
+    };
+    let migrated_pools: std::collections::BTreeSet<String> = records
+        .iter()
+        .filter(|kv| kv.key.starts_with("pools/"))
+        .filter_map(|kv| {
+            let t = target.get(&kv.key).ok()??;
+            (created(&t.value) == created(&kv.value)).then(|| kv.key["pools/".len()..].to_string())
+        })
+        .collect();
+    for kv in &records {
+        let pool_of_block = kv
+            .key
+            .strip_prefix("blocks/")
+            .and_then(|r| r.split('/').next());
+        if pool_of_block.is_some_and(|p| migrated_pools.contains(p)) {
+            // Block records follow the addresses in etcd now.
+            already += 1;
+            continue;
+        }
+        match target.get(&kv.key)? {
+            Some(t) if t.value == kv.value => already += 1,
+            Some(t) if created(&t.value).is_some() && created(&t.value) == created(&kv.value) => {
+                already += 1
+            }
+            Some(t) => conflicts.push(format!(
+                "{}: etcd has {}",
+                kv.key,
+                String::from_utf8_lossy(&t.value)
+            )),
+            None => todo.push(kv),
+        }
+    }
+    // Pools of other hosts overlapping ours are refused like any overlapping --subnet.
+    let theirs: Vec<netplugin::state::PoolRecord> = target
+        .range("pools/")?
+        .iter()
+        .filter_map(|kv| netplugin::state::decode(kv).ok())
+        .collect();
+    for kv in records.iter().filter(|kv| kv.key.starts_with("pools/")) {
+        let mine: netplugin::state::PoolRecord = netplugin::state::decode(kv)?;
+        let Ok(m) = mine.subnet.parse::<Ipv4Net>() else {
+            continue;
+        };
+        for t in theirs
+            .iter()
+            .filter(|t| t.id != mine.id && t.address_space == mine.address_space)
+        {
+            if t.subnet.parse::<Ipv4Net>().is_ok_and(|n| n.overlaps(&m)) {
+                conflicts.push(format!(
+                    "pool {} {} overlaps pool {} {} in etcd",
+                    mine.id, mine.subnet, t.id, t.subnet
+                ));
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        bail!(
+            "etcd (prefix {prefix}) holds conflicting records; nothing was copied:\n  {}",
+            conflicts.join("\n  ")
+        );
+    }
+    // Pools last: no other host allocates in a pool before its addresses are all there.
+    todo.sort_by_key(|kv| (kv.key.starts_with("pools/"), kv.key.clone()));
+    let mut copied: std::collections::BTreeMap<String, usize> = Default::default();
+    for chunk in todo.chunks(50) {
+        let done = target.txn(Txn {
+            compare: chunk
+                .iter()
+                .map(|kv| Compare::Version(kv.key.clone(), 0))
+                .collect(),
+            success: chunk
+                .iter()
+                .map(|kv| Op::put(kv.key.clone(), kv.value.clone()))
+                .collect(),
+            failure: vec![],
+        })?;
+        if !done.succeeded {
+            bail!("another writer changed etcd during the migration; run it again (records already copied are skipped)");
+        }
+        for kv in chunk {
+            let kind = kv.key.split('/').next().unwrap_or("").to_string();
+            *copied.entry(kind).or_default() += 1;
+        }
+    }
+    // Pools from a release without block records get them now, before any host allocates.
+    let ipam = Ipam::new(
+        netplugin::state::State::new(target.clone(), "migrate"),
+        IpamConfig::default(),
+    );
+    for kv in target.range("pools/")? {
+        let pool: netplugin::state::PoolRecord = netplugin::state::decode(&kv)?;
+        if !pool.blocks {
+            if let Ok(net) = pool.subnet.parse::<Ipv4Net>() {
+                ipam.build_blocks(&pool, &net, kv.mod_revision)?;
+            }
+        }
+    }
+    let mut host_ids = std::collections::BTreeSet::new();
+    for kv in &records {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&kv.value) {
+            if let Some(h) = v.get("host_id").and_then(|h| h.as_str()) {
+                host_ids.insert(h.to_string());
+            }
+        }
+    }
+    Ok(MigrateReport {
+        copied,
+        already_there: already,
+        host_ids: host_ids.into_iter().collect(),
+        etcd_prefix: prefix.to_string(),
+    })
 }
 
 async fn network_ls(admin: AdminArgs) -> anyhow::Result<()> {
@@ -523,6 +1001,7 @@ async fn pool_ls(admin: AdminArgs) -> anyhow::Result<()> {
                 p.allocated.to_string(),
                 p.free.to_string(),
                 p.address_space.clone(),
+                p.hosts.join(","),
             ]
         })
         .collect::<Vec<_>>();
@@ -536,6 +1015,7 @@ async fn pool_ls(admin: AdminArgs) -> anyhow::Result<()> {
             "ALLOCATED",
             "FREE",
             "SPACE",
+            "HOSTS",
         ],
         &rows,
     );
@@ -561,6 +1041,7 @@ async fn pool_show(pool: &str, admin: AdminArgs) -> anyhow::Result<()> {
     println!("Space:      {}", p.address_space);
     println!("Allocated:  {}", p.allocated);
     println!("Free:       {}", p.free);
+    println!("Hosts:      {}", p.hosts.join(", "));
     println!();
     let rows = p
         .addresses
@@ -570,10 +1051,11 @@ async fn pool_show(pool: &str, admin: AdminArgs) -> anyhow::Result<()> {
                 a.address.clone(),
                 a.held_by.clone(),
                 a.mac.clone().unwrap_or_else(|| "-".into()),
+                a.host.clone(),
             ]
         })
         .collect::<Vec<_>>();
-    print_table(&["ADDRESS", "HELD BY", "MAC"], &rows);
+    print_table(&["ADDRESS", "HELD BY", "MAC", "HOST"], &rows);
     Ok(())
 }
 

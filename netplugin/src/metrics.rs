@@ -55,12 +55,38 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
     );
     metrics.register(
         "endpoint_setup_milliseconds",
-        "Server-side latency of CreateEndpoint and Join over the last 20000 calls (quantile 0.5, 0.99)",
+        "Server-side latency of CreateEndpoint, Join and RequestAddress (op) over the last 20000 calls (quantile 0.5, 0.99)",
         latency.clone(),
+    );
+    let store_up: Gauge = Gauge::default();
+    let lease_held: Gauge = Gauge::default();
+    let pending: Gauge = Gauge::default();
+    metrics.register(
+        "store_up",
+        "1 while the state store (embedded or etcd) answers",
+        store_up.clone(),
+    );
+    metrics.register(
+        "host_lease_held",
+        "1 while this host holds its lease in the store (fleet liveness)",
+        lease_held.clone(),
+    );
+    metrics.register(
+        "store_pending_operations",
+        "Allocations or releases whose outcome was lost with the store, to be finished when it answers",
+        pending.clone(),
     );
     metrics.on_scrape(move || {
         ovs_up.set(i64::from(svc.dp.connected()));
         let st = &svc.state;
+        let up = st.store.revision().is_ok();
+        store_up.set(i64::from(up));
+        lease_held.set(i64::from(st.lease() != 0));
+        pending.set(svc.ipam.pending_count() as i64);
+        if !up {
+            // Every read below would wait for the store's timeout.
+            return;
+        }
         if let Ok(n) = st.store.range("networks/") {
             networks.set(n.len() as i64);
         }

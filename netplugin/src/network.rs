@@ -277,15 +277,24 @@ impl Service {
         let state = self.state.clone();
         store_op("delete network", move || {
             let mut ops = vec![Op::Delete(network_key(&net.id))];
+            // The same network created by other hosts (same VLAN) keeps VLAN and pool.
+            let heir = state
+                .networks()?
+                .into_iter()
+                .find(|n| n.id != net.id && n.vlan == net.vlan)
+                .map(|n| n.id);
             if let Some(kv) = state.store.get(&vlan_key(net.vlan))? {
                 if kv.value == net.id.as_bytes() {
-                    ops.push(Op::Delete(vlan_key(net.vlan)));
+                    ops.push(match &heir {
+                        Some(h) => Op::put(vlan_key(net.vlan), h.as_bytes().to_vec()),
+                        None => Op::Delete(vlan_key(net.vlan)),
+                    });
                 }
             }
             if let Some(pool_id) = &net.pool_id {
                 if let Some((mut pool, _)) = state.get::<PoolRecord>(&pool_key(pool_id))? {
                     if pool.network_id.as_deref() == Some(net.id.as_str()) {
-                        pool.network_id = None;
+                        pool.network_id = heir.clone();
                         ops.push(Op::put(pool_key(pool_id), encode(&pool)));
                     }
                 }
@@ -354,6 +363,7 @@ impl Service {
             vlan: net.vlan,
             mtu: net.mtu,
             created_at: now(),
+            lease: self.state.lease(),
         };
         if let Some(e) = existing {
             if e.network_id == record.network_id && e.address == record.address {
@@ -631,6 +641,8 @@ pub struct AddressView {
     pub address: String,
     pub held_by: String,
     pub mac: Option<String>,
+    #[serde(default)]
+    pub host: String,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -643,6 +655,9 @@ pub struct PoolView {
     pub network_id: Option<String>,
     pub allocated: usize,
     pub free: u64,
+    /// Hosts using the pool (one per host that created the network).
+    #[serde(default)]
+    pub hosts: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<AddressView>,
 }
@@ -666,11 +681,13 @@ fn pool_view(state: &State, p: PoolRecord, detail: bool) -> NetResult<PoolView> 
                     address: a.address.to_string(),
                     held_by: describe_holder(a),
                     mac: a.mac.clone(),
+                    host: a.host_id.clone(),
                 })
                 .collect()
         } else {
             Vec::new()
         },
+        hosts: p.users().into_iter().collect(),
         id: p.id,
         address_space: p.address_space,
         subnet: p.subnet,
@@ -700,17 +717,44 @@ fn create_network_record(
                 existing.vlan
             )));
         }
-        // Our pool for this subnet, if berth-net is also the IPAM driver.
+        // Our pool for this subnet, if berth-net is also the IPAM driver; with etcd it may be
+        // the pool of the same network created on another host (RequestPool shared it).
         let pool = match subnet {
             Some(net) => state.pools()?.into_iter().find(|p| {
-                p.subnet == net.to_string()
-                    && (space.is_empty() || p.address_space == space)
-                    && p.network_id.as_deref().is_none_or(|n| n == id)
+                p.subnet == net.to_string() && (space.is_empty() || p.address_space == space)
             }),
             None => None,
         };
-        let vlan = match opts.vlan {
-            Some(v) => {
+        // The network this one joins: another host's network on the same pool.
+        let shared = match pool.as_ref().and_then(|p| p.network_id.clone()) {
+            Some(other) if other != id => match state.network(&other)? {
+                Some(o) if o.host_id != state.host_id => {
+                    if opts.vlan.is_some_and(|v| v != o.vlan) {
+                        return Err(NetError::conflict(format!(
+                            "-o vlan={}: subnet {} is network {} with VLAN {} (created on host {}): the same network on every host needs the same VLAN",
+                            opts.vlan.unwrap_or(0),
+                            o.subnet.clone().unwrap_or_default(),
+                            short(&o.id),
+                            o.vlan,
+                            o.host_id
+                        )));
+                    }
+                    Some(o)
+                }
+                Some(o) => {
+                    return Err(NetError::conflict(format!(
+                        "subnet {} is already network {} on this host",
+                        o.subnet.clone().unwrap_or_default(),
+                        short(&o.id)
+                    )))
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        let vlan = match (opts.vlan, &shared) {
+            (_, Some(o)) => o.vlan,
+            (Some(v), None) => {
                 if let Some(kv) = state.store.get(&vlan_key(v))? {
                     let holder = String::from_utf8_lossy(&kv.value).into_owned();
                     return Err(NetError::conflict(format!(
@@ -720,7 +764,7 @@ fn create_network_record(
                 }
                 v
             }
-            None => {
+            (None, None) => {
                 let held: BTreeSet<u16> = state
                     .store
                     .range("vlans/")?
@@ -746,15 +790,17 @@ fn create_network_record(
             host_id: state.host_id.clone(),
             created_at: now(),
         };
-        let mut compare = vec![
-            Compare::Version(vlan_key(vlan), 0),
-            Compare::Version(network_key(id), 0),
-        ];
-        let mut success = vec![
-            Op::put(vlan_key(vlan), id.as_bytes().to_vec()),
-            Op::put(network_key(id), encode(&record)),
-        ];
-        if let Some(mut p) = pool {
+        let mut compare = vec![Compare::Version(network_key(id), 0)];
+        let mut success = vec![Op::put(network_key(id), encode(&record))];
+        match &shared {
+            // Joining: the VLAN stays with the network that holds it.
+            Some(o) => compare.push(Compare::Value(vlan_key(vlan), o.id.as_bytes().to_vec())),
+            None => {
+                compare.push(Compare::Version(vlan_key(vlan), 0));
+                success.push(Op::put(vlan_key(vlan), id.as_bytes().to_vec()));
+            }
+        }
+        if let Some(mut p) = pool.filter(|_| shared.is_none()) {
             let rev = state
                 .store
                 .get(&pool_key(&p.id))?

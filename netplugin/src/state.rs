@@ -5,12 +5,17 @@
 //! spaces/<address-space>        guard bumped by every pool create/release (overlap checks)
 //! pools/<pool-id>               PoolRecord
 //! addrs/<pool-id>/<ip-hex>      AddrRecord (one per held address)
+//! blocks/<pool-id>/<index-hex>  BlockRecord: which addresses of a block are held, and the
+//!                               host with affinity to it (kept in step with addrs/)
+//! hosts/<host-id>               HostRecord, put with the host's lease (there while it lives)
 //! networks/<network-id>         NetworkRecord
 //! vlans/<nnnn>                  network id holding the VLAN
 //! endpoints/<endpoint-id>       EndpointRecord
 //! ```
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -34,6 +39,25 @@ pub struct PoolRecord {
     pub network_id: Option<String>,
     pub host_id: String,
     pub created_at: u64,
+    /// Hosts whose Docker requested this pool (an explicit pool is shared by every host that
+    /// creates the same network; it goes when the last one releases it). Empty in records
+    /// written before sharing: then `host_id` is the one user.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub hosts: BTreeSet<String>,
+    /// Block records (`blocks/<pool>/`) exist for every held address.
+    #[serde(default)]
+    pub blocks: bool,
+}
+
+impl PoolRecord {
+    /// The hosts using the pool (see `hosts`).
+    pub fn users(&self) -> BTreeSet<String> {
+        if self.hosts.is_empty() {
+            BTreeSet::from([self.host_id.clone()])
+        } else {
+            self.hosts.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +66,31 @@ pub enum AddrKind {
     Gateway,
     /// Requested by Docker for an endpoint (or an aux address: Docker does not tell them apart).
     Address,
+    /// Held by an admin (`netplugin pool reserve`): never handed out.
+    Reserved,
+}
+
+/// A block of a pool's addresses (Calico's model): the host with affinity allocates from it
+/// without touching other hosts' keys; bit `i` = address `first + i` is held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    /// Affinity; `None` = free to claim (made by an explicit address, or reclaimed).
+    #[serde(default)]
+    pub host: Option<String>,
+    pub used: u64,
+}
+
+/// A live host: put with its lease, so it vanishes when the host stops renewing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub lease: i64,
+    pub started_at: u64,
+    pub version: String,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +105,14 @@ pub struct AddrRecord {
     pub mac: Option<String>,
     pub host_id: String,
     pub created_at: u64,
+    /// The allocating host's lease when it was taken (a reference: the address outlives it
+    /// until reclaimed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: i64,
+    /// Random id of the request that took it: tells whether a transaction whose answer was
+    /// lost (etcd unreachable mid-call) did land.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub claim: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +146,9 @@ pub struct EndpointRecord {
     pub vlan: u16,
     pub mtu: u32,
     pub created_at: u64,
+    /// The host's lease when the endpoint was created (0: embedded store without leases).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: i64,
 }
 
 pub fn pool_key(id: &str) -> String {
@@ -112,12 +172,23 @@ pub fn vlan_key(vlan: u16) -> String {
 pub fn endpoint_key(id: &str) -> String {
     format!("endpoints/{id}")
 }
+pub fn block_prefix(pool_id: &str) -> String {
+    format!("blocks/{pool_id}/")
+}
+pub fn block_key(pool_id: &str, index: u32) -> String {
+    format!("blocks/{pool_id}/{index:08x}")
+}
+pub fn host_key(host: &str) -> String {
+    format!("hosts/{host}")
+}
 
 /// The store plus this host's identity, with typed reads.
 #[derive(Clone)]
 pub struct State {
     pub store: Arc<dyn Store>,
     pub host_id: String,
+    /// This host's current lease (0 until the host agent has one).
+    lease: Arc<AtomicI64>,
 }
 
 pub fn now() -> u64 {
@@ -143,7 +214,16 @@ impl State {
         Self {
             store,
             host_id: host_id.into(),
+            lease: Arc::new(AtomicI64::new(0)),
         }
+    }
+
+    pub fn lease(&self) -> i64 {
+        self.lease.load(Ordering::Relaxed)
+    }
+
+    pub fn set_lease(&self, lease: i64) {
+        self.lease.store(lease, Ordering::Relaxed);
     }
 
     /// The record and its mod_revision.

@@ -22,7 +22,12 @@ struct T {
 }
 
 fn setup() -> T {
-    let state = State::new(Arc::new(MemStore::new()), "h1");
+    setup_host(Arc::new(MemStore::new()), "h1")
+}
+
+/// A host's service over a store other hosts may share (the fleet in one process).
+fn setup_host(store: Arc<MemStore>, host: &str) -> T {
+    let state = State::new(store, host);
     let ipam = Arc::new(Ipam::new(
         state.clone(),
         IpamConfig {
@@ -454,4 +459,63 @@ async fn reconcile_restores_and_removes() {
     assert_eq!(report.ports_removed, vec!["vbdeadbeef00"]);
     let again = t.svc.reconcile().await.unwrap();
     assert!(again.ports_fixed.is_empty() && again.ports_removed.is_empty());
+}
+
+/// The same `docker network create` on two hosts (fleet store): one pool and one network,
+/// the pool counted per host; another VLAN on that subnet is refused naming the network; the
+/// network outlives the first host's delete.
+#[tokio::test]
+async fn same_network_on_two_hosts() {
+    let store = Arc::new(MemStore::new());
+    let a = setup_host(store.clone(), "host-a");
+    let b = setup_host(store, "host-b");
+    let pa = a
+        .create_network(N1, "10.231.7.0/24", json!({"vlan":"120"}))
+        .await
+        .unwrap();
+    // Host b's dockerd has its own network id for it.
+    let e = b
+        .create_network(N2, "10.231.7.0/24", json!({"vlan":"121"}))
+        .await
+        .unwrap_err();
+    assert!(e.contains("network 111111111111 with VLAN 120"), "{e}");
+    let pb = b
+        .create_network(N2, "10.231.7.0/24", json!({"vlan":"120"}))
+        .await
+        .unwrap();
+    assert_eq!(pa, pb, "one shared pool");
+    let pools = b.svc.admin_pools().await.unwrap();
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0].hosts, vec!["host-a", "host-b"]);
+    // Without -o vlan, host b would have joined with VLAN 120 as well; addresses never clash.
+    let (ia, _) = a.start(N1, &pa, E1, "").await;
+    let (ib, _) = b.start(N2, &pb, E2, "").await;
+    assert_ne!(ia, ib);
+    let e = b
+        .err(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pb,"Address":ia.split('/').next().unwrap(),"Options":{}}),
+        )
+        .await;
+    assert!(e.contains("already in use") && e.contains("host-a"), "{e}");
+    // Host a deletes its network: host b's stays, with VLAN and pool.
+    a.stop(N1, &pa, E1, &ia).await;
+    a.ok("NetworkDriver.DeleteNetwork", json!({ "NetworkID": N1 }))
+        .await;
+    a.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID":pa,"Address":"10.231.7.1"}),
+    )
+    .await;
+    a.ok("IpamDriver.ReleasePool", json!({ "PoolID": pa }))
+        .await;
+    let nets = b.svc.admin_networks().await.unwrap();
+    assert_eq!(nets.len(), 1);
+    assert_eq!((nets[0].id.as_str(), nets[0].vlan), (N2, 120));
+    let pools = b.svc.admin_pools().await.unwrap();
+    assert_eq!(pools[0].hosts, vec!["host-b"]);
+    assert_eq!(pools[0].network_id.as_deref(), Some(N2));
+    // The gateway stayed for host b until its own release.
+    let show = b.svc.admin_pool(pb.clone()).await.unwrap();
+    assert!(show.addresses.iter().any(|x| x.held_by.contains("gateway")));
 }

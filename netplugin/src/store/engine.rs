@@ -30,6 +30,9 @@ pub fn apply(
         let ok = match c {
             Compare::Version(k, v) => tx.get(k)?.map(|kv| kv.version).unwrap_or(0) == *v,
             Compare::ModRevision(k, r) => tx.get(k)?.map(|kv| kv.mod_revision).unwrap_or(0) == *r,
+            Compare::CreateRevision(k, r) => {
+                tx.get(k)?.map(|kv| kv.create_revision).unwrap_or(0) == *r
+            }
             Compare::Value(k, v) => tx.get(k)?.is_some_and(|kv| kv.value == *v),
         };
         if !ok {

@@ -10,10 +10,13 @@
 //!   its live records; the embedded store is single-host, where leases matter little).
 //! - Watches: every change under a prefix, in revision order.
 //!
-//! Implementations: [`memory::MemStore`] (unit tests) and [`redb::RedbStore`] (the embedded,
-//! durable default). Typed records live in [`crate::state`].
+//! Implementations: [`memory::MemStore`] (unit tests), [`redb::RedbStore`] (the embedded,
+//! durable default) and [`etcd::EtcdStore`] (`--store etcd`, the fleet). All three pass
+//! [`contract::run`]. Typed records live in [`crate::state`].
 
+pub mod contract;
 pub mod engine;
+pub mod etcd;
 pub mod memory;
 pub mod redb;
 
@@ -38,6 +41,9 @@ pub enum Compare {
     /// Version of the key; 0 means "does not exist".
     Version(String, i64),
     ModRevision(String, i64),
+    /// Revision of the key's creation; 0 means "does not exist". Stays while the key lives,
+    /// whatever its updates: "this record is still the one I read".
+    CreateRevision(String, i64),
     /// The value equals (absent keys never match).
     Value(String, Vec<u8>),
 }
@@ -108,7 +114,8 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The state store. Calls are synchronous and short; async callers run them on blocking
-/// threads with a time bound (an etcd implementation blocks on its own runtime handle).
+/// threads with a time bound (the etcd implementation runs each call on its own runtime and
+/// bounds it itself).
 pub trait Store: Send + Sync {
     /// Which implementation (for logs and `netplugin` admin output).
     fn kind(&self) -> &'static str;

@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn redb_store_contract() {
-        crate::store::memory::tests::contract(&RedbStore::in_memory().unwrap());
+        crate::store::contract::run(&RedbStore::in_memory().unwrap());
     }
 
     #[test]
