@@ -402,3 +402,144 @@ async fn reconnects_after_ovsdb_server_and_vswitchd_restart() {
         .unwrap();
     c.wait_applied(Duration::from_secs(10)).await.unwrap();
 }
+
+/// Sets and maps in a canonical order, so two caches can be compared.
+fn canonical(v: &serde_json::Value) -> serde_json::Value {
+    match v.as_array().map(Vec::as_slice) {
+        Some([kind, items]) if kind == "set" || kind == "map" => {
+            let mut items: Vec<serde_json::Value> = items
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(canonical)
+                .collect();
+            items.sort_by_key(|a| a.to_string());
+            if kind == "set" && items.len() == 1 {
+                return items.pop().unwrap();
+            }
+            json!([kind, items])
+        }
+        _ => v.clone(),
+    }
+}
+
+fn snapshot(
+    c: &Client,
+    table: &str,
+    columns: &[&str],
+) -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
+    c.with_cache(|cache| {
+        cache
+            .rows(table)
+            .map(|(u, r)| {
+                let row = columns
+                    .iter()
+                    .map(|col| {
+                        (
+                            col.to_string(),
+                            canonical(r.get(*col).unwrap_or(&serde_json::Value::Null)),
+                        )
+                    })
+                    .collect();
+                (u.to_string(), row)
+            })
+            .collect()
+    })
+}
+
+/// The cache kept current from update2 diffs (sets, maps, optional values, inserts, deletes,
+/// changes by another client) equals the initial contents a fresh monitor receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_from_diffs_matches_fresh_monitor() {
+    let ovs = Ovs::start();
+    let c = client(&ovs).await;
+    c.ensure_bridge(&bridge_spec("br0")).await.unwrap();
+    for i in 0..12 {
+        let spec = PortSpec {
+            bridge: "br0".into(),
+            name: format!("vbd{i}"),
+            tag: (i % 3 != 0).then_some(100 + i as u16),
+            trunks: if i % 4 == 0 { vec![7, 8] } else { vec![] },
+            iface_type: "internal".into(),
+            external_ids: map(&[("k", "v")]),
+            iface_external_ids: map(&[("berth-endpoint-id", &format!("ep{i}"))]),
+            ..Default::default()
+        };
+        c.ensure_port(&spec).await.unwrap();
+    }
+    for i in (0..12).step_by(3) {
+        assert!(c.delete_port("br0", &format!("vbd{i}")).await.unwrap());
+    }
+    // Changes made by someone else: an optional value set and cleared, map keys added,
+    // changed and removed, a set shrunk.
+    ovs.vsctl(&[
+        "set",
+        "Port",
+        "vbd1",
+        "tag=5",
+        "external_ids:k=w",
+        "external_ids:n=1",
+    ]);
+    ovs.vsctl(&["clear", "Port", "vbd2", "tag"]);
+    ovs.vsctl(&["remove", "Port", "vbd4", "external_ids", "k"]);
+    ovs.vsctl(&["set", "Port", "vbd4", "trunks=9"]);
+    ovs.vsctl(&[
+        "set",
+        "Bridge",
+        "br0",
+        "fail_mode=standalone",
+        "other_config:x=y",
+    ]);
+    ovs.vsctl(&[
+        "add-port",
+        "br0",
+        "vbcli",
+        "--",
+        "set",
+        "Interface",
+        "vbcli",
+        "type=internal",
+    ]);
+    c.wait_applied(Duration::from_secs(10)).await.unwrap();
+    let fresh = client(&ovs).await;
+    let bridge_cols = [
+        "name",
+        "ports",
+        "datapath_type",
+        "fail_mode",
+        "protocols",
+        "other_config",
+        "external_ids",
+    ];
+    let port_cols = ["name", "interfaces", "tag", "trunks", "external_ids"];
+    let iface_cols = ["name", "type", "external_ids", "options"];
+    // The writes above are acknowledged; give c's monitor a moment for the last one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let same = snapshot(&c, "Bridge", &bridge_cols) == snapshot(&fresh, "Bridge", &bridge_cols)
+            && snapshot(&c, "Port", &port_cols) == snapshot(&fresh, "Port", &port_cols)
+            && snapshot(&c, "Interface", &iface_cols) == snapshot(&fresh, "Interface", &iface_cols);
+        if same {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            assert_eq!(
+                snapshot(&c, "Port", &port_cols),
+                snapshot(&fresh, "Port", &port_cols)
+            );
+            assert_eq!(
+                snapshot(&c, "Bridge", &bridge_cols),
+                snapshot(&fresh, "Bridge", &bridge_cols)
+            );
+            panic!("Interface tables differ");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 12 - 4 deleted + vbcli + the bridge's own port.
+    assert_eq!(snapshot(&c, "Port", &port_cols).len(), 10);
+    assert_eq!(c.port("vbd1").unwrap().tag, Some(5));
+    assert_eq!(c.port("vbd2").unwrap().tag, None);
+    assert_eq!(c.port("vbcli").unwrap().bridge.as_deref(), Some("br0"));
+    assert!(c.port("vbd3").is_none());
+}

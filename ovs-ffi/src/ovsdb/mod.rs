@@ -61,8 +61,25 @@ impl Config {
                     "Open_vSwitch".into(),
                     cols(&["bridges", "next_cfg", "cur_cfg", "ovs_version"]),
                 ),
-                ("Bridge".into(), None),
-                ("Port".into(), None),
+                // Only what the helpers read: ovs-vswitchd rewrites status columns such as
+                // Bridge.status or Port.statistics on its own, and every such write would
+                // otherwise come back as an update.
+                (
+                    "Bridge".into(),
+                    cols(&[
+                        "name",
+                        "ports",
+                        "datapath_type",
+                        "fail_mode",
+                        "protocols",
+                        "other_config",
+                        "external_ids",
+                    ]),
+                ),
+                (
+                    "Port".into(),
+                    cols(&["name", "interfaces", "tag", "trunks", "external_ids"]),
+                ),
                 // Not `statistics`: it changes every few seconds and nothing here needs it.
                 (
                     "Interface".into(),
@@ -99,9 +116,175 @@ impl Config {
 }
 
 /// The monitored tables: table -> row UUID -> row (monitored columns only).
+///
+/// Rows carry every monitored column, as RFC 7047's monitor sends them (a column at its
+/// default value is filled in, a one-element set is a bare atom). Name and bridge-membership
+/// lookups go through indexes kept with the rows, so they cost the same with 5 or 5,000 ports.
 #[derive(Debug, Default, Clone)]
 pub struct Cache {
     tables: HashMap<String, BTreeMap<String, ops::Row>>,
+    /// table -> `name` -> row UUID (Bridge, Port and Interface names are unique in the schema).
+    names: HashMap<String, HashMap<String, String>>,
+    /// Port UUID -> UUID of the Bridge whose `ports` holds it.
+    port_bridge: HashMap<String, String>,
+}
+
+/// What an update2 `modify` means for a column, from the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColKind {
+    /// At most one value (`max` 1, optional or not): the diff is the new value, as
+    /// ovsdb-server diffs only composite (`max` > 1) columns.
+    Scalar,
+    /// The diff holds the elements that changed membership.
+    Set,
+    /// The diff holds added, removed (old value repeated) and changed (new value) pairs.
+    Map,
+}
+
+/// Monitored columns per table with their kind and default value.
+#[derive(Debug, Default, Clone)]
+struct Columns {
+    tables: HashMap<String, BTreeMap<String, (ColKind, Value)>>,
+}
+
+impl Columns {
+    /// From a `<database-schema>`, restricted to what `monitor` asks for.
+    fn from_schema(
+        schema: &Value,
+        monitor: &[(String, Option<Vec<String>>)],
+    ) -> std::result::Result<Columns, String> {
+        let tables = schema
+            .get("tables")
+            .and_then(Value::as_object)
+            .ok_or("schema without tables")?;
+        let mut out = Columns::default();
+        for (table, wanted) in monitor {
+            let Some(cols) = tables
+                .get(table)
+                .and_then(|t| t.get("columns"))
+                .and_then(Value::as_object)
+            else {
+                return Err(format!("schema has no table {table}"));
+            };
+            let mut m = BTreeMap::new();
+            for (name, c) in cols {
+                if wanted.as_ref().is_some_and(|w| !w.contains(name)) {
+                    continue;
+                }
+                m.insert(
+                    name.clone(),
+                    column_kind(c.get("type").unwrap_or(&Value::Null)),
+                );
+            }
+            out.tables.insert(table.clone(), m);
+        }
+        Ok(out)
+    }
+}
+
+/// Kind and default of a `<type>` (RFC 7047 section 3.2).
+fn column_kind(t: &Value) -> (ColKind, Value) {
+    let atomic = |k: &Value| -> String {
+        match k {
+            Value::String(s) => s.clone(),
+            other => other
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("string")
+                .to_string(),
+        }
+    };
+    let default_atom = |ty: &str| match ty {
+        "integer" => json!(0),
+        "real" => json!(0.0),
+        "boolean" => json!(false),
+        "uuid" => ops::uuid("00000000-0000-0000-0000-000000000000"),
+        _ => json!(""),
+    };
+    let Some(obj) = t.as_object() else {
+        return (ColKind::Scalar, default_atom(&atomic(t)));
+    };
+    if obj.contains_key("value") {
+        return (ColKind::Map, json!(["map", []]));
+    }
+    let min = obj.get("min").and_then(Value::as_u64).unwrap_or(1);
+    let max = match obj.get("max") {
+        None => Some(1),
+        Some(v) => v.as_u64(),
+    };
+    let key = atomic(obj.get("key").unwrap_or(&Value::Null));
+    let default = if min == 0 {
+        ops::set([])
+    } else {
+        default_atom(&key)
+    };
+    let kind = if max == Some(1) {
+        ColKind::Scalar
+    } else {
+        ColKind::Set
+    };
+    (kind, default)
+}
+
+/// A set datum as OVSDB writes it: one element bare, otherwise `["set", [...]]`.
+fn encode_set(mut items: Vec<Value>) -> Value {
+    if items.len() == 1 {
+        items.pop().unwrap_or(Value::Null)
+    } else {
+        json!(["set", items])
+    }
+}
+
+/// Applies an update2 column diff to `have`.
+fn apply_diff(kind: ColKind, have: Option<Value>, diff: &Value) -> Value {
+    match kind {
+        ColKind::Scalar => diff.clone(),
+        ColKind::Set => {
+            let mut items: Vec<Value> = have
+                .as_ref()
+                .map(|h| ops::set_items(h).into_iter().cloned().collect())
+                .unwrap_or_default();
+            for d in ops::set_items(diff) {
+                match items.iter().position(|x| x == d) {
+                    Some(i) => {
+                        items.swap_remove(i);
+                    }
+                    None => items.push(d.clone()),
+                }
+            }
+            encode_set(items)
+        }
+        ColKind::Map => {
+            let pairs = |v: &Value| -> Vec<(Value, Value)> {
+                v.as_array()
+                    .filter(|a| a.len() == 2 && a[0] == "map")
+                    .and_then(|a| a[1].as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| match p.as_array().map(Vec::as_slice) {
+                        Some([k, v]) => Some((k.clone(), v.clone())),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let mut m = have.as_ref().map(pairs).unwrap_or_default();
+            for (k, v) in pairs(diff) {
+                match m.iter().position(|(hk, _)| *hk == k) {
+                    Some(i) if m[i].1 == v => {
+                        m.remove(i);
+                    }
+                    Some(i) => m[i].1 = v,
+                    None => m.push((k, v)),
+                }
+            }
+            json!([
+                "map",
+                m.into_iter()
+                    .map(|(k, v)| json!([k, v]))
+                    .collect::<Vec<_>>()
+            ])
+        }
+    }
 }
 
 impl Cache {
@@ -117,33 +300,146 @@ impl Cache {
         self.tables.get(table)?.get(uuid)
     }
 
-    /// First row of `table` whose `name` column is `name`.
+    /// The row of `table` whose `name` column is `name` (indexed).
     pub fn by_name(&self, table: &str, name: &str) -> Option<(&str, &ops::Row)> {
-        self.rows(table)
-            .find(|(_, r)| r.get("name").and_then(Value::as_str) == Some(name))
+        let uuid = self.names.get(table)?.get(name)?;
+        let (k, r) = self.tables.get(table)?.get_key_value(uuid)?;
+        Some((k.as_str(), r))
     }
 
-    /// Applies a `<table-updates>` object (monitor reply or `update` notification).
-    fn apply(&mut self, updates: &Value) -> std::result::Result<(), String> {
+    /// UUID of the Bridge holding Port `port_uuid` (indexed).
+    pub fn bridge_uuid_of_port(&self, port_uuid: &str) -> Option<&str> {
+        self.port_bridge.get(port_uuid).map(String::as_str)
+    }
+
+    fn index_name(&mut self, table: &str, uuid: &str, row: &ops::Row, add: bool) {
+        let Some(name) = row.get("name").and_then(Value::as_str) else {
+            return;
+        };
+        let idx = self.names.entry(table.to_string()).or_default();
+        if add {
+            idx.insert(name.to_string(), uuid.to_string());
+        } else if idx.get(name).map(String::as_str) == Some(uuid) {
+            // Only when it still points here: a new row of the same name may have come first.
+            idx.remove(name);
+        }
+    }
+
+    fn index_ports(&mut self, bridge: &str, ports: &Value, add: bool) {
+        for p in ops::set_items(ports) {
+            let Some(p) = ops::as_uuid(p) else { continue };
+            if add {
+                self.port_bridge.insert(p.to_string(), bridge.to_string());
+            } else if self.port_bridge.get(p).map(String::as_str) == Some(bridge) {
+                self.port_bridge.remove(p);
+            }
+        }
+    }
+
+    fn index_row(&mut self, table: &str, uuid: &str, row: &ops::Row, add: bool) {
+        self.index_name(table, uuid, row, add);
+        if table == "Bridge" {
+            if let Some(ports) = row.get("ports") {
+                self.index_ports(uuid, ports, add);
+            }
+        }
+    }
+
+    fn remove_row(&mut self, table: &str, uuid: &str) {
+        if let Some(old) = self.tables.get_mut(table).and_then(|t| t.remove(uuid)) {
+            self.index_row(table, uuid, &old, false);
+        }
+    }
+
+    fn insert_row(&mut self, table: &str, uuid: &str, row: ops::Row) {
+        self.remove_row(table, uuid);
+        self.index_row(table, uuid, &row, true);
+        self.tables
+            .entry(table.to_string())
+            .or_default()
+            .insert(uuid.to_string(), row);
+    }
+
+    /// Applies a `<table-updates2>` object (monitor_cond reply or `update2` notification).
+    fn apply2(&mut self, updates: &Value, cols: &Columns) -> std::result::Result<(), String> {
         let tables = updates
             .as_object()
-            .ok_or("table-updates is not an object")?;
+            .ok_or("table-updates2 is not an object")?;
         for (table, rows) in tables {
-            let rows = rows.as_object().ok_or("table-update is not an object")?;
-            let t = self.tables.entry(table.clone()).or_default();
+            let rows = rows.as_object().ok_or("table-update2 is not an object")?;
+            self.tables.entry(table.clone()).or_default();
+            let kinds = cols.tables.get(table);
             for (uuid, change) in rows {
-                match change.get("new") {
-                    Some(Value::Object(new)) => {
-                        // Monitor v1: "new" carries every monitored column on insert and modify.
-                        t.insert(uuid.clone(), new.clone());
+                let change = change
+                    .as_object()
+                    .ok_or_else(|| format!("row {uuid}: row-update2 is not an object"))?;
+                let inserted = change.get("initial").or_else(|| change.get("insert"));
+                if let Some(new) = inserted {
+                    let Value::Object(new) = new else {
+                        return Err(format!("row {uuid}: new row is not an object"));
+                    };
+                    let mut row = new.clone();
+                    // Columns at their default value are left out: put them back.
+                    for (c, (_, default)) in kinds.into_iter().flatten() {
+                        if !row.contains_key(c) {
+                            row.insert(c.clone(), default.clone());
+                        }
                     }
-                    Some(_) => return Err(format!("row {uuid}: \"new\" is not an object")),
-                    None => {
-                        t.remove(uuid);
-                    }
+                    self.insert_row(table, uuid, row);
+                } else if let Some(diff) = change.get("modify") {
+                    let Value::Object(diff) = diff else {
+                        return Err(format!("row {uuid}: \"modify\" is not an object"));
+                    };
+                    self.modify_row(table, uuid, diff, kinds)?;
+                } else if change.contains_key("delete") {
+                    self.remove_row(table, uuid);
+                } else {
+                    return Err(format!("row {uuid}: unknown row-update2"));
                 }
             }
         }
+        Ok(())
+    }
+
+    fn modify_row(
+        &mut self,
+        table: &str,
+        uuid: &str,
+        diff: &ops::Row,
+        kinds: Option<&BTreeMap<String, (ColKind, Value)>>,
+    ) -> std::result::Result<(), String> {
+        let Some(mut row) = self.tables.get_mut(table).and_then(|t| t.remove(uuid)) else {
+            return Err(format!("modify of unknown row {table} {uuid}"));
+        };
+        if diff.contains_key("name") {
+            self.index_name(table, uuid, &row, false);
+        }
+        for (c, d) in diff {
+            let Some((kind, _)) = kinds.and_then(|k| k.get(c)) else {
+                return Err(format!("modify of column {table}.{c} not in the schema"));
+            };
+            let have = row.remove(c);
+            let now = apply_diff(*kind, have, d);
+            if table == "Bridge" && c == "ports" {
+                // The diff lists exactly the ports that joined or left this bridge.
+                let members = ops::set_items(&now);
+                for p in ops::set_items(d) {
+                    let Some(pu) = ops::as_uuid(p) else { continue };
+                    if members.contains(&p) {
+                        self.port_bridge.insert(pu.to_string(), uuid.to_string());
+                    } else if self.port_bridge.get(pu).map(String::as_str) == Some(uuid) {
+                        self.port_bridge.remove(pu);
+                    }
+                }
+            }
+            row.insert(c.clone(), now);
+        }
+        if diff.contains_key("name") {
+            self.index_name(table, uuid, &row, true);
+        }
+        self.tables
+            .get_mut(table)
+            .map(|t| t.insert(uuid.to_string(), row));
         Ok(())
     }
 }
@@ -417,6 +713,17 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Call>) {
 }
 
 const MONITOR_ID: u64 = 0;
+/// Id of the `get_schema` request sent before the monitor (replies come in order).
+const SCHEMA_ID: &str = "schema";
+
+/// Per-connection state of the monitor.
+#[derive(Default)]
+struct Monitor {
+    /// The initial contents arrived: calls may go out.
+    ready: bool,
+    /// Monitored columns from the schema; needed to apply update2 diffs.
+    columns: Option<Columns>,
+}
 
 async fn session(shared: &Arc<Shared>, rx: &mut mpsc::UnboundedReceiver<Call>) -> End {
     let peer = shared.cfg.endpoint.as_str();
@@ -433,7 +740,7 @@ async fn session(shared: &Arc<Shared>, rx: &mut mpsc::UnboundedReceiver<Call>) -
     let mut framer = JsonFramer::new(shared.cfg.max_message);
     let mut pending: HashMap<u64, (String, oneshot::Sender<Result<Value>>)> = HashMap::new();
     let mut next_id: u64 = 1;
-    let mut monitored = false;
+    let mut mon = Monitor::default();
     let mut echo_outstanding: Option<Instant> = None;
     let mut last_rx = Instant::now();
     let mut buf = vec![0u8; 64 * 1024];
@@ -454,10 +761,27 @@ async fn session(shared: &Arc<Shared>, rx: &mut mpsc::UnboundedReceiver<Call>) -
         }
         requests.insert(table.clone(), Value::Object(req));
     }
-    let monitor = json!({"method": "monitor", "id": MONITOR_ID,
+    // monitor_cond (update2): a modification carries only what changed (one port added to a
+    // bridge is one UUID, not the bridge's whole port set). Its diffs need the column types,
+    // hence the schema first; ovsdb-server answers both in order.
+    let schema = json!({"method": "get_schema", "id": SCHEMA_ID, "params": [shared.cfg.database]});
+    let monitor = json!({"method": "monitor_cond", "id": MONITOR_ID,
         "params": [shared.cfg.database, "berth", requests]});
-    if let Err(e) = write_json(&mut wr, &monitor).await {
-        return End::Failed(e);
+    let mut first = match serde_json::to_vec(&schema) {
+        Ok(b) => b,
+        Err(e) => {
+            return End::Failed(Error::Io {
+                what: "encode JSON".into(),
+                source: e.into(),
+            })
+        }
+    };
+    first.extend(serde_json::to_vec(&monitor).unwrap_or_default());
+    if let Err(e) = wr.write_all(&first).await {
+        return End::Failed(Error::Io {
+            what: "OVSDB socket".into(),
+            source: e,
+        });
     }
 
     let result = loop {
@@ -476,14 +800,14 @@ async fn session(shared: &Arc<Shared>, rx: &mut mpsc::UnboundedReceiver<Call>) -
                 };
                 let mut err = None;
                 for msg in msgs {
-                    match handle(shared, &mut wr, &mut pending, &mut monitored, msg).await {
+                    match handle(shared, &mut wr, &mut pending, &mut mon, msg).await {
                         Ok(()) => {}
                         Err(e) => { err = Some(e); break; }
                     }
                 }
                 if let Some(e) = err { break e; }
             }
-            call = rx.recv(), if monitored => {
+            call = rx.recv(), if mon.ready => {
                 let Some(call) = call else {
                     fail_all(&mut pending);
                     return End::ClientGone;
@@ -535,7 +859,7 @@ async fn handle(
     shared: &Arc<Shared>,
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     pending: &mut HashMap<u64, (String, oneshot::Sender<Result<Value>>)>,
-    monitored: &mut bool,
+    mon: &mut Monitor,
     msg: Value,
 ) -> Result<()> {
     let peer = shared.cfg.endpoint.as_str();
@@ -546,18 +870,28 @@ async fn handle(
                 let params = msg.get("params").cloned().unwrap_or(json!([]));
                 write_json(wr, &json!({"result": params, "error": null, "id": id})).await?;
             }
-            "update" => {
+            "update2" => {
                 let updates = msg
                     .get("params")
                     .and_then(Value::as_array)
                     .and_then(|p| p.get(1))
-                    .ok_or_else(|| Error::protocol(peer, "update without table-updates"))?;
+                    .ok_or_else(|| Error::protocol(peer, "update2 without table-updates2"))?;
+                let cols = mon
+                    .columns
+                    .as_ref()
+                    .ok_or_else(|| Error::protocol(peer, "update2 before the schema reply"))?;
                 let applied = {
                     let mut c = shared.cache.write().unwrap_or_else(|p| p.into_inner());
-                    c.apply(updates)
+                    c.apply2(updates, cols)
                 };
                 applied.map_err(|e| Error::protocol(peer, e))?;
                 shared.bump();
+            }
+            "update" => {
+                return Err(Error::protocol(
+                    peer,
+                    "\"update\" notification for a monitor never requested (we use monitor_cond)",
+                ))
             }
             other => tracing::debug!(method = other, "ignoring OVSDB request"),
         }
@@ -569,21 +903,36 @@ async fn handle(
     };
     let error = msg.get("error").filter(|e| !e.is_null()).cloned();
     let result = msg.get("result").cloned().unwrap_or(Value::Null);
-    if id.as_u64() == Some(MONITOR_ID) && !*monitored {
+    if id == SCHEMA_ID && mon.columns.is_none() {
         if let Some(e) = error {
             return Err(Error::Ovsdb {
-                method: "monitor".into(),
+                method: "get_schema".into(),
+                error: e.to_string(),
+            });
+        }
+        let cols = Columns::from_schema(&result, &shared.cfg.monitor)
+            .map_err(|e| Error::protocol(peer, format!("schema: {e}")))?;
+        mon.columns = Some(cols);
+        return Ok(());
+    }
+    if id.as_u64() == Some(MONITOR_ID) && !mon.ready {
+        if let Some(e) = error {
+            return Err(Error::Ovsdb {
+                method: "monitor_cond".into(),
                 error: e.to_string(),
             });
         }
         let mut fresh = Cache::default();
-        fresh.apply(&result).map_err(|e| Error::protocol(peer, e))?;
+        let no_schema = Columns::default();
+        fresh
+            .apply2(&result, mon.columns.as_ref().unwrap_or(&no_schema))
+            .map_err(|e| Error::protocol(peer, e))?;
         // Tables with no rows still count as known (empty) tables.
         for (t, _) in &shared.cfg.monitor {
             fresh.tables.entry(t.clone()).or_default();
         }
         *shared.cache.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        *monitored = true;
+        mon.ready = true;
         shared.connected.store(true, Ordering::SeqCst);
         shared.connections.fetch_add(1, Ordering::SeqCst);
         shared.bump();
@@ -615,21 +964,130 @@ async fn handle(
 mod tests {
     use super::*;
 
+    fn columns() -> Columns {
+        let schema = json!({"tables": {
+            "Port": {"columns": {
+                "name": {"type": "string"},
+                "tag": {"type": {"key": {"type": "integer"}, "min": 0, "max": 1}},
+                "external_ids": {"type": {"key": "string", "value": "string", "min": 0, "max": "unlimited"}},
+            }},
+            "Bridge": {"columns": {
+                "name": {"type": "string"},
+                "ports": {"type": {"key": {"type": "uuid", "refTable": "Port"}, "min": 0, "max": "unlimited"}},
+                "statistics": {"type": {"key": "string", "value": "integer", "min": 0, "max": "unlimited"}},
+            }},
+        }});
+        let monitor = vec![
+            ("Port".to_string(), None),
+            (
+                "Bridge".to_string(),
+                Some(vec!["name".to_string(), "ports".to_string()]),
+            ),
+        ];
+        Columns::from_schema(&schema, &monitor).unwrap()
+    }
+
     #[test]
-    fn cache_applies_insert_modify_delete() {
+    fn cache_applies_update2() {
+        let cols = columns();
+        assert!(!cols.tables["Bridge"].contains_key("statistics"));
         let mut c = Cache::default();
-        c.apply(&json!({"Port": {"u1": {"new": {"name": "p1", "tag": 5}}}}))
+        // Defaults left out of "initial" are filled in.
+        c.apply2(&json!({"Port": {"u1": {"initial": {"name": "p1"}}}}), &cols)
             .unwrap();
         assert_eq!(c.by_name("Port", "p1").unwrap().0, "u1");
-        c.apply(&json!({"Port": {"u1": {"old": {"tag": 5}, "new": {"name": "p1", "tag": 6}}}}))
+        assert_eq!(c.row("Port", "u1").unwrap()["tag"], json!(["set", []]));
+        assert_eq!(
+            c.row("Port", "u1").unwrap()["external_ids"],
+            json!(["map", []])
+        );
+        // Optional value (max 1): the "diff" is the new value, as for scalars.
+        c.apply2(&json!({"Port": {"u1": {"modify": {"tag": 5}}}}), &cols)
             .unwrap();
-        assert_eq!(c.row("Port", "u1").unwrap()["tag"], 6);
-        c.apply(&json!({"Port": {"u1": {"old": {"name": "p1"}}}}))
+        assert_eq!(c.row("Port", "u1").unwrap()["tag"], json!(5));
+        c.apply2(&json!({"Port": {"u1": {"modify": {"tag": 6}}}}), &cols)
             .unwrap();
+        assert_eq!(c.row("Port", "u1").unwrap()["tag"], json!(6));
+        c.apply2(
+            &json!({"Port": {"u1": {"modify": {"tag": ["set", []]}}}}),
+            &cols,
+        )
+        .unwrap();
+        assert_eq!(c.row("Port", "u1").unwrap()["tag"], json!(["set", []]));
+        // Map diff: add, change, remove.
+        c.apply2(
+            &json!({"Port": {"u1": {"modify": {"external_ids": ["map", [["a", "1"], ["b", "2"]]]}}}}),
+            &cols,
+        )
+        .unwrap();
+        c.apply2(
+            &json!({"Port": {"u1": {"modify": {"external_ids": ["map", [["a", "9"], ["b", "2"]]]}}}}),
+            &cols,
+        )
+        .unwrap();
+        assert_eq!(
+            ops::as_str_map(&c.row("Port", "u1").unwrap()["external_ids"]),
+            [("a".to_string(), "9".to_string())].into_iter().collect()
+        );
+        // Rename moves the name index.
+        c.apply2(&json!({"Port": {"u1": {"modify": {"name": "p2"}}}}), &cols)
+            .unwrap();
+        assert!(c.by_name("Port", "p1").is_none());
+        assert_eq!(c.by_name("Port", "p2").unwrap().0, "u1");
+        // Bridge membership follows the ports diff.
+        c.apply2(
+            &json!({"Bridge": {"b1": {"insert": {"name": "br", "ports": ["uuid", "u1"]}},
+                               "b2": {"insert": {"name": "br2"}}}}),
+            &cols,
+        )
+        .unwrap();
+        assert_eq!(c.bridge_uuid_of_port("u1"), Some("b1"));
+        // A port moving between bridges in one update, in either order.
+        c.apply2(
+            &json!({"Bridge": {"b1": {"modify": {"ports": ["uuid", "u1"]}},
+                               "b2": {"modify": {"ports": ["uuid", "u1"]}}}}),
+            &cols,
+        )
+        .unwrap();
+        assert_eq!(c.bridge_uuid_of_port("u1"), Some("b2"));
+        assert_eq!(c.row("Bridge", "b1").unwrap()["ports"], json!(["set", []]));
+        assert_eq!(
+            c.row("Bridge", "b2").unwrap()["ports"],
+            json!(["uuid", "u1"])
+        );
+        c.apply2(
+            &json!({"Bridge": {"b2": {"modify": {"ports": ["set", [["uuid", "u1"], ["uuid", "u3"]]]}}}}),
+            &cols,
+        )
+        .unwrap();
+        assert_eq!(c.bridge_uuid_of_port("u1"), None);
+        assert_eq!(c.bridge_uuid_of_port("u3"), Some("b2"));
+        // Delete; a new row with the same name arriving in the same update keeps the index.
+        c.apply2(
+            &json!({"Port": {"u0": {"insert": {"name": "p2"}}, "u1": {"delete": null}}}),
+            &cols,
+        )
+        .unwrap();
         assert!(c.row("Port", "u1").is_none());
-        assert!(c.apply(&json!([1])).is_err());
-        assert!(c.apply(&json!({"Port": 3})).is_err());
-        assert!(c.apply(&json!({"Port": {"u": {"new": 3}}})).is_err());
+        assert_eq!(c.by_name("Port", "p2").unwrap().0, "u0");
+        c.apply2(&json!({"Bridge": {"b2": {"delete": null}}}), &cols)
+            .unwrap();
+        assert_eq!(c.bridge_uuid_of_port("u3"), None);
+        // Malformed.
+        assert!(c.apply2(&json!([1]), &cols).is_err());
+        assert!(c.apply2(&json!({"Port": 3}), &cols).is_err());
+        assert!(c
+            .apply2(&json!({"Port": {"u": {"new": {}}}}), &cols)
+            .is_err());
+        assert!(c
+            .apply2(&json!({"Port": {"u": {"insert": 3}}}), &cols)
+            .is_err());
+        assert!(c
+            .apply2(&json!({"Port": {"zz": {"modify": {"tag": 1}}}}), &cols)
+            .is_err());
+        assert!(c
+            .apply2(&json!({"Port": {"u0": {"modify": {"nope": 1}}}}), &cols)
+            .is_err());
     }
 
     #[test]

@@ -129,12 +129,9 @@ fn check_name(field: &str, name: &str) -> Result<()> {
 
 impl Cache {
     fn bridge_of_port(&self, port_uuid: &str) -> Option<(String, String)> {
-        self.rows("Bridge").find_map(|(u, r)| {
-            ops::as_uuid_set(col(r, "ports"))
-                .iter()
-                .any(|p| p == port_uuid)
-                .then(|| (u.to_string(), opt_str(r.get("name")).unwrap_or_default()))
-        })
+        let b = self.bridge_uuid_of_port(port_uuid)?;
+        let r = self.row("Bridge", b)?;
+        Some((b.to_string(), opt_str(r.get("name")).unwrap_or_default()))
     }
 
     fn interface_info(&self, uuid: &str) -> Option<InterfaceInfo> {
@@ -233,8 +230,15 @@ impl Client {
     async fn try_ensure_bridge(&self, spec: &BridgeSpec) -> Result<bool> {
         let (existing, have_root) = self.with_cache(|c| {
             (
-                c.by_name("Bridge", &spec.name)
-                    .map(|(u, r)| (u.to_string(), r.clone())),
+                // Without `ports`: that set grows with every port and is not compared here.
+                c.by_name("Bridge", &spec.name).map(|(u, r)| {
+                    let row: Row = r
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "ports")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    (u.to_string(), row)
+                }),
                 c.rows("Open_vSwitch").next().is_some(),
             )
         });
