@@ -2,6 +2,37 @@
 
 use anyhow::{ensure, Context as _, Result};
 
+use crate::{DockerEnv, TEST_IMAGE};
+
+/// Runs `script` with busybox sh in a throwaway container (no network) that mounts `volume` at
+/// /data plus any `extra` `-v` specs, and returns its stdout and stderr (dd reports on stderr).
+/// A one-second pause first lets volplugin apply the volume's limits to the new cgroup.
+pub fn run_in_container(
+    docker: &DockerEnv,
+    volume: &str,
+    extra: &[&str],
+    script: &str,
+) -> Result<String> {
+    let spec = format!("{volume}:/data");
+    let full = format!("sleep 1; {script}");
+    let mut cmd = docker.command();
+    cmd.args(["run", "--rm", "--network", "none", "-v", &spec]);
+    for mount in extra {
+        cmd.args(["-v", mount]);
+    }
+    let out = cmd.args([TEST_IMAGE, "sh", "-c", &full]).output()?;
+    ensure!(
+        out.status.success(),
+        "container failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
 /// A shell snippet that runs `dd ARGS` and prints `RATE <start> <end> <bytes>`, timed with
 /// /proc/uptime (10 ms resolution). `bytes` is what the dd moves.
 pub fn timed_dd(args: &str, bytes: u64) -> String {

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use integration::iomeasure::{dd_rate, timed_dd};
+use integration::iomeasure::{dd_rate, run_in_container, timed_dd};
 use integration::plugins::{binary, Volplugin, DOCKER_PLUGIN_DIR};
 use integration::{harness, DockerEnv, TEST_IMAGE};
 
@@ -88,35 +88,7 @@ impl Ctx {
     /// Runs `script` in a fresh container with `volume` at /data; the container waits a
     /// moment first so that its limits are in place before it does IO.
     fn run_in(&self, volume: &str, script: &str) -> Result<String> {
-        let spec = format!("{volume}:/data");
-        let full = format!("sleep 1; {script}");
-        let out = self
-            .docker
-            .command()
-            .args([
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "-v",
-                &spec,
-                TEST_IMAGE,
-                "sh",
-                "-c",
-                &full,
-            ])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "container failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // dd reports on stderr.
-        Ok(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        run_in_container(&self.docker, volume, &[], script)
     }
 
     fn exec(&self, container: &str, script: &str) -> Result<String> {

@@ -512,7 +512,14 @@ mod guest {
             "--max-overcommit".into(),
             "20".into(),
         ];
-        g.start()
+        g.start()?;
+        // LVM's default 64 KiB chunk for this pool: volplugin warns at start.
+        let log = g.log_tail(40);
+        ensure!(
+            log.contains("chunk size below 256 KiB") && log.contains("chunk_kib=64"),
+            "no chunk size warning:\n{log}"
+        );
+        Ok(())
     }
 
     fn create_get_and_lvs(_: &mut Guest) -> Result<()> {

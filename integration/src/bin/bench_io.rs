@@ -2,57 +2,45 @@
 //! IO by the same busybox dd on the host filesystem that holds the volume images (measured in
 //! the same run), and a table of requested vs measured IO limits.
 //!
-//! `cargo run --release -p integration --bin bench_io -- [--mib 256] [--rounds 3]`
+//! `cargo run --release -p integration --bin bench_io -- [--mib 256] [--rounds 10]`
 //! (as root; `bash scripts/bench.sh io` does the same).
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use integration::iomeasure::{dd_rate, timed_dd};
+use integration::iomeasure::{dd_rate, run_in_container, timed_dd};
 use integration::plugins::{binary, Volplugin, DOCKER_PLUGIN_DIR};
 use integration::{DockerEnv, TEST_IMAGE};
 
 const MIB: f64 = 1048576.0;
 
 fn in_container(docker: &DockerEnv, volume: &str, script: &str) -> Result<f64> {
-    let spec = format!("{volume}:/data");
-    // A moment for volplugin to apply the volume's limits to the new container's cgroup.
-    let full = format!("sleep 1; {script}");
-    let out = docker
-        .command()
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "-v",
-            &spec,
-            TEST_IMAGE,
-            "sh",
-            "-c",
-            &full,
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "container: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dd_rate(&String::from_utf8_lossy(&out.stdout))
+    dd_rate(&run_in_container(docker, volume, &[], script)?)
 }
 
-fn on_host(dir: &Path, script: &str) -> Result<f64> {
-    let out = Command::new("busybox")
-        .args(["sh", "-c", script])
-        .current_dir(dir)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "host dd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dd_rate(&String::from_utf8_lossy(&out.stdout))
+/// A shell snippet that runs `dd ARGS` (several at once: `streams` dd's, each on its own file
+/// `PATH.N` and a 1/streams share of the bytes) and prints `T LABEL START END`.
+fn timed(label: &str, streams: u64, dd: impl Fn(u64) -> String) -> String {
+    let runs: Vec<String> = (0..streams)
+        .map(|n| format!("dd {} 2>/dev/null &", dd(n)))
+        .collect();
+    format!(
+        "a=$(cut -d' ' -f1 /proc/uptime); {} wait; b=$(cut -d' ' -f1 /proc/uptime); echo \"T {label} $a $b\"; ",
+        runs.join(" ")
+    )
+}
+
+/// Seconds per label, summed, and per pair, from the `T` lines of [`timed`].
+fn durations(output: &str) -> Result<std::collections::BTreeMap<String, Vec<f64>>> {
+    let mut by_label = std::collections::BTreeMap::<String, Vec<f64>>::new();
+    for line in output.lines().filter(|l| l.starts_with("T ")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        ensure!(f.len() == 4, "bad timing line {line:?}");
+        let (a, b): (f64, f64) = (f[2].parse()?, f[3].parse()?);
+        by_label.entry(f[1].to_string()).or_default().push(b - a);
+    }
+    Ok(by_label)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -62,7 +50,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let mut mib: u64 = 256;
-    let mut rounds = 3;
+    let mut rounds = 10;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -73,8 +61,8 @@ fn main() -> Result<()> {
         }
     }
     ensure!(
-        (16..=4096).contains(&mib) && (1..=20).contains(&rounds),
-        "--mib 16..4096, --rounds 1..20"
+        (16..=4096).contains(&mib) && (2..=40).contains(&rounds),
+        "--mib 16..4096, --rounds 2..40"
     );
     integration::harness::require_root_and_tools(&[
         "dockerd",
@@ -99,7 +87,7 @@ fn main() -> Result<()> {
     let raw = work.path().join("raw");
     std::fs::create_dir(&raw)?;
 
-    let size = format!("size={}M", mib * 2 + 512);
+    let size = format!("size={}M", mib * 3 + 512);
     docker.ok(&[
         "volume",
         "create",
@@ -109,38 +97,103 @@ fn main() -> Result<()> {
         &size,
         "bench-free",
     ])?;
-    let bytes = mib << 20;
-    let write = timed_dd(
-        &format!("if=/dev/zero of=/data/f bs=1M count={mib} oflag=direct"),
-        bytes,
-    );
-    let read = timed_dd(
-        &format!("if=/data/f of=/dev/null bs=1M count={mib} iflag=direct"),
-        bytes,
-    );
-    let (host_write, host_read) = (write.replace("/data/", "./"), read.replace("/data/", "./"));
-    let (mut vw, mut vr, mut hw, mut hr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        vw.push(in_container(&docker, "bench-free", &write)?);
-        hw.push(on_host(&raw, &host_write)?);
-        vr.push(in_container(&docker, "bench-free", &read)?);
-        hr.push(on_host(&raw, &host_read)?);
+    // Both sides run in one container, in one cgroup, with the same busybox dd, alternating
+    // within each pair (ABBA) so the virtual disk's drift hits both alike: /data is the volume,
+    // /raw a directory on the filesystem that holds the volume images.
+    let raw_mount = format!("{}:/raw", raw.display());
+    let per_stream = |streams: u64| mib / streams;
+    let mut script = String::new();
+    for streams in [1u64, 4] {
+        for n in 0..streams {
+            for dir in ["/data", "/raw"] {
+                script += &format!(
+                    "dd if=/dev/zero of={dir}/f{streams}.{n} bs=1M count={} oflag=direct 2>/dev/null || exit 1; ",
+                    per_stream(streams)
+                );
+            }
+        }
     }
+    for pair in 0..rounds {
+        for streams in [1u64, 4] {
+            let sides = if pair % 2 == 0 {
+                ["vol", "raw"]
+            } else {
+                ["raw", "vol"]
+            };
+            for op in ["write", "read"] {
+                for side in sides {
+                    let dir = if side == "vol" { "/data" } else { "/raw" };
+                    let count = per_stream(streams);
+                    script += &timed(&format!("{op}-{streams}-{side}"), streams, |n| {
+                        if op == "write" {
+                            format!("if=/dev/zero of={dir}/f{streams}.{n} bs=1M count={count} oflag=direct conv=notrunc")
+                        } else {
+                            format!("if={dir}/f{streams}.{n} of=/dev/null bs=1M count={count} iflag=direct")
+                        }
+                    });
+                }
+            }
+        }
+    }
+    let times = durations(&run_in_container(
+        &docker,
+        "bench-free",
+        &[&raw_mount],
+        &script,
+    )?)?;
     println!(
-        "unthrottled direct IO, {mib} MiB in 1 MiB blocks, median of {rounds} interleaved rounds"
+        "unthrottled direct IO, {mib} MiB in 1 MiB blocks per measurement, {rounds} alternating pairs"
     );
-    println!("  (volume: busybox dd in a container on a berth-vol loopfile volume; baseline: the same dd on the host,");
     println!(
-        "   on the filesystem that holds the volume images, {})",
+        "  (one container: busybox dd on a berth-vol loopfile volume and on a directory of the"
+    );
+    println!(
+        "   filesystem that holds the volume images, {}; ratio = volume / host file throughput)",
         work.path().display()
     );
-    for (what, v, h) in [
-        ("write", median(vw), median(hw)),
-        ("read", median(vr), median(hr)),
-    ] {
-        println!("  {what:<6} volume {:9.1} MiB/s   host file {:9.1} MiB/s   ratio {:.3}   (goal >= 0.95)", v / MIB, h / MIB, v / h);
+    for streams in [1u64, 4] {
+        for op in ["write", "read"] {
+            let get = |side: &str| {
+                times
+                    .get(&format!("{op}-{streams}-{side}"))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let (vol_t, raw_t) = (get("vol"), get("raw"));
+            ensure!(
+                vol_t.len() == rounds && raw_t.len() == rounds,
+                "missing timings for {op} with {streams} streams"
+            );
+            let rate =
+                |t: &[f64]| (rounds as f64 * (mib << 20) as f64) / t.iter().sum::<f64>() / MIB;
+            let pair_ratios: Vec<f64> = vol_t.iter().zip(&raw_t).map(|(v, r)| r / v).collect();
+            println!(
+                "  {op:<5} {streams} stream{} volume {:8.1} MiB/s   host file {:8.1} MiB/s   ratio {:.3} (median pair {:.3})   goal >= 0.95",
+                if streams == 1 { " " } else { "s" },
+                rate(&vol_t),
+                rate(&raw_t),
+                rate(&vol_t) / rate(&raw_t),
+                median(pair_ratios)
+            );
+        }
     }
 
+    // The limits table below measures one stream, as database IO under a limit is paced anyway.
+    docker.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "bench-free:/data",
+        TEST_IMAGE,
+        "dd",
+        "if=/dev/zero",
+        "of=/data/f",
+        "bs=1M",
+        &format!("count={mib}"),
+        "oflag=direct",
+    ])?;
     println!();
     println!("requested vs measured limits (one container, O_DIRECT, ~4 s of IO each)");
     println!(
