@@ -383,3 +383,21 @@ pub fn attached_loops() -> Vec<(String, PathBuf)> {
         })
         .collect()
 }
+
+/// The Prometheus text a daemon serves on `--metrics ADDR` (loopback TCP).
+pub fn scrape_metrics(addr: &str) -> Result<String> {
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed, e.g.
+/// `berth_net_pool_free_addresses{pool="p",subnet="10.0.0.0/24"}`).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use integration::etcd::EtcdCluster;
 use integration::harness;
 use integration::netplugin::Netplugin;
-use integration::plugins::{binary, docker_call};
+use integration::plugins::{binary, docker_call, metric_value, scrape_metrics};
 use integration::procs::wait_until;
 use netplugin::state::{AddrKind, State};
 use netplugin::store::etcd::{EtcdConfig, EtcdStore};
@@ -50,12 +50,13 @@ fn host_args(endpoints: &str, work: &Path, host: &str, extra: &[&str]) -> Vec<St
         "2",
         "--host-id",
         host,
-        "--metrics",
-        "off",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if !extra.contains(&"--metrics") {
+        args.extend(["--metrics".into(), "off".into()]);
+    }
     // No OVS here: point it at a socket that does not exist (IPAM never needs it).
     args.push("--ovsdb".into());
     args.push(format!("unix:{}/no-ovs.sock", work.display()));
@@ -241,6 +242,57 @@ fn t_pool_shared_per_host(c: &Ctx) -> Result<()> {
     let e = v["Err"].as_str().unwrap_or("");
     ensure!(e.contains("overlaps 10.232.0.0/22"), "{e}");
     Ok(())
+}
+
+/// Fleet metrics of a host that allocates: address counts (asked of etcd as counts) equal a
+/// scan of the store, and the lost-race counter is exposed.
+fn t_fleet_metrics(c: &Ctx) -> Result<()> {
+    let endpoints = c
+        .cluster
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .endpoints();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut host = new_host(&c.bin, c.work.path(), &endpoints, 90, &["--metrics", &addr])?;
+    host.start()?;
+    let mut taken = Vec::new();
+    let mut result = (|| -> Result<()> {
+        request_pool(&host, SUBNET)?;
+        for _ in 0..3 {
+            taken.push(request_address(&host, &c.pool, "")?.map_err(anyhow::Error::msg)?);
+        }
+        let text = scrape_metrics(&addr)?;
+        let state = scan_state(c)?;
+        let held = state.addresses(&c.pool)?.len() as f64;
+        let series = format!(
+            "berth_net_pool_allocated_addresses{{pool=\"{}\",subnet=\"{SUBNET}\"}}",
+            c.pool
+        );
+        let shown = metric_value(&text, &series).with_context(|| format!("no {series}"))?;
+        ensure!(shown == held, "metric {shown}, store {held}");
+        ensure!(
+            metric_value(&text, "berth_net_ipam_lost_races_total").is_some(),
+            "no berth_net_ipam_lost_races_total in:\n{text}"
+        );
+        ensure!(metric_value(&text, "berth_net_store_up") == Some(1.0));
+        Ok(())
+    })();
+    // Leave the pool as the other tests expect it.
+    for ip in taken {
+        if let Err(e) =
+            release_address(&host, &c.pool, ip).and_then(|r| r.map_err(anyhow::Error::msg))
+        {
+            result = result.and(Err(e));
+        }
+    }
+    if let Err(e) = call(&host, "IpamDriver.ReleasePool", json!({"PoolID": c.pool})) {
+        result = result.and(Err(e));
+    }
+    host.stop()?;
+    result
 }
 
 /// 8 hosts allocate and release at once while member 1 is killed and restarted.
@@ -656,6 +708,7 @@ fn main() {
         &[
             ("store_contract", t_store_contract),
             ("pool_shared_per_host", t_pool_shared_per_host),
+            ("fleet_metrics", t_fleet_metrics),
             (
                 "concurrent_hosts_with_member_restart",
                 t_concurrent_hosts_with_member_restart,

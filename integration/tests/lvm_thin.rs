@@ -153,7 +153,7 @@ mod guest {
     use std::time::{Duration, Instant};
 
     use anyhow::{anyhow, bail, ensure, Context, Result};
-    use integration::plugins::docker_call;
+    use integration::plugins::{docker_call, metric_value, scrape_metrics};
     use integration::procs::{run_with_timeout, wait_until, Daemon};
     use serde_json::{json, Value};
 
@@ -851,16 +851,9 @@ mod guest {
     }
 
     fn metric(name: &str) -> Result<f64> {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9474")?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let prefix = format!("{name}{{pool=\"{VG}/{POOL}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| anyhow!("no {prefix} in the metrics"))
+        let series = format!("{name}{{pool=\"{VG}/{POOL}\"}}");
+        metric_value(&scrape_metrics("127.0.0.1:9474")?, &series)
+            .ok_or_else(|| anyhow!("no {series} in the metrics"))
     }
 
     fn pool_threshold_and_metrics(g: &mut Guest) -> Result<()> {

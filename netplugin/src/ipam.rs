@@ -45,6 +45,8 @@ pub struct Ipam {
     caches: Mutex<HashMap<String, Arc<Mutex<PoolCache>>>>,
     /// Transactions whose answer was lost, to finish when the store answers again.
     pending: Mutex<Vec<Pending>>,
+    /// Allocation transactions that lost a race with another writer and were retried.
+    lost_races: std::sync::atomic::AtomicU64,
 }
 
 enum Pending {
@@ -68,6 +70,10 @@ struct PoolCache {
     contended: bool,
     /// The own block allocated from last (looked at first).
     hint: Option<u32>,
+    /// This host has no free block of its own and none is unclaimed: it borrows. The view of
+    /// other hosts' blocks was reloaded when borrowing began (a stale view near a full pool
+    /// would send it through block after block that filled since, one failed CAS each).
+    borrowing: bool,
     loaded: bool,
     pool_crev: i64,
     /// Block index → record and its mod_revision.
@@ -96,6 +102,7 @@ impl Ipam {
             config,
             caches: Mutex::default(),
             pending: Mutex::default(),
+            lost_races: Default::default(),
         }
     }
 
@@ -549,12 +556,16 @@ impl Ipam {
             .map(|kv| kv.create_revision)
             != Some(crev)
         {
-            self.forget(pool_id);
-            return Err(NetError::NotFound(format!(
-                "pool {pool_id} was released while allocating; try again"
-            )));
+            return Err(self.pool_gone(pool_id));
         }
         Ok(())
+    }
+
+    fn pool_gone(&self, pool_id: &str) -> NetError {
+        self.forget(pool_id);
+        NetError::NotFound(format!(
+            "pool {pool_id} was released while allocating; try again"
+        ))
     }
 
     /// A free address in [lo, hi]: from a block this host has affinity to, else a newly
@@ -580,6 +591,7 @@ impl Ipam {
             fresh = true;
         }
         let (ilo, ihi) = (geo.index_of(lo), geo.index_of(hi));
+        let mut lost_borrows = 0u32;
         for _ in 0..CAS_ATTEMPTS * 4 {
             let free_in = |idx: u32, b: &BlockRecord| geo.mask(idx, lo, hi) & !b.used;
             // The block used last, then any other of ours.
@@ -600,28 +612,36 @@ impl Ipam {
                     .map(|(i, (b, r))| (*i, Some((b.clone(), *r)), false))
             });
             let span = ihi - ilo + 1;
-            let spread = ilo + host_hash(&me) % span;
+            // A fresh random starting point for each attempt: hosts walking from fixed points
+            // end up trailing each other and racing for every next block.
+            let random_from = ilo + random_u32(host_hash(&me)) % span;
             let order = |from: u32| (0..span).map(move |k| ilo + (from - ilo + k) % span);
-            let claim_from = if c.contended { spread } else { ilo };
-            let pick = own
-                .or_else(|| {
-                    // Claim: the lowest block nobody has (or, when hosts race for blocks, the
-                    // next one from this host's own starting point), or an unowned one.
-                    order(claim_from).find_map(|i| match c.blocks.get(&i) {
-                        None => Some((i, None, true)),
-                        Some((b, r)) if b.host.is_none() && free_in(i, b) != 0 => {
-                            Some((i, Some((b.clone(), *r)), true))
-                        }
-                        Some(_) => None,
-                    })
+            let claim_from = if c.contended { random_from } else { ilo };
+            let mine = own.or_else(|| {
+                // Claim: the lowest block nobody has (or, when hosts race for blocks, the
+                // next one from a random point), or an unowned one.
+                order(claim_from).find_map(|i| match c.blocks.get(&i) {
+                    None => Some((i, None, true)),
+                    Some((b, r)) if b.host.is_none() && free_in(i, b) != 0 => {
+                        Some((i, Some((b.clone(), *r)), true))
+                    }
+                    Some(_) => None,
                 })
-                .or_else(|| {
-                    // Borrow from another host's block, starting from this host's own point.
-                    order(spread).find_map(|i| {
-                        let (b, r) = c.blocks.get(&i)?;
-                        (free_in(i, b) != 0).then(|| (i, Some((b.clone(), *r)), false))
-                    })
-                });
+            });
+            if mine.is_none() && !c.borrowing && !fresh {
+                self.reload(&mut c, &pool.id, crev)?;
+                c.borrowing = true;
+                fresh = true;
+                continue;
+            }
+            c.borrowing = mine.is_none();
+            let pick = mine.or_else(|| {
+                // Borrow from another host's block, starting from a random point.
+                order(random_from).find_map(|i| {
+                    let (b, r) = c.blocks.get(&i)?;
+                    (free_in(i, b) != 0).then(|| (i, Some((b.clone(), *r)), false))
+                })
+            });
             let Some((idx, existing, claim)) = pick else {
                 if fresh {
                     return Ok(None);
@@ -653,7 +673,9 @@ impl Ipam {
                     Op::put(key.clone(), encode(&record)),
                     Op::put(bkey.clone(), encode(&block)),
                 ],
-                failure: vec![],
+                // A lost race learns the pool and the block as they are now, in the same
+                // round trip.
+                failure: vec![Op::Get(pool_key(&pool.id)), Op::Get(bkey.clone())],
             }) {
                 Ok(d) => d,
                 Err(e) => {
@@ -670,9 +692,15 @@ impl Ipam {
                 return Ok(Some(ip));
             }
             // Someone else wrote the block (or the address): refresh it and pick again.
+            self.lost_races
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             fresh = false;
-            self.pool_still_there(&pool.id, crev)?;
-            match self.state.store.get(&bkey)? {
+            let [pool_now, block_now] = <[Option<KeyValue>; 2]>::try_from(done.reads)
+                .map_err(|_| NetError::Store(StoreError::Backend("txn reads missing".into())))?;
+            if pool_now.map(|kv| kv.create_revision) != Some(crev) {
+                return Err(self.pool_gone(&pool.id));
+            }
+            match block_now {
                 Some(kv) => {
                     let b: BlockRecord = decode(&kv)?;
                     if b.used & (1u64 << bit) == 0 && self.state.store.get(&key)?.is_some() {
@@ -699,6 +727,13 @@ impl Ipam {
                 self.reload(&mut c, &pool.id, crev)?;
                 c.contended = true;
                 fresh = true;
+            } else if c.borrowing {
+                // Borrowers of a nearly full pool race each other and the blocks' owners for
+                // the same few block records: back off a random while before trying again.
+                lost_borrows += 1;
+                let cap_us = lost_borrows.min(8) * 1000;
+                let pause = random_u32(host_hash(&me)) % cap_us;
+                std::thread::sleep(std::time::Duration::from_micros(u64::from(pause)));
             }
         }
         Err(contention("address allocation"))
@@ -723,6 +758,11 @@ impl Ipam {
     }
 
     /// Entries left for [`Ipam::finish_pending`].
+    /// Allocation transactions lost to another writer (each was retried).
+    pub fn lost_races(&self) -> u64 {
+        self.lost_races.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn pending_count(&self) -> usize {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -883,6 +923,22 @@ impl Ipam {
 }
 
 /// FNV-1a of the host id: where this host starts looking for blocks.
+/// A random number (the clock's low bits mixed with `seed` by xorshift): enough to spread
+/// hosts and threads apart, nothing cryptographic.
+fn random_u32(seed: u32) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut x = (nanos ^ seed) | 1;
+    for _ in 0..2 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+    }
+    x
+}
+
 fn host_hash(host: &str) -> u32 {
     let mut h: u32 = 0x811c9dc5;
     for b in host.bytes() {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -76,7 +77,17 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
         "Allocations or releases whose outcome was lost with the store, to be finished when it answers",
         pending.clone(),
     );
+    let lost_races: Counter = Counter::default();
+    metrics.register(
+        "ipam_lost_races",
+        "Address allocation transactions that lost a compare-and-swap race with another host and were retried",
+        lost_races.clone(),
+    );
     metrics.on_scrape(move || {
+        let lost = svc.ipam.lost_races();
+        if lost > lost_races.get() {
+            lost_races.inc_by(lost - lost_races.get());
+        }
         ovs_up.set(i64::from(svc.dp.connected()));
         let st = &svc.state;
         let up = st.store.revision().is_ok();
@@ -87,17 +98,20 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
             // Every read below would wait for the store's timeout.
             return;
         }
-        if let Ok(n) = st.store.range("networks/") {
-            networks.set(n.len() as i64);
+        if let Ok(n) = st.store.count("networks/") {
+            networks.set(n as i64);
         }
-        if let Ok(n) = st.store.range("endpoints/") {
-            endpoints.set(n.len() as i64);
+        if let Ok(n) = st.store.count("endpoints/") {
+            endpoints.set(n as i64);
         }
         allocated.clear();
         free.clear();
         if let Ok(pools) = st.pools() {
             for p in pools {
-                let held = st.addresses(&p.id).map(|a| a.len()).unwrap_or(0) as i64;
+                let held = st
+                    .store
+                    .count(&crate::state::addr_prefix(&p.id))
+                    .unwrap_or(0) as i64;
                 let size = p
                     .subnet
                     .parse::<crate::ipnet::Ipv4Net>()

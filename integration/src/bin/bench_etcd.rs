@@ -149,15 +149,30 @@ fn main() -> Result<()> {
     let raw_stores: Vec<Arc<dyn Store>> = (0..THREADS)
         .map(|_| store(&endpoints, "/bench-raw/"))
         .collect::<Result<_>>()?;
+    let raw_txn = |t: usize, i: usize, tag: &str| -> Result<()> {
+        let key = format!("{tag}/{t}/{i:08}");
+        raw_stores[t].txn(Txn {
+            compare: vec![Compare::Version(key.clone(), 0)],
+            success: vec![Op::put(key, value.clone())],
+            failure: vec![],
+        })?;
+        Ok(())
+    };
+    // etcd's own rate on this cluster before and after the fill tells how much of any tail
+    // slowdown is etcd's (a bigger database) rather than the allocator's.
+    let (raw_before, _, _) = throughput(2.0, |t, i| raw_txn(t, i, "raw-before"))?;
     let (fill_hosts, pool) = hosts(&endpoints, "/bench-fill/", "10.101.0.0/16")?;
     let total = 65_534usize;
     let done = AtomicUsize::new(0);
-    let stamps: Mutex<Vec<Duration>> = Mutex::new(Vec::with_capacity(total));
+    // (time, lost races of all hosts so far) at each allocation.
+    let stamps: Mutex<Vec<(Duration, u64)>> = Mutex::new(Vec::with_capacity(total));
+    let lost_races = || fill_hosts.iter().map(|h| h.lost_races()).sum::<u64>();
     let start = Instant::now();
     std::thread::scope(|s| -> Result<()> {
         let mut handles = Vec::new();
         for h in &fill_hosts {
-            let (done, stamps, pool, none) = (&done, &stamps, &pool, &none);
+            let (done, stamps, pool, none, lost_races) =
+                (&done, &stamps, &pool, &none, &lost_races);
             handles.push(s.spawn(move || -> Result<()> {
                 loop {
                     match h.request_address(pool, "", none) {
@@ -166,7 +181,7 @@ fn main() -> Result<()> {
                             stamps
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
-                                .push(start.elapsed());
+                                .push((start.elapsed(), lost_races()));
                         }
                         Err(e) if e.to_string().contains("no free address") => return Ok(()),
                         Err(e) => return Err(e.into()),
@@ -182,8 +197,10 @@ fn main() -> Result<()> {
         }
         Ok(())
     })?;
-    let mut stamps = stamps.into_inner().unwrap_or_default();
-    stamps.sort();
+    let mut stamped = stamps.into_inner().unwrap_or_default();
+    stamped.sort();
+    let stamps: Vec<Duration> = stamped.iter().map(|s| s.0).collect();
+    let races: Vec<u64> = stamped.iter().map(|s| s.1).collect();
     let n = stamps.len();
     ensure!(n == total, "filled {n} of {total} addresses");
     let first = stamps[999].as_secs_f64();
@@ -211,19 +228,23 @@ fn main() -> Result<()> {
         })
         .collect();
     println!("seconds per 1,000 across the fill: {}", windows.join(" "));
-    // Context: etcd itself after holding the filled /16 (its history grows with every write).
-    let (raw_after, _, _) = throughput(2.0, |t, i| {
-        let key = format!("raw-after/{t}/{i:08}");
-        raw_stores[t].txn(Txn {
-            compare: vec![Compare::Version(key.clone(), 0)],
-            success: vec![Op::put(key, value.clone())],
-            failure: vec![],
-        })?;
-        Ok(())
-    })?;
+    let lost_window = |from: usize, to: usize| races[to].saturating_sub(races[from]);
     println!(
-        "raw etcd txn after the fill:   {raw_after:8.0} tx/s  ({:.2} x the first cluster's rate)",
-        raw_after / raw_rate
+        "lost CAS races (retried): first 1,000: {}   last 1,000: {}   whole fill: {}",
+        lost_window(0, 999),
+        lost_window(n - 1001, n - 1),
+        races[n - 1]
+    );
+    // Context: etcd itself after holding the filled /16 (its history grows with every write).
+    let (raw_after, _, _) = throughput(2.0, |t, i| raw_txn(t, i, "raw-after"))?;
+    let etcd_slowdown = raw_before / raw_after;
+    println!(
+        "raw etcd txn on this cluster:  {raw_before:8.0} tx/s before the fill, {raw_after:.0} after \
+         (etcd itself {etcd_slowdown:.2}x slower full than empty)"
+    );
+    println!(
+        "tail ratio with etcd's own slowdown taken out: {:.2}",
+        last / first / etcd_slowdown
     );
     let audit = netplugin::fleet::audit(&fill_hosts[0].state)?;
     println!(

@@ -12,14 +12,13 @@
 //!     cargo run --release -p integration --bin bench_network [-- RUNS ENDPOINTS]
 //! Defaults: 30 runs per driver, 500 endpoints. Takes about 2-3 minutes.
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use integration::netplugin::Netplugin;
 use integration::ovs::{delete_link, OvsEnv};
-use integration::plugins::{binary, docker_call, DOCKER_PLUGIN_DIR};
+use integration::plugins::{binary, docker_call, metric_value, scrape_metrics, DOCKER_PLUGIN_DIR};
 use integration::{DockerEnv, TEST_IMAGE};
 
 const METRICS: &str = "127.0.0.1:19473";
@@ -29,26 +28,11 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn scrape(addr: &str) -> Result<String> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
-}
-
 fn metric(text: &str, op: &str, q: &str) -> Option<f64> {
-    let needle = format!("berth_net_endpoint_setup_milliseconds{{op=\"{op}\",quantile=\"{q}\"}}");
-    text.lines()
-        .find(|l| l.starts_with(&needle))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
+    metric_value(
+        text,
+        &format!("berth_net_endpoint_setup_milliseconds{{op=\"{op}\",quantile=\"{q}\"}}"),
+    )
 }
 
 struct Dummy(&'static str);
@@ -159,7 +143,7 @@ fn main() -> Result<()> {
         }
     }
     let med: Vec<f64> = times.iter_mut().map(|v| median(v)).collect();
-    let text = scrape(METRICS).context("scraping netplugin's metrics")?;
+    let text = scrape_metrics(METRICS).context("scraping netplugin's metrics")?;
     let ce = (
         metric(&text, "create_endpoint", "0.5"),
         metric(&text, "create_endpoint", "0.99"),

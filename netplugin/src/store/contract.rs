@@ -74,6 +74,36 @@ pub fn run(s: &dyn Store) {
     );
     assert_eq!(s.range("a/").unwrap().len(), 2);
     assert_eq!(s.range("a/2").unwrap().len(), 1);
+    assert_eq!(s.count("a/").unwrap(), 2);
+    assert_eq!(s.count("a/2").unwrap(), 1);
+    assert_eq!(s.count("nothing/").unwrap(), 0);
+    // Reads in a branch: a lost CAS sees the current records in the same call, without a
+    // new revision; reads after a write in the branch see the write.
+    let before = s.revision().unwrap();
+    let lost = s
+        .txn(Txn {
+            compare: vec![Compare::Version("a/1".into(), 0)],
+            success: vec![],
+            failure: vec![Op::Get("a/1".into()), Op::Get("a/none".into())],
+        })
+        .unwrap();
+    assert!(!lost.succeeded);
+    assert_eq!(lost.revision, before);
+    assert_eq!(lost.reads.len(), 2);
+    assert_eq!(lost.reads[0].as_ref().unwrap().value, b"two");
+    assert!(lost.reads[1].is_none());
+    let wrote = s
+        .txn(Txn {
+            compare: vec![],
+            success: vec![Op::put("b/read", "fresh"), Op::Get("b/read".into())],
+            failure: vec![],
+        })
+        .unwrap();
+    let seen = wrote.reads[0].as_ref().unwrap();
+    assert_eq!(
+        (seen.value.as_slice(), seen.mod_revision),
+        (&b"fresh"[..], wrote.revision)
+    );
     // Leases.
     let lease = s.grant_lease(Duration::from_secs(60)).unwrap();
     s.txn(Txn {

@@ -42,11 +42,20 @@ pub fn apply(
     }
     let ops = if holds { &txn.success } else { &txn.failure };
     let current = tx.revision()?;
-    if ops.is_empty() {
+    if ops.iter().all(|op| matches!(op, Op::Get(_))) {
+        // Reads alone write nothing and keep the revision, as in etcd.
+        let reads = ops
+            .iter()
+            .map(|op| match op {
+                Op::Get(key) => tx.get(key),
+                _ => Ok(None),
+            })
+            .collect::<StoreResult<_>>()?;
         return Ok((
             TxnResult {
                 succeeded: holds,
                 revision: current,
+                reads,
             },
             Vec::new(),
         ));
@@ -60,6 +69,7 @@ pub fn apply(
     }
     let revision = current + 1;
     let mut events = Vec::new();
+    let mut reads = Vec::new();
     for op in ops {
         match op {
             Op::Put { key, value, lease } => {
@@ -102,6 +112,7 @@ pub fn apply(
                     });
                 }
             }
+            Op::Get(key) => reads.push(tx.get(key)?),
         }
     }
     tx.set_revision(revision)?;
@@ -109,6 +120,7 @@ pub fn apply(
         TxnResult {
             succeeded: holds,
             revision,
+            reads,
         },
         events,
     ))

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare as ECompare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    KvClient, PutOptions, TxnOp, WatchOptions,
+    KvClient, PutOptions, TxnOp, TxnOpResponse, WatchOptions,
 };
 
 use super::{Compare, Event, KeyValue, Op, Store, StoreError, StoreResult, Txn, TxnResult};
@@ -343,6 +343,7 @@ impl EtcdStore {
                 let end = prefix_end(&from);
                 TxnOp::delete(from, Some(DeleteOptions::new().with_range(end)))
             }
+            Op::Get(key) => TxnOp::get(self.full(key), None),
         }
     }
 }
@@ -407,6 +408,18 @@ impl Store for EtcdStore {
         }
     }
 
+    fn count(&self, prefix: &str) -> StoreResult<u64> {
+        let from = self.full(prefix);
+        let options = GetOptions::new()
+            .with_range(prefix_end(&from))
+            .with_count_only();
+        let resp = self.call("count", true, move |m| {
+            let (mut kv, s, o) = (m.kv, from.clone(), options.clone());
+            async move { kv.get(s, Some(o)).await }
+        })?;
+        Ok(resp.count().max(0) as u64)
+    }
+
     fn txn(&self, txn: Txn) -> StoreResult<TxnResult> {
         let compares: Vec<ECompare> = txn
             .compare
@@ -449,9 +462,16 @@ impl Store for EtcdStore {
             }
             Err(e) => return Err(e),
         };
+        let mut reads = Vec::new();
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(got) = op {
+                reads.push(got.kvs().first().map(|kv| self.convert(kv)).transpose()?);
+            }
+        }
         Ok(TxnResult {
             succeeded: resp.succeeded(),
             revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            reads,
         })
     }
 

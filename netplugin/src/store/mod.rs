@@ -58,6 +58,9 @@ pub enum Op {
     },
     Delete(String),
     DeletePrefix(String),
+    /// Reads the key (after the branch's earlier writes) into [`TxnResult::reads`]: a lost
+    /// compare-and-swap learns the current records in the same round trip.
+    Get(String),
 }
 
 impl Op {
@@ -83,6 +86,8 @@ pub struct TxnResult {
     pub succeeded: bool,
     /// The store revision after the transaction.
     pub revision: i64,
+    /// One entry per [`Op::Get`] of the branch that ran, in order.
+    pub reads: Vec<Option<KeyValue>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +127,11 @@ pub trait Store: Send + Sync {
     fn get(&self, key: &str) -> StoreResult<Option<KeyValue>>;
     /// Every key starting with `prefix`, in key order.
     fn range(&self, prefix: &str) -> StoreResult<Vec<KeyValue>>;
+    /// How many keys start with `prefix` (etcd answers with the count alone, so metrics of a
+    /// full /16 do not move 65k records).
+    fn count(&self, prefix: &str) -> StoreResult<u64> {
+        Ok(self.range(prefix)?.len() as u64)
+    }
     fn txn(&self, txn: Txn) -> StoreResult<TxnResult>;
     fn revision(&self) -> StoreResult<i64>;
     fn grant_lease(&self, ttl: Duration) -> StoreResult<i64>;
