@@ -237,13 +237,14 @@ fn main() -> Result<()> {
     );
     // Context: etcd itself after holding the filled /16 (its history grows with every write).
     let (raw_after, _, _) = throughput(2.0, |t, i| raw_txn(t, i, "raw-after"))?;
+    // > 1: etcd itself went slower as the database filled.
     let etcd_slowdown = raw_before / raw_after;
     println!(
         "raw etcd txn on this cluster:  {raw_before:8.0} tx/s before the fill, {raw_after:.0} after \
-         (etcd itself {etcd_slowdown:.2}x slower full than empty)"
+         (etcd's own time per txn, full / empty: {etcd_slowdown:.2})"
     );
     println!(
-        "tail ratio with etcd's own slowdown taken out: {:.2}",
+        "tail ratio divided by etcd's own slowdown: {:.2}",
         last / first / etcd_slowdown
     );
     let audit = netplugin::fleet::audit(&fill_hosts[0].state)?;
