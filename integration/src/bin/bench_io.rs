@@ -2,7 +2,7 @@
 //! IO by the same busybox dd on the host filesystem that holds the volume images (measured in
 //! the same run), and a table of requested vs measured IO limits.
 //!
-//! `cargo run --release -p integration --bin bench_io -- [--mib 256] [--rounds 10]`
+//! `cargo run --release -p integration --bin bench_io -- [--mib 512] [--rounds 10]`
 //! (as root; `bash scripts/bench.sh io` does the same).
 
 use std::path::Path;
@@ -49,7 +49,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let mut mib: u64 = 256;
+    let mut mib: u64 = 512;
     let mut rounds = 10;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
