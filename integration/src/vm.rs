@@ -754,6 +754,52 @@ pub fn parse_figures(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Helpers for code that runs inside the guest.
+pub mod guest {
+    use super::*;
+
+    /// A command with a bound; its stdout, or an error with its stderr.
+    pub fn sh(args: &[&str]) -> Result<String> {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        let out = run_with_timeout(c, None, Duration::from_secs(120))
+            .with_context(|| format!("running {args:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A VG on the guest's disk /dev/vda with a 64 MiB ext4 LV `state` mounted on /state (for
+    /// volplugin's state dir), and a thin pool `pool` of `size` with `metadata` (LVM's size
+    /// syntax) and optionally a chunk size.
+    pub fn vg_state_and_pool(
+        vg: &str,
+        pool: &str,
+        size: &str,
+        metadata: &str,
+        chunk: Option<&str>,
+    ) -> Result<()> {
+        sh(&["lvm", "pvcreate", "-q", "/dev/vda"])?;
+        sh(&["lvm", "vgcreate", "-q", vg, "/dev/vda"])?;
+        sh(&["lvm", "lvcreate", "-q", "-L", "64m", "-n", "state", vg])?;
+        sh(&["mkfs.ext4", "-q", &format!("/dev/{vg}/state")])?;
+        std::fs::create_dir_all("/state")?;
+        sh(&["mount", &format!("/dev/{vg}/state"), "/state"])?;
+        let mut args = vec!["lvm", "lvcreate", "-q", "--type", "thin-pool", "-L", size];
+        args.extend(["--poolmetadatasize", metadata]);
+        if let Some(chunk) = chunk {
+            args.extend(["--chunksize", chunk]);
+        }
+        args.extend(["-n", pool, vg]);
+        sh(&args).map(drop)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

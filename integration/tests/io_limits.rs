@@ -111,18 +111,8 @@ impl Ctx {
 
     fn set_limits(&self, volume: &str, flags: &[&str]) -> Result<()> {
         let vol = self.vol.lock().expect("volplugin");
-        let out = std::process::Command::new(&vol.bin)
-            .args(["volume", "set-limits", volume])
-            .args(flags)
-            .arg("--admin-socket")
-            .arg(&vol.admin_socket)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "set-limits: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        vol.admin_text(&[&["volume", "set-limits", volume], flags].concat())
+            .map(drop)
     }
 
     fn status(&self, volume: &str) -> Result<serde_json::Value> {

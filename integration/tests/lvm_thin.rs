@@ -154,7 +154,7 @@ mod guest {
 
     use anyhow::{anyhow, bail, ensure, Context, Result};
     use integration::plugins::{docker_call, metric_value, scrape_metrics};
-    use integration::procs::{run_with_timeout, wait_until, Daemon};
+    use integration::procs::{wait_until, Daemon};
     use serde_json::{json, Value};
 
     pub const VG: &str = "berthvg";
@@ -239,21 +239,7 @@ mod guest {
         pub flags: Vec<String>,
     }
 
-    /// A command with a bound; its stdout, or an error with its stderr.
-    pub fn sh(args: &[&str]) -> Result<String> {
-        let mut c = Command::new(args[0]);
-        c.args(&args[1..]);
-        let out = run_with_timeout(c, None, Duration::from_secs(60))
-            .with_context(|| format!("running {args:?}"))?;
-        if !out.status.success() {
-            bail!(
-                "{args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
+    pub use integration::vm::guest::sh;
 
     fn socket() -> PathBuf {
         Path::new(PLUGIN_DIR).join("berth-vol.sock")
@@ -478,26 +464,7 @@ mod guest {
     // first boot
 
     fn pool_setup(g: &mut Guest) -> Result<()> {
-        sh(&["lvm", "pvcreate", "-q", "/dev/vda"])?;
-        sh(&["lvm", "vgcreate", "-q", VG, "/dev/vda"])?;
-        sh(&["lvm", "lvcreate", "-q", "-L", "64m", "-n", "state", VG])?;
-        sh(&["mkfs.ext4", "-q", &format!("/dev/{VG}/state")])?;
-        std::fs::create_dir_all("/state")?;
-        sh(&["mount", &format!("/dev/{VG}/state"), "/state"])?;
-        sh(&[
-            "lvm",
-            "lvcreate",
-            "-q",
-            "--type",
-            "thin-pool",
-            "-L",
-            "1500m",
-            "--poolmetadatasize",
-            "16m",
-            "-n",
-            POOL,
-            VG,
-        ])?;
+        integration::vm::guest::vg_state_and_pool(VG, POOL, "1500m", "16m", None)?;
         // A daemon with a missing pool refuses to start, naming it.
         g.pool = "nopool".into();
         let err = g.start().unwrap_err().to_string();

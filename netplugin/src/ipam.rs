@@ -517,18 +517,9 @@ impl Ipam {
             block.used |= 1u64 << bit;
             let mut rec = record.clone();
             rec.address = ip;
-            let done = match self.state.store.txn(Txn {
-                compare: vec![
-                    Compare::Version(key.clone(), 0),
-                    guard,
-                    Compare::CreateRevision(pool_key(&pool.id), crev),
-                ],
-                success: vec![
-                    Op::put(key.clone(), encode(&rec)),
-                    Op::put(bkey.clone(), encode(&block)),
-                ],
-                failure: vec![],
-            }) {
+            let done = match self.state.store.txn(allocation_txn(
+                &pool.id, crev, &key, &rec, &bkey, &block, guard,
+            )) {
                 Ok(d) => d,
                 Err(e) => {
                     self.forget(&pool.id);
@@ -543,22 +534,25 @@ impl Ipam {
                 }
                 return Ok(None);
             }
-            self.pool_still_there(&pool.id, crev)?;
+            self.after_lost_race(&pool.id, crev, done.reads)?;
         }
         Err(contention("address allocation"))
     }
 
-    fn pool_still_there(&self, pool_id: &str, crev: i64) -> NetResult<()> {
-        if self
-            .state
-            .store
-            .get(&pool_key(pool_id))?
-            .map(|kv| kv.create_revision)
-            != Some(crev)
-        {
+    /// After a lost allocation transaction: the block as it is now (read back by the
+    /// transaction itself), or an error if the pool went away meanwhile.
+    fn after_lost_race(
+        &self,
+        pool_id: &str,
+        crev: i64,
+        reads: Vec<Option<KeyValue>>,
+    ) -> NetResult<Option<KeyValue>> {
+        let [pool_now, block_now] = <[Option<KeyValue>; 2]>::try_from(reads)
+            .map_err(|_| NetError::Store(StoreError::Backend("txn reads missing".into())))?;
+        if pool_now.map(|kv| kv.create_revision) != Some(crev) {
             return Err(self.pool_gone(pool_id));
         }
-        Ok(())
+        Ok(block_now)
     }
 
     fn pool_gone(&self, pool_id: &str) -> NetError {
@@ -663,20 +657,9 @@ impl Ipam {
             block.used |= 1u64 << bit;
             record.address = ip;
             let key = addr_key(&pool.id, ip);
-            let done = match self.state.store.txn(Txn {
-                compare: vec![
-                    Compare::Version(key.clone(), 0),
-                    guard,
-                    Compare::CreateRevision(pool_key(&pool.id), crev),
-                ],
-                success: vec![
-                    Op::put(key.clone(), encode(&record)),
-                    Op::put(bkey.clone(), encode(&block)),
-                ],
-                // A lost race learns the pool and the block as they are now, in the same
-                // round trip.
-                failure: vec![Op::Get(pool_key(&pool.id)), Op::Get(bkey.clone())],
-            }) {
+            let done = match self.state.store.txn(allocation_txn(
+                &pool.id, crev, &key, &record, &bkey, &block, guard,
+            )) {
                 Ok(d) => d,
                 Err(e) => {
                     c.loaded = false;
@@ -695,12 +678,7 @@ impl Ipam {
             self.lost_races
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             fresh = false;
-            let [pool_now, block_now] = <[Option<KeyValue>; 2]>::try_from(done.reads)
-                .map_err(|_| NetError::Store(StoreError::Backend("txn reads missing".into())))?;
-            if pool_now.map(|kv| kv.create_revision) != Some(crev) {
-                return Err(self.pool_gone(&pool.id));
-            }
-            match block_now {
+            match self.after_lost_race(&pool.id, crev, done.reads)? {
                 Some(kv) => {
                     let b: BlockRecord = decode(&kv)?;
                     if b.used & (1u64 << bit) == 0 && self.state.store.get(&key)?.is_some() {
@@ -923,6 +901,29 @@ impl Ipam {
 }
 
 /// FNV-1a of the host id: where this host starts looking for blocks.
+/// The one transaction of an allocation: the address record and the block's bitmap together,
+/// guarded by compare-and-swap on both and on the pool. A lost race reads the pool and the
+/// block back in the same round trip (see `Ipam::after_lost_race`).
+fn allocation_txn(
+    pool_id: &str,
+    crev: i64,
+    key: &str,
+    record: &AddrRecord,
+    bkey: &str,
+    block: &BlockRecord,
+    block_guard: Compare,
+) -> Txn {
+    Txn {
+        compare: vec![
+            Compare::Version(key.to_string(), 0),
+            block_guard,
+            Compare::CreateRevision(pool_key(pool_id), crev),
+        ],
+        success: vec![Op::put(key, encode(record)), Op::put(bkey, encode(block))],
+        failure: vec![Op::Get(pool_key(pool_id)), Op::Get(bkey.to_string())],
+    }
+}
+
 /// A random number (the clock's low bits mixed with `seed` by xorshift): enough to spread
 /// hosts and threads apart, nothing cryptographic.
 fn random_u32(seed: u32) -> u32 {

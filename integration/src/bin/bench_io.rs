@@ -6,7 +6,6 @@
 //! (as root; `bash scripts/bench.sh io` does the same).
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use integration::iomeasure::{dd_rate, run_in_container, timed_dd};
@@ -244,44 +243,21 @@ fn main() -> Result<()> {
     ];
     for (limit, value, expected, dd, bytes) in cases {
         let flag = format!("--{}", limit.replace('_', "-"));
-        let out = Command::new(&vol.bin)
-            .args([
-                "volume",
-                "set-limits",
-                "bench-free",
-                "--read-bps",
-                "max",
-                "--write-bps",
-                "max",
-                "--read-iops",
-                "max",
-                "--write-iops",
-                "max",
-            ])
-            .arg("--admin-socket")
-            .arg(&vol.admin_socket)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "clearing limits: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = Command::new(&vol.bin)
-            .args([
-                "volume",
-                "set-limits",
-                "bench-free",
-                &flag,
-                value,
-                "--admin-socket",
-            ])
-            .arg(&vol.admin_socket)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "set-limits: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        vol.admin_text(&[
+            "volume",
+            "set-limits",
+            "bench-free",
+            "--read-bps",
+            "max",
+            "--write-bps",
+            "max",
+            "--read-iops",
+            "max",
+            "--write-iops",
+            "max",
+        ])
+        .context("clearing limits")?;
+        vol.admin_text(&["volume", "set-limits", "bench-free", &flag, value])?;
         let rate = in_container(&docker, "bench-free", &timed_dd(dd, bytes))?;
         let measured = if limit.ends_with("iops") {
             rate / 4096.0

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use integration::plugins::docker_call;
-use integration::procs::{run_with_timeout, wait_until, Daemon};
+use integration::procs::{wait_until, Daemon};
 use integration::vm;
+use integration::vm::guest::sh;
 use serde_json::{json, Value};
 
 const VG: &str = "benchvg";
@@ -124,20 +125,6 @@ fn host(rounds: usize, chunk: &str) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // guest side
 
-fn sh(args: &[&str]) -> Result<String> {
-    let mut c = Command::new(args[0]);
-    c.args(&args[1..]);
-    let out = run_with_timeout(c, None, Duration::from_secs(120))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let t = Instant::now();
     f()?;
@@ -177,28 +164,7 @@ fn write_mib(path: &Path, mib: usize) -> Result<()> {
 
 fn guest(rounds: usize, chunk: &str, out: &mut std::fs::File) -> Result<()> {
     use std::io::Write;
-    sh(&["lvm", "pvcreate", "-q", "/dev/vda"])?;
-    sh(&["lvm", "vgcreate", "-q", VG, "/dev/vda"])?;
-    sh(&["lvm", "lvcreate", "-q", "-L", "64m", "-n", "state", VG])?;
-    sh(&["mkfs.ext4", "-q", &format!("/dev/{VG}/state")])?;
-    std::fs::create_dir_all("/state")?;
-    sh(&["mount", &format!("/dev/{VG}/state"), "/state"])?;
-    sh(&[
-        "lvm",
-        "lvcreate",
-        "-q",
-        "--type",
-        "thin-pool",
-        "-L",
-        "3400m",
-        "--poolmetadatasize",
-        "32m",
-        "--chunksize",
-        chunk,
-        "-n",
-        POOL,
-        VG,
-    ])?;
+    vm::guest::vg_state_and_pool(VG, POOL, "3400m", "32m", Some(chunk))?;
     let plugin_dir = "/run/docker/plugins";
     let socket = Path::new(plugin_dir).join("berth-vol.sock");
     let mut cmd = Command::new("/usr/bin/volplugin");

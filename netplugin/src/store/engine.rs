@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Compare, Event, KeyValue, Op, StoreError, StoreResult, Txn, TxnResult};
+use super::{Compare, Event, KeyValue, Op, Store, StoreError, StoreResult, Txn, TxnResult};
 
 /// The view of one write transaction of an implementation.
 pub trait Tx {
@@ -124,6 +124,24 @@ pub fn apply(
         },
         events,
     ))
+}
+
+/// Deletes every key attached to `lease` (revoked or expired) in one transaction, so that
+/// watchers see the deletions as etcd would show them.
+pub fn delete_lease_keys(store: &dyn Store, lease: i64) -> StoreResult<()> {
+    let keys: Vec<String> = store
+        .range("")?
+        .into_iter()
+        .filter(|kv| kv.lease == lease)
+        .map(|kv| kv.key)
+        .collect();
+    if !keys.is_empty() {
+        store.txn(Txn {
+            success: keys.into_iter().map(Op::Delete).collect(),
+            ..Default::default()
+        })?;
+    }
+    Ok(())
 }
 
 /// In-process leases: id → deadline and TTL.

@@ -56,24 +56,7 @@ impl MemStore {
 
     fn expire(&self) -> StoreResult<()> {
         for lease in self.leases.take_expired() {
-            self.delete_lease_keys(lease)?;
-        }
-        Ok(())
-    }
-
-    fn delete_lease_keys(&self, lease: i64) -> StoreResult<()> {
-        let keys: Vec<String> = {
-            let d = self.data.lock().unwrap_or_else(|e| e.into_inner());
-            d.kv.values()
-                .filter(|kv| kv.lease == lease)
-                .map(|kv| kv.key.clone())
-                .collect()
-        };
-        if !keys.is_empty() {
-            self.txn(Txn {
-                success: keys.into_iter().map(super::Op::Delete).collect(),
-                ..Default::default()
-            })?;
+            engine::delete_lease_keys(self, lease)?;
         }
         Ok(())
     }
@@ -119,7 +102,7 @@ impl Store for MemStore {
 
     fn revoke_lease(&self, lease: i64) -> StoreResult<()> {
         self.leases.remove(lease);
-        self.delete_lease_keys(lease)
+        engine::delete_lease_keys(self, lease)
     }
 
     fn watch(&self, prefix: &str) -> StoreResult<mpsc::Receiver<Event>> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::engine::{self, Leases, Tx, Watchers};
-use super::{Event, KeyValue, Op, Store, StoreError, StoreResult, Txn, TxnResult};
+use super::{Event, KeyValue, Store, StoreError, StoreResult, Txn, TxnResult};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
@@ -93,23 +93,7 @@ impl RedbStore {
 
     fn expire(&self) -> StoreResult<()> {
         for lease in self.leases.take_expired() {
-            self.delete_lease_keys(lease)?;
-        }
-        Ok(())
-    }
-
-    fn delete_lease_keys(&self, lease: i64) -> StoreResult<()> {
-        let keys: Vec<String> = self
-            .range("")?
-            .into_iter()
-            .filter(|kv| kv.lease == lease)
-            .map(|kv| kv.key)
-            .collect();
-        if !keys.is_empty() {
-            self.txn(Txn {
-                success: keys.into_iter().map(Op::Delete).collect(),
-                ..Default::default()
-            })?;
+            engine::delete_lease_keys(self, lease)?;
         }
         Ok(())
     }
@@ -229,7 +213,7 @@ impl Store for RedbStore {
 
     fn revoke_lease(&self, lease: i64) -> StoreResult<()> {
         self.leases.remove(lease);
-        self.delete_lease_keys(lease)
+        engine::delete_lease_keys(self, lease)
     }
 
     fn watch(&self, prefix: &str) -> StoreResult<mpsc::Receiver<Event>> {
@@ -240,7 +224,7 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Compare;
+    use crate::store::{Compare, Op};
 
     #[test]
     fn redb_store_contract() {
