@@ -116,6 +116,42 @@ fn read_response(stream: &mut UnixStream) -> Result<(u16, Vec<u8>)> {
     Ok((status, buf[header_end..header_end + length].to_vec()))
 }
 
+/// The processes holding the UNIX socket bound at `path`, as "pid command", for error messages.
+pub fn socket_holders(path: &Path) -> Vec<String> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return Vec::new();
+    };
+    let wanted = path.to_string_lossy();
+    // Columns: Num RefCount Protocol Flags Type St Inode Path.
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.len() >= 8 && cols[7] == wanted).then(|| format!("socket:[{}]", cols[6]))
+        })
+        .collect();
+    let mut holders = Vec::new();
+    for proc_dir in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = proc_dir.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let holds = std::fs::read_dir(proc_dir.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()));
+        if holds {
+            let cmdline = std::fs::read(proc_dir.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            holders.push(format!("{pid} {}", cmdline.trim()));
+        }
+    }
+    holders
+}
+
 /// A Berth daemon (`volplugin` or `netplugin`) run by a test: its own state dir, admin socket
 /// and log, serving Docker's plugin dir (or another one), stopped by pid when dropped.
 pub struct PluginDaemon {
@@ -168,11 +204,18 @@ impl PluginDaemon {
 
     /// Starts the daemon and waits until the plugin socket answers.
     pub fn start(&mut self) -> Result<()> {
-        if UnixStream::connect(self.socket()).is_ok() {
+        // Right after a kill -9 a child the daemon was spawning (between fork and exec) can hold
+        // the listening socket for a moment; only a holder that stays is another server.
+        let socket = self.socket();
+        let freed = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            UnixStream::connect(&socket).is_err()
+        });
+        if !freed {
             bail!(
-                "{} is already served by another process (the demo's or the system's {}?); stop it first",
-                self.socket().display(),
-                self.name
+                "{} is already served by another process (the demo's or the system's {}?); stop it first. Holders: {:?}",
+                socket.display(),
+                self.name,
+                socket_holders(&socket)
             );
         }
         let mut cmd = Command::new(&self.bin);
@@ -186,7 +229,6 @@ impl PluginDaemon {
             .args(&self.args)
             .env("RUST_LOG", "info");
         let mut daemon = Daemon::spawn(self.name, cmd, &self.log_dir)?;
-        let socket = self.socket();
         let up = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
             docker_call(&socket, "Plugin.Activate", None).is_ok()
         });

@@ -765,6 +765,19 @@ fn socket_activation(c: &Ctx) -> Result<()> {
     c.assert_no_leftovers()
 }
 
+/// For tests that stop or kill volplugin: whatever the test's outcome, volplugin serves again
+/// afterwards, so one failure does not fail every test after it.
+fn keeps_volplugin_up(c: &Ctx, test: fn(&Ctx) -> Result<()>) -> Result<()> {
+    let outcome = test(c);
+    let mut vol = c.vol();
+    if !vol.is_running() {
+        if let Err(e) = vol.start() {
+            return outcome.and(Err(e.context("restarting volplugin after the test")));
+        }
+    }
+    outcome
+}
+
 fn main() {
     harness::run(
         "volumes",
@@ -796,16 +809,16 @@ fn main() {
                 "bad_names_and_options_rejected",
                 bad_names_and_options_rejected,
             ),
-            (
-                "volplugin_restart_keeps_running_containers",
-                volplugin_restart_keeps_running_containers,
-            ),
-            (
-                "kill9_during_creates_and_mounts",
-                kill9_during_creates_and_mounts,
-            ),
+            ("volplugin_restart_keeps_running_containers", |c| {
+                keeps_volplugin_up(c, volplugin_restart_keeps_running_containers)
+            }),
+            ("kill9_during_creates_and_mounts", |c| {
+                keeps_volplugin_up(c, kill9_during_creates_and_mounts)
+            }),
             ("admin_cli_table", admin_cli_table),
-            ("socket_activation", socket_activation),
+            ("socket_activation", |c| {
+                keeps_volplugin_up(c, socket_activation)
+            }),
         ],
     )
 }

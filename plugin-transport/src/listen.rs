@@ -72,6 +72,22 @@ impl Drop for SocketFile {
     }
 }
 
+/// After a kill -9, a child the dead instance was spawning (between fork and exec) can hold its
+/// listening socket for a moment, so a socket that accepts connections only counts as served
+/// if it still does a little later.
+fn still_served(path: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            return false;
+        }
+        if std::time::Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Binds a UNIX socket at `path` with `mode`, creating the parent directory (0755) if needed.
 /// A stale socket file (nobody accepting) is removed first; a live one is an error, so a second
 /// instance cannot steal the first one's clients.
@@ -83,7 +99,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<(Listener, SocketFile), Liste
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if still_served(path) {
                 return Err(ListenError::InUse {
                     path: path.to_path_buf(),
                 });
@@ -213,6 +229,20 @@ mod tests {
         assert!(matches!(err, ListenError::InUse { .. }), "{err}");
         drop(file);
         assert!(!path.exists(), "clean exit removes the socket file");
+    }
+
+    #[tokio::test]
+    async fn socket_released_shortly_after_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.sock");
+        // Stands for the listener a crashed instance's half-spawned child holds for a moment.
+        let lingering = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(lingering);
+        });
+        let (_listener, _file) = bind_unix(&path, 0o600).unwrap();
+        release.join().unwrap();
     }
 
     #[tokio::test]
