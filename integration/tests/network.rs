@@ -18,6 +18,9 @@ use integration::procs::{run_with_timeout, wait_until};
 use integration::{harness, DockerEnv, DockerOptions, TEST_IMAGE};
 use serde_json::Value;
 
+/// netplugin's `--release-leaked-after` here: short, so the test sees the sweep act.
+const LEAK_GRACE: &str = "2s";
+
 struct Ctx {
     docker: DockerEnv,
     net: Mutex<Netplugin>,
@@ -57,6 +60,20 @@ fn setup() -> Result<Ctx> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let docker = DockerEnv::start_with(DockerOptions {
+        // Containers keep running across a dockerd restart (the restart test's traffic).
+        extra_dockerd_args: vec!["--live-restore".into()],
+        ..Default::default()
+    })?;
+    let mut args = args;
+    args.extend([
+        "--docker-socket".to_string(),
+        docker.socket_path().to_string_lossy().into_owned(),
+        "--docker-sync-interval".into(),
+        "0.5".into(),
+        "--release-leaked-after".into(),
+        LEAK_GRACE.into(),
+    ]);
     let mut net = Netplugin::new(
         bin,
         work.path(),
@@ -64,11 +81,6 @@ fn setup() -> Result<Ctx> {
         args,
     );
     net.start()?;
-    let docker = DockerEnv::start_with(DockerOptions {
-        // Containers keep running across a dockerd restart (the restart test's traffic).
-        extra_dockerd_args: vec!["--live-restore".into()],
-        ..Default::default()
-    })?;
     Ok(Ctx {
         docker,
         net: Mutex::new(net),
@@ -860,6 +872,124 @@ fn t_admin_cli(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// What Docker leaves behind when it loses an endpoint (dockerd crashed between its calls, or
+/// netplugin was down when it deleted it): an address and an endpoint nobody will delete.
+fn leak_endpoint(c: &Ctx, network_id: &str, pool_id: &str, ip: &str, salt: u64) -> Result<String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    let seed = (nanos ^ salt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let id = format!("{seed:016x}{:016x}{seed:016x}{:016x}", !seed, salt);
+    let net = c.net();
+    let (s, v) = net.call(
+        "IpamDriver.RequestAddress",
+        Some(&format!(
+            r#"{{"PoolID":"{pool_id}","Address":"{ip}","Options":{{}}}}"#
+        )),
+    )?;
+    ensure!(s == 200, "RequestAddress {ip}: {v}");
+    let (s, v) = net.call(
+        "NetworkDriver.CreateEndpoint",
+        Some(&format!(
+            r#"{{"NetworkID":"{network_id}","EndpointID":"{id}","Interface":{{"Address":"{}","AddressIPv6":"","MacAddress":""}},"Options":{{}}}}"#,
+            v["Address"].as_str().unwrap_or_default()
+        )),
+    )?;
+    ensure!(s == 200, "CreateEndpoint: {v}");
+    Ok(id)
+}
+
+fn address_held(c: &Ctx, subnet: &str, ip: &str) -> Result<bool> {
+    let pool = c.net().admin_json(&["pool", "show", subnet])?;
+    Ok(pool["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["address"] == ip))
+}
+
+fn t_leaked_endpoints(c: &Ctx) -> Result<()> {
+    let network_id = c.d(&["network", "inspect", "-f", "{{.Id}}", "n1"])?;
+    let pool = c.net().admin_json(&["pool", "show", "10.231.1.0/24"])?;
+    let pool_id = pool["id"].as_str().context("pool id")?.to_string();
+    // A running container's endpoint carries its container id on the OVS interface.
+    let container = c.d(&["inspect", "-f", "{{.Id}}", "a1"])?;
+    let endpoint = c.d(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"n1\").EndpointID}}",
+        "a1",
+    ])?;
+    let port = format!("vb{}", &endpoint[..10]);
+    let labelled = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        c.ovs()
+            .vsctl(&["get", "Interface", &port, "external_ids:berth-container-id"])
+            .is_ok_and(|v| v.trim().trim_matches('"') == container)
+    });
+    ensure!(labelled, "{port} not labelled with container {container}");
+    let listed = c.endpoints()?;
+    ensure!(
+        listed
+            .iter()
+            .any(|e| e["id"] == endpoint.as_str() && e["container_id"] == container.as_str()),
+        "endpoint ls shows the container: {listed:?}"
+    );
+    // Docker still uses it: release is refused.
+    let err = c
+        .net()
+        .admin_text(&["endpoint", "release", &endpoint[..12]])
+        .unwrap_err()
+        .to_string();
+    ensure!(err.contains("in use by container"), "{err}");
+
+    // On demand: the operator releases a leak at once.
+    let leak = leak_endpoint(c, &network_id, &pool_id, "10.231.1.201", 1)?;
+    ensure!(c
+        .ovs()
+        .ports(&c.bridge)?
+        .contains(&format!("vb{}", &leak[..10])));
+    let out = c.net().admin_text(&["endpoint", "release", &leak[..12]])?;
+    ensure!(
+        out.contains(&format!("released endpoint {}", &leak[..12]))
+            && out.contains("address 10.231.1.201/24 released")
+            && out.contains("removed"),
+        "{out}"
+    );
+    ensure!(!address_held(c, "10.231.1.0/24", "10.231.1.201")?);
+    ensure!(!c
+        .ovs()
+        .ports(&c.bridge)?
+        .contains(&format!("vb{}", &leak[..10])));
+
+    // Automatically: Docker does not list it, so after the grace period it goes.
+    let leak = leak_endpoint(c, &network_id, &pool_id, "10.231.1.200", 2)?;
+    let leak_port = format!("vb{}", &leak[..10]);
+    ensure!(address_held(c, "10.231.1.0/24", "10.231.1.200")?);
+    let started = Instant::now();
+    let gone = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        !address_held(c, "10.231.1.0/24", "10.231.1.200").unwrap_or(true)
+            && c.ovs()
+                .ports(&c.bridge)
+                .is_ok_and(|p| !p.contains(&leak_port))
+            && c.endpoints()
+                .is_ok_and(|e| !e.iter().any(|e| e["id"] == leak.as_str()))
+    });
+    ensure!(gone, "leaked endpoint {leak_port} still there after 30 s");
+    println!(
+        "    leaked endpoint released {:.1} s after it was created (grace {LEAK_GRACE})",
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(
+        !std::path::Path::new(&format!("/sys/class/net/{leak_port}")).exists(),
+        "its veth went too"
+    );
+    // What Docker uses stayed.
+    ensure!(c.ovs().ports(&c.bridge)?.contains(&port));
+    let (s, r) = c.ping("a1", &c.ip("a2", "n1")?, 2, "0.2")?;
+    ensure!(r == s, "a1 lost its network: {r}/{s}");
+    Ok(())
+}
+
 fn t_final_cleanup(c: &Ctx) -> Result<()> {
     for n in ["a1", "a2", "b1", "b2"] {
         c.rm(&[n]);
@@ -898,6 +1028,7 @@ fn main() {
             ("bad_input_rejected_in_cli", t_bad_input),
             ("fifty_containers_no_leaks", t_fifty_containers_no_leaks),
             ("restart_netplugin_keeps_traffic", t_restart_netplugin),
+            ("leaked_endpoints_released", t_leaked_endpoints),
             ("restart_ovs_recovers", t_restart_ovs),
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),
             ("admin_cli", t_admin_cli),

@@ -4,13 +4,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::Method;
+use plugin_transport::docker::DockerClient;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
+use crate::docker_sync::{self, Attachment};
 use crate::error::NetError;
 use crate::fleet;
 use crate::ipam::{GLOBAL_SPACE, LOCAL_SPACE};
-use crate::network::{store_op, Service};
+use crate::network::{store_op, EndpointRelease, ReleaseReason, Service};
 use crate::protocol::*;
+use crate::state::short;
 
 fn ok<T>(r: Result<T, NetError>) -> Result<T, PluginError> {
     r.map_err(PluginError::from)
@@ -189,8 +192,8 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
 
 /// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
 /// `/stats`, `/hosts`, `/audit`; `POST /reconcile`, `/hosts/reclaim`,
-/// `/addresses/reserve|unreserve|release`.
-pub fn admin_router(svc: Arc<Service>) -> Router {
+/// `/addresses/reserve|unreserve|release`, `/endpoints/release`.
+pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
     let s1 = svc.clone();
     let s2 = svc.clone();
     let s3 = svc.clone();
@@ -200,7 +203,8 @@ pub fn admin_router(svc: Arc<Service>) -> Router {
     let s7 = svc.clone();
     let s8 = svc.clone();
     let s9 = svc.clone();
-    let s10 = svc;
+    let s10 = svc.clone();
+    let s11 = svc;
     Router::new()
         .route(Method::GET, "/networks", move |_req: Request| {
             let s = s1.clone();
@@ -267,6 +271,17 @@ pub fn admin_router(svc: Arc<Service>) -> Router {
                 reply(store_op("audit", move || fleet::audit(&state)).await)
             }
         })
+        .route(Method::POST, "/endpoints/release", move |req: Request| {
+            let s = s11.clone();
+            let docker = docker.clone();
+            async move {
+                let body: ReleaseEndpointBody = match body_of(&req) {
+                    Ok(b) => b,
+                    Err(e) => return Reply::error(&PluginError::from(e)),
+                };
+                reply(release_endpoint(&s, &docker, &body).await)
+            }
+        })
         .route_prefix(Method::POST, "/addresses/", move |req: Request| {
             let s = s10.clone();
             async move {
@@ -297,6 +312,49 @@ struct ReclaimBody {
     host: String,
     #[serde(default)]
     force: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct ReleaseEndpointBody {
+    endpoint: String,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `netplugin endpoint release`: refused while Docker lists the endpoint, or cannot be asked,
+/// unless forced.
+async fn release_endpoint(
+    svc: &Service,
+    docker: &DockerClient,
+    body: &ReleaseEndpointBody,
+) -> Result<EndpointRelease, NetError> {
+    let record = svc.find_endpoint(&body.endpoint).await?;
+    if !body.force {
+        let view = docker_sync::fetch_view(docker).await.map_err(|e| {
+            NetError::conflict(format!(
+                "cannot ask Docker whether endpoint {} is in use ({e}); --force releases it without asking",
+                short(&record.id)
+            ))
+        })?;
+        match view.attachment(&record.network_id, &record.id) {
+            Attachment::Listed(Some(container)) => {
+                return Err(NetError::conflict(format!(
+                    "endpoint {} is in use by container {}: `docker network disconnect` or remove the container instead",
+                    short(&record.id),
+                    short(&container)
+                )))
+            }
+            Attachment::Listed(None) => {
+                return Err(NetError::conflict(format!(
+                    "Docker still lists endpoint {} on network {}; --force releases it anyway",
+                    short(&record.id),
+                    short(&record.network_id)
+                )))
+            }
+            Attachment::Missing | Attachment::UnknownNetwork => {}
+        }
+    }
+    svc.release_endpoint(&record, ReleaseReason::Admin).await
 }
 
 #[derive(serde::Deserialize)]

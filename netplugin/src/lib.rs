@@ -6,8 +6,11 @@
 //! - [`ipam`] and [`network`]: the drivers' logic; [`protocol`]: Docker's messages;
 //!   [`handlers`]: the plugin and admin routers.
 //! - [`dataplane`]: veth pairs and OVS ports behind a trait (ovs-ffi for the real one).
+//! - [`docker_sync`]: Docker's view of our endpoints, in the background: container labels on
+//!   OVS interfaces, and release of endpoints Docker leaked.
 
 pub mod dataplane;
+pub mod docker_sync;
 pub mod error;
 pub mod fleet;
 pub mod handlers;

@@ -21,7 +21,9 @@ use netplugin::dataplane::Dataplane;
 use netplugin::fleet::{AddressChange, HostView, ReclaimReport};
 use netplugin::ipam::{Ipam, IpamConfig};
 use netplugin::ipnet::Ipv4Net;
-use netplugin::network::{EndpointView, NetConfig, NetworkView, PoolView, Service};
+use netplugin::network::{
+    EndpointRelease, EndpointView, NetConfig, NetworkView, PoolView, Service,
+};
 use netplugin::state::{short, State};
 use netplugin::store::etcd::{EtcdConfig, EtcdStore};
 use netplugin::store::redb::RedbStore;
@@ -154,6 +156,17 @@ enum EndpointCommand {
         /// Only endpoints of this network (id or id prefix).
         #[arg(long)]
         network: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Release what a leaked endpoint holds (OVS port, veth, record, address); refused while
+    /// Docker lists it.
+    Release {
+        /// Endpoint id, or a prefix of at least 4 characters.
+        endpoint: String,
+        /// Without asking Docker (when it is down or is not the one that created it).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -292,6 +305,17 @@ struct ServeArgs {
     /// Seconds between datapath reconcile passes (re-creates what OVS lost). [default: 2]
     #[arg(long)]
     reconcile_interval: Option<f64>,
+    /// Docker's API socket, asked in the background which container each endpoint serves and
+    /// which endpoints it leaked. [default: /var/run/docker.sock]
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
+    /// Seconds between those checks. [default: 5]
+    #[arg(long)]
+    docker_sync_interval: Option<f64>,
+    /// Release an endpoint of this host that Docker has not listed on its network for this
+    /// long (e.g. 90s, 5m), or `off` to only log it. [default: 2m]
+    #[arg(long)]
+    release_leaked_after: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -308,6 +332,11 @@ fn main() -> anyhow::Result<()> {
             Command::Endpoint(EndpointCommand::Ls { network, admin }) => {
                 endpoint_ls(network, admin).await
             }
+            Command::Endpoint(EndpointCommand::Release {
+                endpoint,
+                force,
+                admin,
+            }) => endpoint_release(&endpoint, force, admin).await,
             Command::Pool(PoolCommand::Ls(a)) => pool_ls(a).await,
             Command::Pool(PoolCommand::Show { pool, admin }) => pool_show(&pool, admin).await,
             Command::Pool(PoolCommand::Reserve(a)) => address_admin("reserve", a).await,
@@ -343,8 +372,8 @@ fn parse_vlan_range(s: &str) -> anyhow::Result<(u16, u16)> {
     parsed.with_context(|| format!("--vlan-range {s:?}: must be FIRST-LAST within 1-4094"))
 }
 
-/// `90`, `30s`, `10m`, `2h`, `1d`.
-fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+/// `90`, `30s`, `10m`, `2h`, `1d`, at least `min_secs`; `flag` names it in errors.
+fn parse_duration(flag: &str, s: &str, min_secs: f64, why_min: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => s.split_at(i),
@@ -354,16 +383,16 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
         .parse()
         .ok()
         .filter(|n: &f64| *n > 0.0)
-        .with_context(|| format!("duration {s:?}: a positive number with s, m, h or d"))?;
+        .with_context(|| format!("{flag} {s:?}: a positive number with s, m, h or d"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        _ => bail!("duration {s:?}: the unit must be s, m, h or d"),
+        _ => bail!("{flag} {s:?}: the unit must be s, m, h or d"),
     };
-    if secs < 30.0 {
-        bail!("--reclaim-after {s}: at least 30s (hosts renew their lease every few seconds)");
+    if secs < min_secs {
+        bail!("{flag} {s}: at least {min_secs}s ({why_min})");
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -439,8 +468,34 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         .reclaim_after
         .as_deref()
         .filter(|s| *s != "off")
-        .map(parse_duration)
+        .map(|s| {
+            parse_duration(
+                "--reclaim-after",
+                s,
+                30.0,
+                "hosts renew their lease every few seconds",
+            )
+        })
         .transpose()?;
+    let release_leaked_after = match args.release_leaked_after.as_deref().unwrap_or("2m") {
+        "off" => None,
+        s => Some(parse_duration(
+            "--release-leaked-after",
+            s,
+            1.0,
+            "Docker must have had time to record a new endpoint",
+        )?),
+    };
+    let docker_sync_interval = args.docker_sync_interval.unwrap_or(5.0);
+    if !(0.1..=3600.0).contains(&docker_sync_interval) {
+        bail!("--docker-sync-interval {docker_sync_interval}: must be 0.1-3600 seconds");
+    }
+    let docker = plugin_transport::docker::DockerClient::new(
+        &args
+            .docker_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock")),
+    );
     let interval = args.reconcile_interval.unwrap_or(2.0);
     if !(0.1..=3600.0).contains(&interval) {
         bail!("--reconcile-interval {interval}: must be 0.1-3600 seconds");
@@ -517,8 +572,11 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let plugin = Server::new("plugin", netplugin::handlers::plugin_router(svc.clone()))
         .with_metrics(metrics.requests.clone());
     tasks.spawn(plugin.serve(plugin_listener, shutdown.clone()));
-    let admin = Server::new("admin", netplugin::handlers::admin_router(svc.clone()))
-        .with_metrics(metrics.requests.clone());
+    let admin = Server::new(
+        "admin",
+        netplugin::handlers::admin_router(svc.clone(), docker.clone()),
+    )
+    .with_metrics(metrics.requests.clone());
     tasks.spawn(admin.serve(admin_listener, shutdown.clone()));
     match args.metrics.as_deref().unwrap_or("127.0.0.1:9473") {
         "off" => {}
@@ -533,6 +591,13 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         svc.ipam.clone(),
         netplugin::fleet::HOST_TTL,
         reclaim_after,
+        shutdown.clone(),
+    ));
+    tasks.spawn(netplugin::docker_sync::run(
+        svc.clone(),
+        docker,
+        Duration::from_secs_f64(docker_sync_interval),
+        release_leaked_after,
         shutdown.clone(),
     ));
     tasks.spawn(reconciler(
@@ -626,6 +691,41 @@ async fn address_admin(action: &str, a: AddressArgs) -> anyhow::Result<()> {
         action => println!(
             "{action} {} in pool {} ({}); it was held by {}",
             c.address, c.pool_id, c.subnet, c.held_by
+        ),
+    }
+    Ok(())
+}
+
+async fn endpoint_release(endpoint: &str, force: bool, admin: AdminArgs) -> anyhow::Result<()> {
+    let body = admin_post(
+        &admin,
+        "/endpoints/release",
+        serde_json::json!({ "endpoint": endpoint, "force": force }),
+    )
+    .await?;
+    let r: EndpointRelease = serde_json::from_slice(&body).context("decoding the answer")?;
+    if admin.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "released endpoint {} of network {}: record deleted, {}",
+        short(&r.endpoint_id),
+        short(&r.network_id),
+        if r.address_released {
+            format!("address {} released", r.address)
+        } else {
+            format!(
+                "address {} was no longer held for it (left as it is)",
+                r.address
+            )
+        }
+    );
+    match &r.datapath_error {
+        None => println!("OVS port and veth {} removed", r.host_if),
+        Some(e) => println!(
+            "OVS port or veth {} not fully removed ({e}); the reconciler retries",
+            r.host_if
         ),
     }
     Ok(())
@@ -957,6 +1057,10 @@ async fn endpoint_ls(network: Option<String>, admin: AdminArgs) -> anyhow::Resul
                     Some(t) => format!("{} (tag {t})", e.ovs_port),
                     None => e.ovs_port.clone(),
                 },
+                e.container_id
+                    .as_deref()
+                    .map(|c| short(c).to_string())
+                    .unwrap_or_else(|| "-".into()),
                 e.host_id.clone(),
             ]
         })
@@ -971,6 +1075,7 @@ async fn endpoint_ls(network: Option<String>, admin: AdminArgs) -> anyhow::Resul
             "HOST-IF",
             "CONTAINER-IF",
             "OVS-PORT",
+            "CONTAINER",
             "HOST",
         ],
         &rows,

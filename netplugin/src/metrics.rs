@@ -17,6 +17,11 @@ struct PoolLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
     op: String,
     quantile: String,
@@ -83,10 +88,28 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
         "Address allocation transactions that lost a compare-and-swap race with another host and were retried",
         lost_races.clone(),
     );
+    let released: Family<ReasonLabel, Counter> = Family::default();
+    metrics.register(
+        "endpoints_released",
+        "Endpoints of this host released outside Docker's DeleteEndpoint: reason=leaked (Docker no longer listed them for --release-leaked-after), reason=admin (`netplugin endpoint release`)",
+        released.clone(),
+    );
     metrics.on_scrape(move || {
         let lost = svc.ipam.lost_races();
         if lost > lost_races.get() {
             lost_races.inc_by(lost - lost_races.get());
+        }
+        for (reason, count) in [
+            ("leaked", &svc.released_leaked),
+            ("admin", &svc.released_by_admin),
+        ] {
+            let counter = released.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+            let now = count.load(std::sync::atomic::Ordering::Relaxed);
+            if now > counter.get() {
+                counter.inc_by(now - counter.get());
+            }
         }
         ovs_up.set(i64::from(svc.dp.connected()));
         let st = &svc.state;

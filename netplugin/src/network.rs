@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,6 +101,32 @@ pub struct Service {
     pub latencies: Latencies,
     /// Serializes reconcile passes with endpoint changes of this host.
     reconcile_lock: tokio::sync::Mutex<()>,
+    /// Endpoints released because Docker no longer knew them, and by `endpoint release`.
+    pub released_leaked: AtomicU64,
+    pub released_by_admin: AtomicU64,
+}
+
+/// Why an endpoint is released outside Docker's DeleteEndpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// Docker no longer lists it (a crash leaked it); found by the background sweep.
+    Leaked,
+    /// `netplugin endpoint release`.
+    Admin,
+}
+
+/// What releasing one endpoint did.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct EndpointRelease {
+    pub endpoint_id: String,
+    pub network_id: String,
+    pub host_if: String,
+    pub address: String,
+    /// False when the address was no longer held for this endpoint (released already, or
+    /// taken again by an admin).
+    pub address_released: bool,
+    /// A datapath step that failed (the reconciler removes the port later); None when clean.
+    pub datapath_error: Option<String>,
 }
 
 /// Runs a store operation on a blocking thread, bounded by [`STORE_TIMEOUT`].
@@ -197,6 +224,8 @@ impl Service {
             config,
             latencies: Latencies::default(),
             reconcile_lock: tokio::sync::Mutex::new(()),
+            released_leaked: AtomicU64::new(0),
+            released_by_admin: AtomicU64::new(0),
         }
     }
 
@@ -497,18 +526,132 @@ impl Service {
         Ok(())
     }
 
-    /// Re-asserts the datapath of this host's endpoints without touching what is right.
-    pub async fn reconcile(&self) -> NetResult<ReassertReport> {
-        let _guard = self.reconcile_lock.lock().await;
+    /// The endpoint with this id, or the only one whose id starts with it (at least 4
+    /// characters, as `endpoint ls` shows 12).
+    pub async fn find_endpoint(&self, id: &str) -> NetResult<EndpointRecord> {
+        if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(NetError::invalid(format!(
+                "endpoint {id:?}: give its id or a prefix of at least 4 characters (see `netplugin endpoint ls`)"
+            )));
+        }
         let state = self.state.clone();
-        let records = store_op("reconcile", move || {
+        let wanted = id.to_string();
+        let mut found = store_op("find endpoint", move || {
+            if let Some(e) = state.endpoint(&wanted)? {
+                return Ok(vec![e]);
+            }
+            Ok(state
+                .endpoints()?
+                .into_iter()
+                .filter(|e| e.id.starts_with(&wanted))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+        match found.len() {
+            0 => Err(NetError::NotFound(format!("no endpoint {id:?}"))),
+            1 => Ok(found.remove(0)),
+            n => Err(NetError::conflict(format!(
+                "{n} endpoints start with {id:?}: give more of the id"
+            ))),
+        }
+    }
+
+    /// Releases what an endpoint holds when Docker cannot any more: its OVS port and veth,
+    /// its record and its address. Only this host's endpoints (the port is here). Whether
+    /// Docker still uses it is the caller's check.
+    pub async fn release_endpoint(
+        &self,
+        record: &EndpointRecord,
+        reason: ReleaseReason,
+    ) -> NetResult<EndpointRelease> {
+        if record.host_id != self.state.host_id {
+            return Err(NetError::conflict(format!(
+                "endpoint {} is on host {}: release it there, or `netplugin pool reclaim --host {}` if that host is gone",
+                short(&record.id),
+                record.host_id,
+                record.host_id
+            )));
+        }
+        let datapath_error = {
+            let _guard = self.reconcile_lock.lock().await;
+            self.dp.delete_endpoint(&record.host_if).await.err()
+        };
+        let state = self.state.clone();
+        let ipam = self.ipam.clone();
+        let rec = record.clone();
+        let address_released = store_op("release endpoint", move || {
+            state.store.txn(Txn {
+                success: vec![Op::Delete(endpoint_key(&rec.id))],
+                ..Default::default()
+            })?;
+            let Some(pool_id) = state.network(&rec.network_id)?.and_then(|n| n.pool_id) else {
+                return Ok(false);
+            };
+            let (ip, _) = parse_cidr(&rec.address).map_err(|e| {
+                NetError::Store(StoreError::Corrupt {
+                    key: endpoint_key(&rec.id),
+                    message: format!("address {e}"),
+                })
+            })?;
+            let Some(kv) = state.store.get(&addr_key(&pool_id, ip))? else {
+                return Ok(false);
+            };
+            let held: AddrRecord = decode(&kv)?;
+            // Only the endpoint's own lease: an admin may have reserved the address since.
+            if held.endpoint_id.as_deref() != Some(rec.id.as_str()) {
+                return Ok(false);
+            }
+            ipam.release_held(&pool_id, &kv)
+        })
+        .await?;
+        match reason {
+            ReleaseReason::Leaked => self.released_leaked.fetch_add(1, Ordering::Relaxed),
+            ReleaseReason::Admin => self.released_by_admin.fetch_add(1, Ordering::Relaxed),
+        };
+        let release = EndpointRelease {
+            endpoint_id: record.id.clone(),
+            network_id: record.network_id.clone(),
+            host_if: record.host_if.clone(),
+            address: record.address.clone(),
+            address_released,
+            datapath_error,
+        };
+        warn!(endpoint = %release.endpoint_id, network = %release.network_id, address = %release.address,
+            address_released, ?reason, datapath_error = ?release.datapath_error, "endpoint released outside Docker");
+        Ok(release)
+    }
+
+    /// This host's endpoints with their datapath plans, for the Docker sweep.
+    pub async fn local_endpoints(&self) -> NetResult<Vec<EndpointRecord>> {
+        let state = self.state.clone();
+        store_op("list endpoints", move || {
             Ok(state
                 .endpoints()?
                 .into_iter()
                 .filter(|e| e.host_id == state.host_id)
-                .collect::<Vec<_>>())
+                .collect())
         })
-        .await?;
+        .await
+    }
+
+    /// Writes `berth-container-id` on the endpoint's interface.
+    pub async fn label_container(
+        &self,
+        record: &EndpointRecord,
+        container_id: &str,
+    ) -> NetResult<()> {
+        let plan = plan_of(record)?;
+        let _guard = self.reconcile_lock.lock().await;
+        self.dp
+            .label_container(&plan, container_id)
+            .await
+            .map_err(NetError::Datapath)
+    }
+
+    /// Re-asserts the datapath of this host's endpoints without touching what is right.
+    pub async fn reconcile(&self) -> NetResult<ReassertReport> {
+        let _guard = self.reconcile_lock.lock().await;
+        let records = self.local_endpoints().await?;
         let plans: Vec<EndpointPlan> = records.iter().map(plan_of).collect::<NetResult<_>>()?;
         self.dp.reassert(&plans).await.map_err(NetError::Datapath)
     }
@@ -540,11 +683,11 @@ impl Service {
 
     pub async fn admin_endpoints(&self, network: Option<String>) -> NetResult<Vec<EndpointView>> {
         let state = self.state.clone();
-        let ports: BTreeMap<String, (Option<u16>, Option<i64>)> = self
+        let ports: BTreeMap<String, (Option<u16>, Option<String>)> = self
             .dp
             .ports()
             .into_iter()
-            .map(|p| (p.name, (p.tag, p.ofport)))
+            .map(|p| (p.name, (p.tag, p.container_id)))
             .collect();
         store_op("list endpoints", move || {
             Ok(state
@@ -556,10 +699,11 @@ impl Service {
                         .is_none_or(|n| e.network_id.starts_with(n))
                 })
                 .map(|e| {
-                    let port = ports.get(&e.host_if).copied();
+                    let port = ports.get(&e.host_if);
                     EndpointView {
                         ovs_port: if port.is_some() { "present" } else { "missing" }.into(),
                         ovs_tag: port.and_then(|p| p.0),
+                        container_id: port.and_then(|p| p.1.clone()),
                         id: e.id,
                         network_id: e.network_id,
                         address: e.address,
@@ -634,6 +778,9 @@ pub struct EndpointView {
     pub host_id: String,
     pub ovs_port: String,
     pub ovs_tag: Option<u16>,
+    /// The container Docker attached it to (this host's endpoints, once learned).
+    #[serde(default)]
+    pub container_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -519,3 +519,127 @@ async fn same_network_on_two_hosts() {
     let show = b.svc.admin_pool(pb.clone()).await.unwrap();
     assert!(show.addresses.iter().any(|x| x.held_by.contains("gateway")));
 }
+
+#[tokio::test]
+async fn leaked_endpoint_release_and_labels() {
+    use crate::dataplane::Dataplane;
+    use crate::docker_sync::{DockerView, LeakTracker};
+    use crate::network::ReleaseReason;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    let store = Arc::new(MemStore::new());
+    let t = setup_host(store.clone(), "h1");
+    let other = setup_host(store, "h2");
+    let pool = t
+        .create_network(N1, "10.231.8.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let (in_use, _) = t.start(N1, &pool, E1, "").await;
+    let (leaked, _) = t.start(N1, &pool, E2, "10.231.8.77").await;
+    assert_eq!(leaked, "10.231.8.77/24");
+
+    // Docker lists E1 with its container and not E2.
+    let view = DockerView::from_inspects(&[json!({
+        "Id": N1,
+        "Containers": {"c0ffee": {"EndpointID": E1, "Name": "db1"},
+                       "ep-ffff": {"EndpointID": "ffff"}},
+    })]);
+    let endpoints = t.svc.local_endpoints().await.unwrap();
+    let labels: HashMap<String, Option<String>> =
+        t.dp.ports()
+            .into_iter()
+            .map(|p| (p.name, p.container_id))
+            .collect();
+    let grace = Duration::from_secs(60);
+    let mut tracker = LeakTracker::new(Some(grace));
+    let start = Instant::now();
+    let created = endpoints[0].created_at;
+    // Young endpoints and a first sighting: nothing released; E1 gets its label.
+    let plan = tracker.plan(&view, &endpoints, &labels, start, created);
+    assert_eq!(plan.label.len(), 1);
+    assert_eq!(plan.label[0].1, "c0ffee");
+    assert!(plan.release.is_empty());
+    // Missing for the whole grace period and old enough: E2 only.
+    let later = start + grace;
+    let plan = tracker.plan(&view, &endpoints, &labels, later, created + 60);
+    assert_eq!(
+        plan.release
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect::<Vec<_>>(),
+        vec![E2]
+    );
+    // Docker listing it again resets the clock.
+    let back = DockerView::from_inspects(&[json!({
+        "Id": N1,
+        "Containers": {"c0ffee": {"EndpointID": E1}, "ep-x": {"EndpointID": E2}},
+    })]);
+    assert!(tracker
+        .plan(&back, &endpoints, &labels, later, created + 60)
+        .release
+        .is_empty());
+    assert!(tracker
+        .plan(&view, &endpoints, &labels, later, created + 60)
+        .release
+        .is_empty());
+    // A network Docker does not know is never judged.
+    let mut fresh = LeakTracker::new(Some(Duration::from_secs(1)));
+    let none = DockerView::default();
+    fresh.plan(&none, &endpoints, &labels, start, created + 10);
+    assert!(fresh
+        .plan(&none, &endpoints, &labels, later, created + 100)
+        .release
+        .is_empty());
+
+    // Labelling and releasing through the service.
+    let e1 = t.svc.find_endpoint(&E1[..12]).await.unwrap();
+    t.svc.label_container(&e1, "c0ffee").await.unwrap();
+    let listed = t.svc.admin_endpoints(None).await.unwrap();
+    let shown = listed.iter().find(|e| e.id == E1).unwrap();
+    assert_eq!(shown.container_id.as_deref(), Some("c0ffee"));
+    assert!(t.svc.find_endpoint("aa").await.is_err(), "too short");
+    assert!(t.svc.find_endpoint("zzzz").await.is_err(), "unknown");
+    let e2 = t.svc.find_endpoint(E2).await.unwrap();
+    // Another host cannot release it: the port is on h1.
+    let e = other
+        .svc
+        .release_endpoint(&e2, ReleaseReason::Admin)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("is on host h1"), "{e}");
+    let r = t
+        .svc
+        .release_endpoint(&e2, ReleaseReason::Leaked)
+        .await
+        .unwrap();
+    assert!(r.address_released && r.datapath_error.is_none(), "{r:?}");
+    assert!(!t.dp.endpoints.lock().unwrap().contains_key(&e2.host_if));
+    assert!(t.svc.find_endpoint(E2).await.is_err(), "record gone");
+    // The address is free again; the endpoint in use kept everything.
+    let again = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"10.231.8.77","Options":null}),
+        )
+        .await;
+    assert_eq!(again["Address"], "10.231.8.77/24");
+    let show = t.svc.admin_pool(pool.clone()).await.unwrap();
+    assert!(show
+        .addresses
+        .iter()
+        .any(|a| a.address == in_use.split('/').next().unwrap()));
+    // A second release of the same record is harmless and frees nothing of the new holder's.
+    let r = t
+        .svc
+        .release_endpoint(&e2, ReleaseReason::Admin)
+        .await
+        .unwrap();
+    assert!(!r.address_released);
+    assert_eq!(
+        t.svc
+            .released_leaked
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

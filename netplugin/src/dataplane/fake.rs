@@ -12,6 +12,8 @@ pub struct FakeDataplane {
     pub endpoints: Mutex<BTreeMap<String, EndpointPlan>>,
     pub down: AtomicBool,
     pub fail_next_create: AtomicBool,
+    /// host_if → container id, as `label_container` set it.
+    pub containers: Mutex<BTreeMap<String, String>>,
 }
 
 impl FakeDataplane {
@@ -54,6 +56,7 @@ impl Dataplane for FakeDataplane {
     fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             self.endpoints.lock().unwrap().remove(host_if);
+            self.containers.lock().unwrap().remove(host_if);
             Ok(())
         })
     }
@@ -86,6 +89,23 @@ impl Dataplane for FakeDataplane {
         })
     }
 
+    fn label_container<'a>(
+        &'a self,
+        plan: &'a EndpointPlan,
+        container_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.check()?;
+            if self.endpoints.lock().unwrap().contains_key(&plan.host_if) {
+                self.containers
+                    .lock()
+                    .unwrap()
+                    .insert(plan.host_if.clone(), container_id.to_string());
+            }
+            Ok(())
+        })
+    }
+
     fn ports(&self) -> Vec<PortView> {
         self.endpoints
             .lock()
@@ -96,6 +116,7 @@ impl Dataplane for FakeDataplane {
                 tag: Some(p.vlan),
                 endpoint_id: Some(p.endpoint_id.clone()),
                 network_id: Some(p.network_id.clone()),
+                container_id: self.containers.lock().unwrap().get(&p.host_if).cloned(),
                 ofport: Some(1),
             })
             .collect()

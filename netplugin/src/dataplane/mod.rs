@@ -59,6 +59,8 @@ pub struct PortView {
     pub tag: Option<u16>,
     pub endpoint_id: Option<String>,
     pub network_id: Option<String>,
+    /// `berth-container-id`, once learned from Docker.
+    pub container_id: Option<String>,
     pub ofport: Option<i64>,
 }
 
@@ -88,6 +90,13 @@ pub trait Dataplane: Send + Sync {
         &'a self,
         endpoints: &'a [EndpointPlan],
     ) -> BoxFuture<'a, Result<ReassertReport, String>>;
+    /// Records the container an endpoint serves on its OVS interface (`berth-container-id`).
+    /// A port that does not exist (yet, or any more) is left alone.
+    fn label_container<'a>(
+        &'a self,
+        plan: &'a EndpointPlan,
+        container_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
     /// Our ports (by external_ids), from the OVSDB cache.
     fn ports(&self) -> Vec<PortView>;
     /// `system` or `netdev`.

@@ -352,6 +352,28 @@ impl Dataplane for OvsDataplane {
         })
     }
 
+    fn label_container<'a>(
+        &'a self,
+        plan: &'a EndpointPlan,
+        container_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if self.db.port(&plan.host_if).is_none() {
+                return Ok(());
+            }
+            // ensure_port only adds keys, so the reconciler's specs (without the container)
+            // keep the label.
+            let mut spec = self.port_spec(plan);
+            spec.iface_external_ids
+                .insert(EXT_CONTAINER.to_string(), container_id.to_string());
+            self.db
+                .ensure_port(&spec)
+                .await
+                .map(drop)
+                .map_err(|e| format!("OVS port {}: {e}", plan.host_if))
+        })
+    }
+
     fn ports(&self) -> Vec<PortView> {
         self.bridge_ports()
             .into_iter()
@@ -364,6 +386,7 @@ impl Dataplane for OvsDataplane {
                     tag: p.tag,
                     endpoint_id: Some(endpoint_id),
                     network_id: iface.external_ids.get(EXT_NETWORK).cloned(),
+                    container_id: iface.external_ids.get(EXT_CONTAINER).cloned(),
                     ofport: iface.ofport,
                 })
             })
