@@ -232,6 +232,26 @@ impl OvsEnv {
             .collect())
     }
 
+    /// `ovs-ofctl -O OpenFlow13 dump-flows <bridge>.mgmt FILTER`, with counters, one flow a line.
+    pub fn dump_flows_with_stats(&self, bridge: &str, filter: &str) -> Result<Vec<String>> {
+        let mgmt = self.dir.join(format!("{bridge}.mgmt"));
+        let out = self.tool(
+            "ovs-ofctl",
+            &[
+                "-O",
+                "OpenFlow13",
+                "dump-flows",
+                &mgmt.to_string_lossy(),
+                filter,
+            ],
+        )?;
+        Ok(out
+            .lines()
+            .filter(|l| !l.starts_with("OFPST_FLOW") && !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+            .collect())
+    }
+
     /// Port names on `bridge` (without the bridge's own port).
     pub fn ports(&self, bridge: &str) -> Result<Vec<String>> {
         Ok(self

@@ -990,6 +990,126 @@ fn t_leaked_endpoints(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `n_packets` of the ARP proxy's answer for `ip` (table 1, priority 100).
+fn arp_answers(c: &Ctx, ip: &str) -> Result<u64> {
+    let flows = c
+        .ovs()
+        .dump_flows_with_stats(&c.bridge, &format!("table=1,arp,arp_tpa={ip}"))?;
+    let line = flows
+        .iter()
+        .find(|l| l.contains("priority=100") && l.contains("IN_PORT"))
+        .with_context(|| format!("no ARP answer flow for {ip}: {flows:?}"))?;
+    line.split(|ch: char| ch == ',' || ch.is_whitespace())
+        .find_map(|kv| kv.strip_prefix("n_packets="))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("n_packets in {line}"))
+}
+
+/// busybox arping from `from` for `ip`: the MACs that answered (as octets) and its output.
+fn arping(c: &Ctx, from: &str, ip: &str, count: u32) -> Result<(Vec<[u8; 6]>, String)> {
+    let out = c.d(&[
+        "exec",
+        from,
+        "sh",
+        "-c",
+        &format!("arping -c {count} -w 3 -I eth0 {ip}; echo rc=$?"),
+    ])?;
+    // "Unicast reply from 10.231.1.11 [2:b7:a:e7:1:b] 0.311ms" (ether_ntoa drops leading zeros).
+    let macs = out
+        .lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| {
+            let mac = l.split('[').nth(1)?.split(']').next()?;
+            let octets: Vec<u8> = mac
+                .split(':')
+                .filter_map(|o| u8::from_str_radix(o, 16).ok())
+                .collect();
+            <[u8; 6]>::try_from(octets).ok()
+        })
+        .collect();
+    Ok((macs, out))
+}
+
+fn t_arp_proxy(c: &Ctx) -> Result<()> {
+    let ip2 = c.ip("a2", "n1")?;
+    let mac2 = c.d(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"n1\").MacAddress}}",
+        "a2",
+    ])?;
+    let mac2: Vec<u8> = mac2
+        .split(':')
+        .filter_map(|o| u8::from_str_radix(o, 16).ok())
+        .collect();
+    // The proxy learns a2's address within a reconcile pass.
+    let ready = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        arp_answers(c, &ip2).is_ok()
+    });
+    ensure!(
+        ready,
+        "no ARP answer flow for {ip2}: {:?}",
+        c.ovs().dump_flows(&c.bridge)
+    );
+    let before = arp_answers(c, &ip2)?;
+    let (macs, out) = arping(c, "a1", &ip2, 3)?;
+    ensure!(
+        macs.len() == 3 && macs.iter().all(|m| m[..] == mac2[..]),
+        "a1 asked for {ip2} ({mac2:02x?}): {out}"
+    );
+    let answered = arp_answers(c, &ip2)? - before;
+    ensure!(
+        answered == 3,
+        "OVS itself answered {answered} of 3 requests (the rest reached a2): {out}"
+    );
+    // An address nobody has goes on to NORMAL (flooded in the VLAN), not dropped.
+    let vlan = c.net().admin_json(&["network", "ls"])?;
+    let vlan = vlan
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["subnet"] == "10.231.1.0/24")
+        .and_then(|n| n["vlan"].as_u64())
+        .context("n1's VLAN")?;
+    let passed_on = |c: &Ctx| -> Result<u64> {
+        let flows = c
+            .ovs()
+            .dump_flows_with_stats(&c.bridge, &format!("table=1,dl_vlan={vlan}"))?;
+        let line = flows
+            .iter()
+            .find(|l| l.contains("priority=0") && l.contains("NORMAL"))
+            .with_context(|| format!("no ARP pass-on flow for VLAN {vlan}: {flows:?}"))?;
+        line.split(|ch: char| ch == ',' || ch.is_whitespace())
+            .find_map(|kv| kv.strip_prefix("n_packets="))
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("n_packets in {line}"))
+    };
+    let before = passed_on(c)?;
+    let (macs, out) = arping(c, "a1", "10.231.1.250", 2)?;
+    ensure!(macs.is_empty(), "{out}");
+    ensure!(
+        passed_on(c)? - before >= 2,
+        "requests for an unknown address dropped"
+    );
+    // An address of another VLAN is not answered on this one.
+    let other_vlan = c.ip("b1", "n2")?;
+    let (macs, out) = arping(c, "a1", &other_vlan, 2)?;
+    ensure!(macs.is_empty() && out.contains("rc=1"), "{out}");
+    // The flows are OVS's: with netplugin down, ARP is still answered.
+    c.net().kill9()?;
+    let down = arping(c, "a1", &ip2, 1);
+    c.net().start()?;
+    let (macs, out) = down?;
+    ensure!(macs.len() == 1, "netplugin down: {out}");
+    // A second pass finds nothing to change.
+    let report = c.net().admin_json(&["reconcile"])?;
+    ensure!(
+        report["arp_flows_added"] == 0 && report["arp_flows_removed"] == 0,
+        "ARP flows churn on every pass: {report}"
+    );
+    Ok(())
+}
+
 fn t_final_cleanup(c: &Ctx) -> Result<()> {
     for n in ["a1", "a2", "b1", "b2"] {
         c.rm(&[n]);
@@ -1029,6 +1149,7 @@ fn main() {
             ("fifty_containers_no_leaks", t_fifty_containers_no_leaks),
             ("restart_netplugin_keeps_traffic", t_restart_netplugin),
             ("leaked_endpoints_released", t_leaked_endpoints),
+            ("arp_proxy_answers_known_addresses", t_arp_proxy),
             ("restart_ovs_recovers", t_restart_ovs),
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),
             ("admin_cli", t_admin_cli),

@@ -14,7 +14,7 @@ use plugin_transport::logging::LogFormat;
 use plugin_transport::metrics::Metrics;
 use plugin_transport::server::Server;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use netplugin::dataplane::ovs::{resolve_datapath, OvsConfig, OvsDataplane};
 use netplugin::dataplane::Dataplane;
@@ -628,8 +628,14 @@ async fn reconciler(
                 Ok(report) => {
                     if !was_connected {
                         info!(?report, "OVS reachable: datapath re-asserted");
-                    } else if report != Default::default() {
+                    } else if report.repaired_drift() {
                         info!(?report, "datapath drift repaired");
+                    } else if report.arp_flows_added + report.arp_flows_removed > 0 {
+                        debug!(
+                            added = report.arp_flows_added,
+                            removed = report.arp_flows_removed,
+                            "ARP proxy flows updated"
+                        );
                     }
                     last_error.clear();
                 }

@@ -10,8 +10,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::dataplane::{
-    container_if_name, format_mac, host_if_name, mac_from_ip, parse_mac, Dataplane, EndpointPlan,
-    ReassertReport,
+    container_if_name, format_mac, host_if_name, mac_from_ip, parse_mac, ArpEntry, Dataplane,
+    EndpointPlan, ReassertReport,
 };
 use crate::error::{NetError, NetResult};
 use crate::ipam::{describe_holder, require_id, Ipam};
@@ -649,11 +649,36 @@ impl Service {
     }
 
     /// Re-asserts the datapath of this host's endpoints without touching what is right.
+    /// Then brings the ARP proxy to every endpoint of the store (all hosts).
     pub async fn reconcile(&self) -> NetResult<ReassertReport> {
         let _guard = self.reconcile_lock.lock().await;
-        let records = self.local_endpoints().await?;
-        let plans: Vec<EndpointPlan> = records.iter().map(plan_of).collect::<NetResult<_>>()?;
-        self.dp.reassert(&plans).await.map_err(NetError::Datapath)
+        let state = self.state.clone();
+        let all = store_op("reconcile", move || Ok(state.endpoints()?)).await?;
+        let me = &self.state.host_id;
+        let plans: Vec<EndpointPlan> = all
+            .iter()
+            .filter(|e| e.host_id == *me)
+            .map(plan_of)
+            .collect::<NetResult<_>>()?;
+        let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
+        let entries: Vec<ArpEntry> = all
+            .iter()
+            .filter_map(|e| {
+                let (ip, _) = parse_cidr(&e.address).ok()?;
+                Some(ArpEntry {
+                    vlan: e.vlan,
+                    ip,
+                    mac: parse_mac(&e.mac).ok()?,
+                    local_port: (e.host_id == *me).then(|| e.host_if.clone()),
+                })
+            })
+            .collect();
+        (report.arp_flows_added, report.arp_flows_removed) = self
+            .dp
+            .sync_arp(&entries)
+            .await
+            .map_err(NetError::Datapath)?;
+        Ok(report)
     }
 
     // ---- admin views ----

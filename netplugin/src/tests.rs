@@ -491,6 +491,23 @@ async fn same_network_on_two_hosts() {
     let (ia, _) = a.start(N1, &pa, E1, "").await;
     let (ib, _) = b.start(N2, &pb, E2, "").await;
     assert_ne!(ia, ib);
+    // Each host's ARP proxy answers for both hosts' endpoints; only its own are its ports.
+    let report = a.svc.reconcile().await.unwrap();
+    assert_eq!((report.arp_flows_added, report.arp_flows_removed), (2, 0));
+    let entries = a.dp.arp.lock().unwrap().clone();
+    let ip_of =
+        |cidr: &str| -> std::net::Ipv4Addr { cidr.split('/').next().unwrap().parse().unwrap() };
+    let own = entries.iter().find(|e| e.ip == ip_of(&ia)).unwrap();
+    assert_eq!(own.local_port.as_deref(), Some("vbaaaaaaaaaa"));
+    assert_eq!(own.vlan, 120);
+    let remote = entries.iter().find(|e| e.ip == ip_of(&ib)).unwrap();
+    assert_eq!(remote.local_port, None);
+    assert_eq!(
+        crate::dataplane::format_mac(&remote.mac),
+        crate::dataplane::format_mac(&crate::dataplane::mac_from_ip(remote.ip))
+    );
+    let again = a.svc.reconcile().await.unwrap();
+    assert_eq!((again.arp_flows_added, again.arp_flows_removed), (0, 0));
     let e = b
         .err(
             "IpamDriver.RequestAddress",

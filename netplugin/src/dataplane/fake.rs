@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::{BoxFuture, Dataplane, EndpointPlan, PortView, ReassertReport};
+use super::{ArpEntry, BoxFuture, Dataplane, EndpointPlan, PortView, ReassertReport};
 
 #[derive(Default)]
 pub struct FakeDataplane {
@@ -14,6 +14,8 @@ pub struct FakeDataplane {
     pub fail_next_create: AtomicBool,
     /// host_if → container id, as `label_container` set it.
     pub containers: Mutex<BTreeMap<String, String>>,
+    /// What the last `sync_arp` was given.
+    pub arp: Mutex<Vec<ArpEntry>>,
 }
 
 impl FakeDataplane {
@@ -103,6 +105,20 @@ impl Dataplane for FakeDataplane {
                     .insert(plan.host_if.clone(), container_id.to_string());
             }
             Ok(())
+        })
+    }
+
+    fn sync_arp<'a>(
+        &'a self,
+        entries: &'a [ArpEntry],
+    ) -> BoxFuture<'a, Result<(usize, usize), String>> {
+        Box::pin(async move {
+            self.check()?;
+            let mut have = self.arp.lock().unwrap();
+            let added = entries.iter().filter(|e| !have.contains(e)).count();
+            let removed = have.iter().filter(|e| !entries.contains(e)).count();
+            *have = entries.to_vec();
+            Ok((added, removed))
         })
     }
 

@@ -72,6 +72,30 @@ pub struct ReassertReport {
     pub veths_removed: Vec<String>,
     pub flows_installed: bool,
     pub bridge_created: bool,
+    /// ARP proxy flows added and removed (endpoints come and go: not drift).
+    pub arp_flows_added: usize,
+    pub arp_flows_removed: usize,
+}
+
+impl ReassertReport {
+    /// Whether anything that should have been in place was not.
+    pub fn repaired_drift(&self) -> bool {
+        !self.ports_fixed.is_empty()
+            || !self.ports_removed.is_empty()
+            || !self.veths_removed.is_empty()
+            || self.flows_installed
+            || self.bridge_created
+    }
+}
+
+/// One address the ARP proxy answers for: on `vlan`, `ip` is at `mac`. `local_port` is set for
+/// this host's endpoints (their own requests are caught at that port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArpEntry {
+    pub vlan: u16,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: [u8; 6],
+    pub local_port: Option<String>,
 }
 
 pub trait Dataplane: Send + Sync {
@@ -97,6 +121,13 @@ pub trait Dataplane: Send + Sync {
         plan: &'a EndpointPlan,
         container_id: &'a str,
     ) -> BoxFuture<'a, Result<(), String>>;
+    /// Brings the ARP proxy flows to `entries` (every endpoint of the fleet): ARP requests from
+    /// this host's ports for a known address on their VLAN are answered by OVS itself.
+    /// Returns (added, removed).
+    fn sync_arp<'a>(
+        &'a self,
+        entries: &'a [ArpEntry],
+    ) -> BoxFuture<'a, Result<(usize, usize), String>>;
     /// Our ports (by external_ids), from the OVSDB cache.
     fn ports(&self) -> Vec<PortView>;
     /// `system` or `netdev`.

@@ -6,15 +6,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ovs_ffi::openflow::{Action, Flow, FlowFilter, OfClient, OfConfig, Port};
+use ovs_ffi::openflow::{
+    Action, Field, Flow, FlowFilter, FlowMod, Mac, Match, OfClient, OfConfig, Port, SetField,
+};
 use ovs_ffi::ovsdb::{self, BridgeSpec, PortSpec};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::{ethtool, netlink, BoxFuture, Dataplane, EndpointPlan, PortView, ReassertReport};
+use super::{
+    ethtool, netlink, ArpEntry, BoxFuture, Dataplane, EndpointPlan, PortView, ReassertReport,
+};
 
 /// Cookie of the bridge-wide flows this plugin owns (`0xbe27` marks Berth's cookies).
 pub const COOKIE_BASE: u64 = 0xbe27_0000_0000_0001;
+/// Cookie of every ARP proxy flow.
+pub const COOKIE_ARP: u64 = 0xbe27_0000_0000_0002;
+/// The ARP proxy's table: requests arrive there tagged with their port's VLAN.
+const ARP_TABLE: u8 = 1;
 pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
 pub const EXT_NETWORK: &str = "berth-network-id";
 pub const EXT_CONTAINER: &str = "berth-container-id";
@@ -102,6 +110,93 @@ impl OvsDataplane {
         )
     }
 
+    /// The ARP proxy. An access port's packets carry no VLAN in OpenFlow (the tag is NORMAL's
+    /// business), so table 0 tags this host's ARP requests with their port's VLAN and sends them
+    /// to table 1, which answers known (VLAN, address) pairs back out of the port and hands the
+    /// rest, untagged again, to NORMAL. A port's own address goes to NORMAL too (gratuitous ARP).
+    fn arp_flows(&self, entries: &[ArpEntry]) -> Vec<Flow> {
+        let mut flows = Vec::new();
+        let mut answered = BTreeSet::new();
+        let mut local_vlans = BTreeSet::new();
+        for e in entries {
+            if let Some(ofport) = e.local_port.as_deref().and_then(|p| self.ofport(p)) {
+                local_vlans.insert(e.vlan);
+                flows.push(
+                    Flow::new(0, 100)
+                        .cookie(COOKIE_ARP)
+                        .matching(Match::new().in_port(ofport).arp().arp_op(1))
+                        .actions(vec![
+                            Action::PushVlan(0x8100),
+                            Action::SetField(SetField::VlanVid(e.vlan)),
+                        ])
+                        .goto_table(ARP_TABLE),
+                );
+                flows.push(
+                    Flow::new(ARP_TABLE, 110)
+                        .cookie(COOKIE_ARP)
+                        .matching(
+                            Match::new()
+                                .in_port(ofport)
+                                .vlan_vid(e.vlan)
+                                .arp()
+                                .arp_op(1)
+                                .arp_tpa(e.ip),
+                        )
+                        .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
+                );
+            }
+            // Two networks never share a VLAN, so a (VLAN, address) pair has one owner.
+            if !answered.insert((e.vlan, e.ip)) {
+                continue;
+            }
+            let mac = Mac(e.mac);
+            flows.push(
+                Flow::new(ARP_TABLE, 100)
+                    .cookie(COOKIE_ARP)
+                    .matching(Match::new().vlan_vid(e.vlan).arp().arp_op(1).arp_tpa(e.ip))
+                    .actions(vec![
+                        Action::move_field(Field::EthSrc, Field::EthDst),
+                        Action::SetField(SetField::EthSrc(mac)),
+                        Action::SetField(SetField::ArpOp(2)),
+                        Action::move_field(Field::ArpSha, Field::ArpTha),
+                        Action::SetField(SetField::ArpSha(mac)),
+                        Action::move_field(Field::ArpSpa, Field::ArpTpa),
+                        Action::SetField(SetField::ArpSpa(e.ip)),
+                        Action::PopVlan,
+                        Action::Output(Port::InPort),
+                    ]),
+            );
+        }
+        // Unknown addresses: back to NORMAL untagged (pop_vlan needs a VLAN match, hence one
+        // flow per VLAN with a local port).
+        for vlan in local_vlans {
+            flows.push(
+                Flow::new(ARP_TABLE, 0)
+                    .cookie(COOKIE_ARP)
+                    .matching(Match::new().vlan_vid(vlan))
+                    .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
+            );
+        }
+        flows
+    }
+
+    /// ovs-vswitchd creates `<bridge>.mgmt` a moment after the bridge row appears; a request
+    /// that arrives in between (the first one after a start) waits for it, within the bound of
+    /// one call, instead of failing.
+    async fn wait_for_mgmt_socket(&self) {
+        let path = ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge);
+        let deadline = tokio::time::Instant::now() + self.cfg.call_timeout;
+        while !path.exists() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The OpenFlow port number of one of our ports, once ovs-vswitchd assigned it.
+    fn ofport(&self, name: &str) -> Option<u32> {
+        let ofport = self.db.port(name)?.interfaces.first()?.ofport?;
+        u32::try_from(ofport).ok().filter(|p| *p > 0)
+    }
+
     fn base_flow(&self) -> Flow {
         Flow::new(0, 0)
             .cookie(COOKIE_BASE)
@@ -169,6 +264,7 @@ impl OvsDataplane {
                 ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge).display()
             )
         };
+        self.wait_for_mgmt_socket().await;
         let want = self.base_flow();
         let have = self
             .of
@@ -251,6 +347,18 @@ impl OvsDataplane {
 
     async fn unplug(&self, host_if: &str) -> Result<(), String> {
         let mut errors = Vec::new();
+        // Its ofport may be given to another port later: its ARP flows go first.
+        if let Some(ofport) = self.ofport(host_if) {
+            let by_port = FlowMod::Delete {
+                table: None,
+                cookie: COOKIE_ARP,
+                cookie_mask: u64::MAX,
+                matches: Match::new().in_port(ofport),
+            };
+            if let Err(e) = self.of.flow_mods(&[by_port]).await {
+                errors.push(format!("ARP flows of {host_if}: {e}"));
+            }
+        }
         if self.db.is_connected() {
             if let Err(e) = self.db.delete_port(&self.cfg.bridge, host_if).await {
                 errors.push(format!("OVS port {host_if}: {e}"));
@@ -371,6 +479,51 @@ impl Dataplane for OvsDataplane {
                 .await
                 .map(drop)
                 .map_err(|e| format!("OVS port {}: {e}", plan.host_if))
+        })
+    }
+
+    fn sync_arp<'a>(
+        &'a self,
+        entries: &'a [ArpEntry],
+    ) -> BoxFuture<'a, Result<(usize, usize), String>> {
+        Box::pin(async move {
+            let err =
+                |e: ovs_ffi::Error| format!("ARP proxy flows on bridge {}: {e}", self.cfg.bridge);
+            let want: BTreeMap<String, Flow> = self
+                .arp_flows(entries)
+                .into_iter()
+                .map(|f| (f.to_ofctl(), f))
+                .collect();
+            let have = self
+                .of
+                .dump_flows(&FlowFilter {
+                    cookie: COOKIE_ARP,
+                    cookie_mask: u64::MAX,
+                    ..Default::default()
+                })
+                .await
+                .map_err(err)?;
+            let have_text: BTreeSet<String> = have.iter().map(|f| f.flow.to_ofctl()).collect();
+            let mut mods: Vec<FlowMod> = have
+                .iter()
+                .filter(|f| !want.contains_key(&f.flow.to_ofctl()))
+                .map(|f| FlowMod::DeleteStrict {
+                    table: f.flow.table,
+                    priority: f.flow.priority,
+                    matches: f.flow.matches.clone(),
+                })
+                .collect();
+            let removed = mods.len();
+            mods.extend(
+                want.iter()
+                    .filter(|(text, _)| !have_text.contains(*text))
+                    .map(|(_, f)| FlowMod::Add(f.clone())),
+            );
+            let added = mods.len() - removed;
+            if !mods.is_empty() {
+                self.of.flow_mods(&mods).await.map_err(err)?;
+            }
+            Ok((added, removed))
         })
     }
 
