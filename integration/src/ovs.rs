@@ -232,6 +232,25 @@ impl OvsEnv {
             .collect())
     }
 
+    /// `ovs-ofctl -O OpenFlow13 dump-meters <bridge>.mgmt`, one line per meter (bands folded in).
+    pub fn dump_meters(&self, bridge: &str) -> Result<Vec<String>> {
+        let mgmt = self.dir.join(format!("{bridge}.mgmt"));
+        let out = self.tool(
+            "ovs-ofctl",
+            &["-O", "OpenFlow13", "dump-meters", &mgmt.to_string_lossy()],
+        )?;
+        let mut meters: Vec<String> = Vec::new();
+        for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if line.starts_with("meter=") {
+                meters.push(line.to_string());
+            } else if let Some(last) = meters.last_mut() {
+                last.push(' ');
+                last.push_str(line);
+            }
+        }
+        Ok(meters)
+    }
+
     /// `ovs-ofctl -O OpenFlow13 dump-flows <bridge>.mgmt FILTER`, with counters, one flow a line.
     pub fn dump_flows_with_stats(&self, bridge: &str, filter: &str) -> Result<Vec<String>> {
         let mgmt = self.dir.join(format!("{bridge}.mgmt"));

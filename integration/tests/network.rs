@@ -1122,6 +1122,124 @@ fn t_arp_proxy(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Sends `bytes` over TCP from `from` to `to` (an nc listening in it) and returns Mbit/s as
+/// the receiver saw them.
+fn tcp_rate(c: &Ctx, from: &str, to: &str, to_ip: &str, bytes: usize) -> Result<f64> {
+    c.d(&[
+        "exec",
+        "-d",
+        to,
+        "sh",
+        "-c",
+        "rm -f /tmp/got; nc -l -p 5002 | wc -c > /tmp/got",
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    tcp_send_from(c.pid(from)?, format!("{to_ip}:5002").parse()?, bytes)?;
+    let mut got = String::new();
+    let done = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+        got = c.d(&["exec", to, "cat", "/tmp/got"]).unwrap_or_default();
+        !got.is_empty()
+    });
+    ensure!(
+        done && got.trim() == bytes.to_string(),
+        "{from} → {to}: received {got:?} of {bytes} bytes"
+    );
+    Ok(bytes as f64 * 8.0 / 1e6 / t0.elapsed().as_secs_f64())
+}
+
+fn t_rate_limits(c: &Ctx) -> Result<()> {
+    c.create_net("n6", "10.231.6.0/24", &["-o", "vlan=106", "-o", "rate=20M"])?;
+    c.sleeper("r1", "n6", &[])?;
+    c.sleeper("r2", "n6", &[])?;
+    let meters = c.ovs().dump_meters(&c.bridge)?;
+    ensure!(
+        meters.len() == 4
+            && meters
+                .iter()
+                .all(|m| m.contains("rate=20000") && m.contains("burst_size=16000")),
+        "two 20 Mbit/s meters per container: {meters:?}"
+    );
+    // Both ends limited to 20 Mbit/s (a bucket of 16 Mbit lets the start through faster).
+    let bytes = 12 << 20;
+    let limited = tcp_rate(c, "r1", "r2", &c.ip("r2", "n6")?, bytes)?;
+    let bits = (bytes * 8) as f64 / 1e6;
+    let ceiling = bits / ((bits - 16.0) / 20.0);
+    println!(
+        "    TCP r1 → r2 at rate=20M: {limited:.1} Mbit/s (at most {ceiling:.1} with the bucket)"
+    );
+    ensure!(
+        (8.0..=ceiling * 1.15).contains(&limited),
+        "TCP at rate=20M went at {limited:.1} Mbit/s"
+    );
+    // What the meters dropped is reported (stats, and the metric of the same name).
+    let dropped = wait_until(Duration::from_secs(5), Duration::from_millis(200), || {
+        c.net().admin_json(&["stats"]).is_ok_and(|s| {
+            s["rate_limit_drops"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|d| d["packets"].as_u64().unwrap_or(0) > 0)
+        })
+    });
+    ensure!(
+        dropped,
+        "no meter drops reported: {:?}",
+        c.net().admin_json(&["stats"])
+    );
+    // A container's own limit, from `docker network connect --driver-opt`: a1 sends at 5 Mbit/s.
+    c.d(&[
+        "network",
+        "connect",
+        "--driver-opt",
+        "egress_rate=5M",
+        "n6",
+        "a1",
+    ])?;
+    let eps = c.endpoints()?;
+    ensure!(
+        eps.iter().any(|e| e["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("10.231.6."))
+            && e["limits"]["egress_kbps"] == 5000
+            && e["limits"]["ingress_kbps"] == 20000),
+        "{eps:?}"
+    );
+    let bytes = 4 << 20;
+    let slow = tcp_rate(c, "a1", "r2", &c.ip("r2", "n6")?, bytes)?;
+    let bits = (bytes * 8) as f64 / 1e6;
+    let ceiling = bits / ((bits - 4.0) / 5.0);
+    println!("    TCP a1 → r2 with egress_rate=5M: {slow:.1} Mbit/s (at most {ceiling:.1})");
+    ensure!(
+        (2.0..=ceiling * 1.15).contains(&slow),
+        "TCP with egress_rate=5M went at {slow:.1} Mbit/s"
+    );
+    // Meters and flows go with the endpoints.
+    c.d(&["network", "disconnect", "n6", "a1"])?;
+    c.rm(&["r1", "r2"]);
+    c.d(&["network", "rm", "n6"])?;
+    // (A port's meters go with it; the shared table-2 flow at the next reconcile pass.)
+    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        c.ovs().dump_meters(&c.bridge).is_ok_and(|m| m.is_empty())
+            && c.ovs().dump_flows(&c.bridge).is_ok_and(|flows| {
+                !flows
+                    .iter()
+                    .any(|f| f.contains("cookie=0xbe27000000000003"))
+            })
+    });
+    ensure!(
+        gone,
+        "left: meters {:?}, flows {:?}",
+        c.ovs().dump_meters(&c.bridge),
+        c.ovs().dump_flows(&c.bridge)
+    );
+    // Containers without limits are not slowed: a1 → a2 on n1.
+    let free = tcp_rate(c, "a1", "a2", &c.ip("a2", "n1")?, 8 << 20)?;
+    println!("    TCP a1 → a2 unlimited: {free:.1} Mbit/s");
+    ensure!(free > 40.0, "unlimited TCP went at {free:.1} Mbit/s");
+    Ok(())
+}
+
 fn t_final_cleanup(c: &Ctx) -> Result<()> {
     for n in ["a1", "a2", "b1", "b2"] {
         c.rm(&[n]);
@@ -1162,6 +1280,7 @@ fn main() {
             ("restart_netplugin_keeps_traffic", t_restart_netplugin),
             ("leaked_endpoints_released", t_leaked_endpoints),
             ("arp_proxy_answers_known_addresses", t_arp_proxy),
+            ("rate_limits_per_container", t_rate_limits),
             ("restart_ovs_recovers", t_restart_ovs),
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),
             ("admin_cli", t_admin_cli),

@@ -1018,6 +1018,7 @@ async fn network_ls(admin: AdminArgs) -> anyhow::Result<()> {
                 n.gateway.clone(),
                 n.mtu.to_string(),
                 n.endpoints.to_string(),
+                n.limits.describe(),
                 n.pool_id.clone(),
             ]
         })
@@ -1030,6 +1031,7 @@ async fn network_ls(admin: AdminArgs) -> anyhow::Result<()> {
             "GATEWAY",
             "MTU",
             "ENDPOINTS",
+            "RATE OUT/IN",
             "POOL",
         ],
         &rows,
@@ -1067,6 +1069,7 @@ async fn endpoint_ls(network: Option<String>, admin: AdminArgs) -> anyhow::Resul
                     .as_deref()
                     .map(|c| short(c).to_string())
                     .unwrap_or_else(|| "-".into()),
+                e.limits.describe(),
                 e.host_id.clone(),
             ]
         })
@@ -1082,6 +1085,7 @@ async fn endpoint_ls(network: Option<String>, admin: AdminArgs) -> anyhow::Resul
             "CONTAINER-IF",
             "OVS-PORT",
             "CONTAINER",
+            "RATE OUT/IN",
             "HOST",
         ],
         &rows,

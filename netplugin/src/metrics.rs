@@ -22,6 +22,12 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabel {
+    endpoint: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
     op: String,
     quantile: String,
@@ -94,7 +100,22 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
         "Endpoints of this host released outside Docker's DeleteEndpoint: reason=leaked (Docker no longer listed them for --release-leaked-after), reason=admin (`netplugin endpoint release`)",
         released.clone(),
     );
+    let dropped: Family<DropLabel, Gauge> = Family::default();
+    metrics.register(
+        "rate_limit_dropped_packets",
+        "Packets a rate-limited endpoint's meter dropped since the meter was created (direction egress: sent by the container, ingress: sent to it), as of the last reconcile pass",
+        dropped.clone(),
+    );
     metrics.on_scrape(move || {
+        dropped.clear();
+        for d in svc.dp.rate_limit_drops() {
+            dropped
+                .get_or_create(&DropLabel {
+                    endpoint: crate::state::short(&d.endpoint_id).to_string(),
+                    direction: d.direction.into(),
+                })
+                .set(d.packets as i64);
+        }
         let lost = svc.ipam.lost_races();
         if lost > lost_races.get() {
             lost_races.inc_by(lost - lost_races.get());

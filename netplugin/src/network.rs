@@ -148,18 +148,78 @@ where
 }
 
 /// The `-o` options we know.
-const KNOWN_OPTIONS: &[&str] = &["vlan", "mtu"];
+const KNOWN_OPTIONS: &[&str] = &[
+    "vlan",
+    "mtu",
+    "rate",
+    "egress_rate",
+    "ingress_rate",
+    "rate_burst",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NetOptions {
     vlan: Option<u16>,
     mtu: u32,
+    limits: RateLimits,
+}
+
+/// `100M` = 100 Mbit/s (decimal K, M, G; bits), as kbit/s; `0`, `off`, `max`: no limit.
+fn parse_bits(key: &str, value: &str) -> NetResult<Option<u32>> {
+    let v = value.trim();
+    if matches!(v, "0" | "off" | "max") {
+        return Ok(None);
+    }
+    let (num, mult) = match v.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&v[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&v[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&v[..i], 1e9),
+        _ => (v, 1.0),
+    };
+    let kbps = num
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .map(|n| n * mult / 1000.0)
+        .filter(|k| (8.0..=f64::from(u32::MAX)).contains(k))
+        .ok_or_else(|| {
+            NetError::invalid(format!(
+                "{key}={value}: bits per second from 8K to 4000G, like 500K, 100M or 1G (0 or max: no limit)"
+            ))
+        })?;
+    Ok(Some(kbps.round() as u32))
+}
+
+/// The rate options among `options` (network `-o` or endpoint `--driver-opt`); `prefix` names
+/// where they came from in errors.
+fn parse_limits<'a>(
+    options: impl Iterator<Item = (&'a str, &'a str)>,
+    prefix: &str,
+) -> NetResult<RateLimits> {
+    let mut both = RateLimits::default();
+    let mut one = RateLimits::default();
+    for (k, v) in options {
+        let key = format!("{prefix}{k}");
+        match k {
+            "rate" => {
+                let r = parse_bits(&key, v)?;
+                both.egress_kbps = r;
+                both.ingress_kbps = r;
+            }
+            "egress_rate" => one.egress_kbps = parse_bits(&key, v)?,
+            "ingress_rate" => one.ingress_kbps = parse_bits(&key, v)?,
+            "rate_burst" => one.burst_kbits = parse_bits(&key, v)?,
+            _ => {}
+        }
+    }
+    Ok(both.overridden_by(one))
 }
 
 fn parse_options(generic: &BTreeMap<String, String>, default_mtu: u32) -> NetResult<NetOptions> {
     let mut out = NetOptions {
         vlan: None,
         mtu: default_mtu,
+        limits: parse_limits(generic.iter().map(|(k, v)| (k.as_str(), v.as_str())), "-o ")?,
     };
     for (k, v) in generic {
         match k.as_str() {
@@ -186,6 +246,7 @@ fn parse_options(generic: &BTreeMap<String, String>, default_mtu: u32) -> NetRes
                         NetError::invalid(format!("-o mtu={v}: must be an integer from 68 to 9216"))
                     })?;
             }
+            "rate" | "egress_rate" | "ingress_rate" | "rate_burst" => {}
             other if other.starts_with("com.docker.") => {}
             other => {
                 return Err(NetError::invalid(format!(
@@ -206,6 +267,7 @@ fn plan_of(e: &EndpointRecord) -> NetResult<EndpointPlan> {
         container_if: e.container_if.clone(),
         vlan: e.vlan,
         mtu: e.mtu,
+        limits: e.limits,
         mac: parse_mac(&e.mac).map_err(|m| {
             NetError::Store(StoreError::Corrupt {
                 key: endpoint_key(&e.id),
@@ -364,6 +426,13 @@ impl Service {
         } else {
             mac_from_ip(ip)
         };
+        // `docker network connect --driver-opt rate=...` arrives among the endpoint's options.
+        let own_limits = parse_limits(
+            req.options
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
+            "--driver-opt ",
+        )?;
         let state = self.state.clone();
         let (nid, eid) = (req.network_id.clone(), req.endpoint_id.clone());
         let (net, existing) = store_op("create endpoint", move || {
@@ -393,6 +462,7 @@ impl Service {
             mtu: net.mtu,
             created_at: now(),
             lease: self.state.lease(),
+            limits: net.limits.overridden_by(own_limits),
         };
         if let Some(e) = existing {
             if e.network_id == record.network_id && e.address == record.address {
@@ -700,6 +770,7 @@ impl Service {
                     mtu: n.mtu,
                     pool_id: n.pool_id.unwrap_or_default(),
                     host_id: n.host_id,
+                    limits: n.limits,
                 })
                 .collect())
         })
@@ -729,6 +800,7 @@ impl Service {
                         ovs_port: if port.is_some() { "present" } else { "missing" }.into(),
                         ovs_tag: port.and_then(|p| p.0),
                         container_id: port.and_then(|p| p.1.clone()),
+                        limits: e.limits,
                         id: e.id,
                         network_id: e.network_id,
                         address: e.address,
@@ -789,6 +861,9 @@ pub struct NetworkView {
     pub pool_id: String,
     pub endpoints: usize,
     pub host_id: String,
+    /// Each container's rate limits on it.
+    #[serde(default)]
+    pub limits: RateLimits,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -806,6 +881,8 @@ pub struct EndpointView {
     /// The container Docker attached it to (this host's endpoints, once learned).
     #[serde(default)]
     pub container_id: Option<String>,
+    #[serde(default)]
+    pub limits: RateLimits,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -961,6 +1038,7 @@ fn create_network_record(
             pool_id: pool.as_ref().map(|p| p.id.clone()),
             host_id: state.host_id.clone(),
             created_at: now(),
+            limits: opts.limits,
         };
         let mut compare = vec![Compare::Version(network_key(id), 0)];
         let mut success = vec![Op::put(network_key(id), encode(&record))];

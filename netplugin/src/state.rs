@@ -131,6 +131,59 @@ pub struct NetworkRecord {
     pub pool_id: Option<String>,
     pub host_id: String,
     pub created_at: u64,
+    /// Each container's limits on this network (`-o rate=...`).
+    #[serde(default, skip_serializing_if = "RateLimits::is_unlimited")]
+    pub limits: RateLimits,
+}
+
+/// Per-container rate limits, enforced by OpenFlow meters; `None` = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimits {
+    /// What the container sends, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_kbps: Option<u32>,
+    /// What the container receives (unicast to its MAC), kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_kbps: Option<u32>,
+    /// Bucket size of both meters, kbit; `None`: 80% of a second at the rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst_kbits: Option<u32>,
+}
+
+impl RateLimits {
+    pub fn is_unlimited(&self) -> bool {
+        self.egress_kbps.is_none() && self.ingress_kbps.is_none()
+    }
+
+    /// `self`, with each limit `over` sets replacing it.
+    pub fn overridden_by(self, over: RateLimits) -> RateLimits {
+        RateLimits {
+            egress_kbps: over.egress_kbps.or(self.egress_kbps),
+            ingress_kbps: over.ingress_kbps.or(self.ingress_kbps),
+            burst_kbits: over.burst_kbits.or(self.burst_kbits),
+        }
+    }
+
+    /// The bucket for a meter of `rate_kbps`.
+    pub fn burst_for(&self, rate_kbps: u32) -> u32 {
+        self.burst_kbits
+            .unwrap_or_else(|| (u64::from(rate_kbps) * 4 / 5).max(8) as u32)
+    }
+
+    /// `20M/5M` (egress/ingress, bits per second), `-` for unlimited.
+    pub fn describe(&self) -> String {
+        let one = |k: Option<u32>| match k {
+            None => "-".to_string(),
+            Some(k) if k % 1_000_000 == 0 => format!("{}G", k / 1_000_000),
+            Some(k) if k % 1_000 == 0 => format!("{}M", k / 1_000),
+            Some(k) => format!("{k}K"),
+        };
+        if self.is_unlimited() {
+            "-".into()
+        } else {
+            format!("{}/{}", one(self.egress_kbps), one(self.ingress_kbps))
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +202,9 @@ pub struct EndpointRecord {
     /// The host's lease when the endpoint was created (0: embedded store without leases).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease: i64,
+    /// The network's limits, with the endpoint's own `--driver-opt` ones over them.
+    #[serde(default, skip_serializing_if = "RateLimits::is_unlimited")]
+    pub limits: RateLimits,
 }
 
 pub fn pool_key(id: &str) -> String {

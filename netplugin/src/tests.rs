@@ -660,3 +660,74 @@ async fn leaked_endpoint_release_and_labels() {
         1
     );
 }
+
+#[tokio::test]
+async fn rate_limits_from_network_and_endpoint_options() {
+    let t = setup();
+    let e = t
+        .create_network(N1, "10.231.9.0/24", json!({"vlan":"100","rate":"fast"}))
+        .await
+        .unwrap_err();
+    assert!(e.contains("-o rate=fast") && e.contains("100M"), "{e}");
+    let e = t
+        .create_network(N1, "10.231.9.0/24", json!({"vlan":"100","rate":"5"}))
+        .await
+        .unwrap_err();
+    assert!(e.contains("from 8K"), "{e}");
+    let pool = t
+        .create_network(
+            N1,
+            "10.231.9.0/24",
+            json!({"vlan":"100","rate":"20M","rate_burst":"1M"}),
+        )
+        .await
+        .unwrap();
+    let nets = t.svc.admin_networks().await.unwrap();
+    assert_eq!(nets[0].limits.describe(), "20M/20M");
+    // An endpoint's own option (docker network connect --driver-opt) wins for its direction.
+    let a = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"","Options":null}),
+        )
+        .await;
+    let bad = t
+        .err(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":a["Address"]},
+                "Options":{"ingress_rate":"-3","com.docker.network.endpoint.exposedports":[]}}),
+        )
+        .await;
+    assert!(bad.contains("--driver-opt ingress_rate=-3"), "{bad}");
+    assert!(
+        t.dp.endpoints.lock().unwrap().is_empty(),
+        "nothing half-made"
+    );
+    t.ok(
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":a["Address"]},
+            "Options":{"egress_rate":"1.5M","com.docker.network.endpoint.exposedports":[]}}),
+    )
+    .await;
+    let plan =
+        t.dp.endpoints
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+    assert_eq!(plan.limits.egress_kbps, Some(1500));
+    assert_eq!(plan.limits.ingress_kbps, Some(20_000));
+    assert_eq!(plan.limits.burst_kbits, Some(1000));
+    assert_eq!(plan.limits.burst_for(1500), 1000);
+    let eps = t.svc.admin_endpoints(None).await.unwrap();
+    assert_eq!(eps[0].limits.describe(), "1500K/20M");
+    // `0` removes a limit; without rate_burst the bucket is 80% of a second.
+    let unlimited = crate::state::RateLimits {
+        egress_kbps: Some(10_000),
+        ..Default::default()
+    };
+    assert_eq!(unlimited.burst_for(10_000), 8_000);
+    assert_eq!(unlimited.describe(), "10M/-");
+}

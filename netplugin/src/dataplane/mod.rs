@@ -50,6 +50,7 @@ pub struct EndpointPlan {
     pub mtu: u32,
     /// Of the container end.
     pub mac: [u8; 6],
+    pub limits: crate::state::RateLimits,
 }
 
 /// One of our OVS ports as OVS shows it.
@@ -75,6 +76,8 @@ pub struct ReassertReport {
     /// ARP proxy flows added and removed (endpoints come and go: not drift).
     pub arp_flows_added: usize,
     pub arp_flows_removed: usize,
+    /// Meters and rate-limit flows added, changed or removed.
+    pub rate_limit_changes: usize,
 }
 
 impl ReassertReport {
@@ -86,6 +89,15 @@ impl ReassertReport {
             || self.flows_installed
             || self.bridge_created
     }
+}
+
+/// What one endpoint's meter dropped since the meter was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitDrops {
+    pub endpoint_id: String,
+    /// `egress` (what the container sent) or `ingress` (what was sent to it).
+    pub direction: &'static str,
+    pub packets: u64,
 }
 
 /// One address the ARP proxy answers for: on `vlan`, `ip` is at `mac`. `local_port` is set for
@@ -130,6 +142,10 @@ pub trait Dataplane: Send + Sync {
     ) -> BoxFuture<'a, Result<(usize, usize), String>>;
     /// Our ports (by external_ids), from the OVSDB cache.
     fn ports(&self) -> Vec<PortView>;
+    /// Packets each rate-limited endpoint's meters dropped, as of the last reconcile pass.
+    fn rate_limit_drops(&self) -> Vec<RateLimitDrops> {
+        Vec::new()
+    }
     /// `system` or `netdev`.
     fn datapath_type(&self) -> &str;
     /// Whether OVSDB is connected right now.

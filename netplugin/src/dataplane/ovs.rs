@@ -7,14 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ovs_ffi::openflow::{
-    Action, Field, Flow, FlowFilter, FlowMod, Mac, Match, OfClient, OfConfig, Port, SetField,
+    Action, Field, Flow, FlowFilter, FlowMod, Mac, Match, Meter, OfClient, OfConfig, Port, SetField,
 };
 use ovs_ffi::ovsdb::{self, BridgeSpec, PortSpec};
 use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{
-    ethtool, netlink, ArpEntry, BoxFuture, Dataplane, EndpointPlan, PortView, ReassertReport,
+    ethtool, netlink, ArpEntry, BoxFuture, Dataplane, EndpointPlan, PortView, RateLimitDrops,
+    ReassertReport,
 };
 
 /// Cookie of the bridge-wide flows this plugin owns (`0xbe27` marks Berth's cookies).
@@ -23,6 +24,18 @@ pub const COOKIE_BASE: u64 = 0xbe27_0000_0000_0001;
 pub const COOKIE_ARP: u64 = 0xbe27_0000_0000_0002;
 /// The ARP proxy's table: requests arrive there tagged with their port's VLAN.
 const ARP_TABLE: u8 = 1;
+/// Cookie of every rate-limit flow.
+pub const COOKIE_QOS: u64 = 0xbe27_0000_0000_0003;
+/// Where a rate-limited sender's packets go next, for the receiver's meter.
+const QOS_TABLE: u8 = 2;
+
+/// Meter ids follow the port's ofport: stable while the port exists, nothing to allocate.
+fn egress_meter(ofport: u32) -> u32 {
+    ofport * 2
+}
+fn ingress_meter(ofport: u32) -> u32 {
+    ofport * 2 + 1
+}
 pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
 pub const EXT_NETWORK: &str = "berth-network-id";
 pub const EXT_CONTAINER: &str = "berth-container-id";
@@ -66,6 +79,8 @@ pub struct OvsDataplane {
     /// OVSDB connection count when the flows were last checked: a new connection means OVS
     /// may have restarted, so the flows are checked again.
     flows_conn: AtomicU64,
+    /// Meter drops read at the last reconcile pass, for the metrics.
+    drops: std::sync::Mutex<Vec<RateLimitDrops>>,
 }
 
 fn io_err(what: &str, name: &str, e: std::io::Error) -> String {
@@ -99,6 +114,7 @@ impl OvsDataplane {
             of,
             flows_ok: AtomicBool::new(false),
             flows_conn: AtomicU64::new(0),
+            drops: Default::default(),
         })
     }
 
@@ -189,6 +205,156 @@ impl OvsDataplane {
         while !path.exists() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Rate limits as meters and flows. One flow can use one meter, so a limited sender's
+    /// packets are metered in table 0 and go on to table 2, where the receiver's meter applies;
+    /// packets from unlimited senders meet the receiver's meter in table 0. Only unicast to
+    /// the container's MAC counts as its ingress.
+    fn qos_plan(&self, plans: &[EndpointPlan]) -> (Vec<Flow>, Vec<Meter>) {
+        let (mut flows, mut meters) = (Vec::new(), Vec::new());
+        for plan in plans {
+            let limits = plan.limits;
+            if limits.is_unlimited() {
+                continue;
+            }
+            let Some(ofport) = self.ofport(&plan.host_if) else {
+                continue;
+            };
+            if let Some(rate) = limits.egress_kbps {
+                let id = egress_meter(ofport);
+                meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
+                flows.push(
+                    Flow::new(0, 50)
+                        .cookie(COOKIE_QOS)
+                        .matching(Match::new().in_port(ofport))
+                        .meter(id)
+                        .goto_table(QOS_TABLE),
+                );
+            }
+            if let Some(rate) = limits.ingress_kbps {
+                let id = ingress_meter(ofport);
+                meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
+                for (table, priority) in [(0, 40), (QOS_TABLE, 50)] {
+                    flows.push(
+                        Flow::new(table, priority)
+                            .cookie(COOKIE_QOS)
+                            .matching(Match::new().eth_dst(Mac(plan.mac)))
+                            .meter(id)
+                            .actions(vec![Action::Output(Port::Normal)]),
+                    );
+                }
+            }
+        }
+        if !flows.is_empty() {
+            flows.push(
+                Flow::new(QOS_TABLE, 0)
+                    .cookie(COOKIE_QOS)
+                    .actions(vec![Action::Output(Port::Normal)]),
+            );
+        }
+        (flows, meters)
+    }
+
+    /// Brings meters and rate-limit flows to `plans`; returns how many changes it made.
+    async fn sync_qos(&self, plans: &[EndpointPlan]) -> Result<usize, String> {
+        let err = |e: ovs_ffi::Error| format!("rate limits on bridge {}: {e}", self.cfg.bridge);
+        let (flows, meters) = self.qos_plan(plans);
+        let have_meters = self.of.meter_configs(None).await.map_err(err)?;
+        let mut changes = 0;
+        for m in &meters {
+            match have_meters.iter().find(|h| h.id == m.id) {
+                Some(h) if h == m => {}
+                Some(_) => {
+                    self.of.modify_meter(m).await.map_err(err)?;
+                    changes += 1;
+                }
+                None => {
+                    self.of.add_meter(m).await.map_err(err)?;
+                    changes += 1;
+                }
+            }
+        }
+        let (added, removed) = self
+            .sync_flows_counted(COOKIE_QOS, flows)
+            .await
+            .map_err(err)?;
+        changes += added + removed;
+        self.record_drops(plans).await;
+        // The bridge is ours, so every meter on it is: those no port needs go.
+        for h in have_meters
+            .iter()
+            .filter(|h| !meters.iter().any(|m| m.id == h.id))
+        {
+            self.of.delete_meter(h.id).await.map_err(err)?;
+            changes += 1;
+        }
+        Ok(changes)
+    }
+
+    /// Reads the meters' drop counters for the metrics (a failure only leaves them stale).
+    async fn record_drops(&self, plans: &[EndpointPlan]) {
+        let Ok(stats) = self.of.meter_stats(None).await else {
+            return;
+        };
+        let mut drops = Vec::new();
+        for plan in plans {
+            let Some(ofport) = self.ofport(&plan.host_if) else {
+                continue;
+            };
+            for (direction, id) in [
+                ("egress", egress_meter(ofport)),
+                ("ingress", ingress_meter(ofport)),
+            ] {
+                if let Some(st) = stats.iter().find(|st| st.id == id) {
+                    drops.push(RateLimitDrops {
+                        endpoint_id: plan.endpoint_id.clone(),
+                        direction,
+                        packets: st.bands.iter().map(|(packets, _)| packets).sum(),
+                    });
+                }
+            }
+        }
+        *self.drops.lock().unwrap_or_else(|e| e.into_inner()) = drops;
+    }
+
+    /// Makes the flows with `cookie` exactly `want`: one dump, then only the differences.
+    /// Returns (added, removed).
+    async fn sync_flows_counted(
+        &self,
+        cookie: u64,
+        want: Vec<Flow>,
+    ) -> Result<(usize, usize), ovs_ffi::Error> {
+        let want: BTreeMap<String, Flow> = want.into_iter().map(|f| (f.to_ofctl(), f)).collect();
+        let have = self
+            .of
+            .dump_flows(&FlowFilter {
+                cookie,
+                cookie_mask: u64::MAX,
+                ..Default::default()
+            })
+            .await?;
+        let have_text: BTreeSet<String> = have.iter().map(|f| f.flow.to_ofctl()).collect();
+        let mut mods: Vec<FlowMod> = have
+            .iter()
+            .filter(|f| !want.contains_key(&f.flow.to_ofctl()))
+            .map(|f| FlowMod::DeleteStrict {
+                table: f.flow.table,
+                priority: f.flow.priority,
+                matches: f.flow.matches.clone(),
+            })
+            .collect();
+        let removed = mods.len();
+        mods.extend(
+            want.iter()
+                .filter(|(text, _)| !have_text.contains(*text))
+                .map(|(_, f)| FlowMod::Add(f.clone())),
+        );
+        let added = mods.len() - removed;
+        if !mods.is_empty() {
+            self.of.flow_mods(&mods).await?;
+        }
+        Ok((added, removed))
     }
 
     /// The OpenFlow port number of one of our ports, once ovs-vswitchd assigned it.
@@ -342,21 +508,52 @@ impl OvsDataplane {
             .ensure_port(&self.port_spec(plan))
             .await
             .map_err(|e| format!("OVS port {}: {e}", plan.host_if))?;
+        if !plan.limits.is_unlimited() {
+            // In place before the container can send: its port's number is needed for that.
+            self.db
+                .wait_ofport(&plan.host_if, self.cfg.call_timeout)
+                .await
+                .map_err(|e| format!("OVS port {}: {e}", plan.host_if))?;
+            let err = |e: ovs_ffi::Error| format!("rate limits of {}: {e}", plan.host_if);
+            let (flows, meters) = self.qos_plan(std::slice::from_ref(plan));
+            for m in &meters {
+                self.of.ensure_meter(m).await.map_err(err)?;
+            }
+            let mods: Vec<FlowMod> = flows.into_iter().map(FlowMod::Add).collect();
+            self.of.flow_mods(&mods).await.map_err(err)?;
+        }
         Ok(())
     }
 
     async fn unplug(&self, host_if: &str) -> Result<(), String> {
         let mut errors = Vec::new();
-        // Its ofport may be given to another port later: its ARP flows go first.
+        // Its ofport may be given to another port later: its ARP flows and its meters (their
+        // flows go with them) go first.
         if let Some(ofport) = self.ofport(host_if) {
-            let by_port = FlowMod::Delete {
+            let by_port = |cookie| FlowMod::Delete {
                 table: None,
-                cookie: COOKIE_ARP,
+                cookie,
                 cookie_mask: u64::MAX,
                 matches: Match::new().in_port(ofport),
             };
-            if let Err(e) = self.of.flow_mods(&[by_port]).await {
-                errors.push(format!("ARP flows of {host_if}: {e}"));
+            if let Err(e) = self
+                .of
+                .flow_mods(&[by_port(COOKIE_ARP), by_port(COOKIE_QOS)])
+                .await
+            {
+                errors.push(format!("ARP and rate-limit flows of {host_if}: {e}"));
+            }
+            match self.of.meter_configs(None).await {
+                Ok(meters) => {
+                    for id in [egress_meter(ofport), ingress_meter(ofport)] {
+                        if meters.iter().any(|m| m.id == id) {
+                            if let Err(e) = self.of.delete_meter(id).await {
+                                errors.push(format!("meter {id} of {host_if}: {e}"));
+                            }
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("meters of {host_if}: {e}")),
             }
         }
         if self.db.is_connected() {
@@ -456,6 +653,7 @@ impl Dataplane for OvsDataplane {
                     report.veths_removed.push(name);
                 }
             }
+            report.rate_limit_changes = self.sync_qos(endpoints).await?;
             Ok(report)
         })
     }
@@ -489,42 +687,14 @@ impl Dataplane for OvsDataplane {
         Box::pin(async move {
             let err =
                 |e: ovs_ffi::Error| format!("ARP proxy flows on bridge {}: {e}", self.cfg.bridge);
-            let want: BTreeMap<String, Flow> = self
-                .arp_flows(entries)
-                .into_iter()
-                .map(|f| (f.to_ofctl(), f))
-                .collect();
-            let have = self
-                .of
-                .dump_flows(&FlowFilter {
-                    cookie: COOKIE_ARP,
-                    cookie_mask: u64::MAX,
-                    ..Default::default()
-                })
+            self.sync_flows_counted(COOKIE_ARP, self.arp_flows(entries))
                 .await
-                .map_err(err)?;
-            let have_text: BTreeSet<String> = have.iter().map(|f| f.flow.to_ofctl()).collect();
-            let mut mods: Vec<FlowMod> = have
-                .iter()
-                .filter(|f| !want.contains_key(&f.flow.to_ofctl()))
-                .map(|f| FlowMod::DeleteStrict {
-                    table: f.flow.table,
-                    priority: f.flow.priority,
-                    matches: f.flow.matches.clone(),
-                })
-                .collect();
-            let removed = mods.len();
-            mods.extend(
-                want.iter()
-                    .filter(|(text, _)| !have_text.contains(*text))
-                    .map(|(_, f)| FlowMod::Add(f.clone())),
-            );
-            let added = mods.len() - removed;
-            if !mods.is_empty() {
-                self.of.flow_mods(&mods).await.map_err(err)?;
-            }
-            Ok((added, removed))
+                .map_err(err)
         })
+    }
+
+    fn rate_limit_drops(&self) -> Vec<RateLimitDrops> {
+        self.drops.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn ports(&self) -> Vec<PortView> {
