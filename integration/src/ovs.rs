@@ -212,63 +212,54 @@ impl OvsEnv {
         self.tool("ovs-vsctl", args)
     }
 
-    /// `ovs-ofctl -O OpenFlow13 dump-flows --no-stats <bridge>.mgmt`, one flow a line.
-    pub fn dump_flows(&self, bridge: &str) -> Result<Vec<String>> {
+    /// `ovs-ofctl -O OpenFlow13 COMMAND [--no-stats] <bridge>.mgmt [FILTER]`: its lines without
+    /// the reply header.
+    fn ofctl_lines(
+        &self,
+        command: &str,
+        bridge: &str,
+        no_stats: bool,
+        filter: Option<&str>,
+    ) -> Result<Vec<String>> {
         let mgmt = self.dir.join(format!("{bridge}.mgmt"));
-        let out = self.tool(
-            "ovs-ofctl",
-            &[
-                "-O",
-                "OpenFlow13",
-                "dump-flows",
-                "--no-stats",
-                &mgmt.to_string_lossy(),
-            ],
-        )?;
+        let mgmt = mgmt.to_string_lossy();
+        let mut args = vec!["-O", "OpenFlow13", command];
+        if no_stats {
+            args.push("--no-stats");
+        }
+        args.push(&mgmt);
+        args.extend(filter);
+        let out = self.tool("ovs-ofctl", &args)?;
         Ok(out
             .lines()
-            .filter(|l| !l.starts_with("OFPST_FLOW") && !l.trim().is_empty())
-            .map(|l| l.trim().to_string())
+            .map(str::trim)
+            .filter(|l| !l.starts_with("OFPST_") && !l.is_empty())
+            .map(str::to_string)
             .collect())
     }
 
-    /// `ovs-ofctl -O OpenFlow13 dump-meters <bridge>.mgmt`, one line per meter (bands folded in).
+    /// `ovs-ofctl -O OpenFlow13 dump-flows --no-stats <bridge>.mgmt`, one flow a line.
+    pub fn dump_flows(&self, bridge: &str) -> Result<Vec<String>> {
+        self.ofctl_lines("dump-flows", bridge, true, None)
+    }
+
+    /// The flows matching `filter`, with their counters, one flow a line.
+    pub fn dump_flows_with_stats(&self, bridge: &str, filter: &str) -> Result<Vec<String>> {
+        self.ofctl_lines("dump-flows", bridge, false, Some(filter))
+    }
+
+    /// `ovs-ofctl -O OpenFlow13 dump-meters`, one line per meter (its bands folded in).
     pub fn dump_meters(&self, bridge: &str) -> Result<Vec<String>> {
-        let mgmt = self.dir.join(format!("{bridge}.mgmt"));
-        let out = self.tool(
-            "ovs-ofctl",
-            &["-O", "OpenFlow13", "dump-meters", &mgmt.to_string_lossy()],
-        )?;
         let mut meters: Vec<String> = Vec::new();
-        for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        for line in self.ofctl_lines("dump-meters", bridge, false, None)? {
             if line.starts_with("meter=") {
-                meters.push(line.to_string());
+                meters.push(line);
             } else if let Some(last) = meters.last_mut() {
                 last.push(' ');
-                last.push_str(line);
+                last.push_str(&line);
             }
         }
         Ok(meters)
-    }
-
-    /// `ovs-ofctl -O OpenFlow13 dump-flows <bridge>.mgmt FILTER`, with counters, one flow a line.
-    pub fn dump_flows_with_stats(&self, bridge: &str, filter: &str) -> Result<Vec<String>> {
-        let mgmt = self.dir.join(format!("{bridge}.mgmt"));
-        let out = self.tool(
-            "ovs-ofctl",
-            &[
-                "-O",
-                "OpenFlow13",
-                "dump-flows",
-                &mgmt.to_string_lossy(),
-                filter,
-            ],
-        )?;
-        Ok(out
-            .lines()
-            .filter(|l| !l.starts_with("OFPST_FLOW") && !l.trim().is_empty())
-            .map(|l| l.trim().to_string())
-            .collect())
     }
 
     /// Port names on `bridge` (without the bridge's own port).

@@ -1011,10 +1011,15 @@ fn arp_answers(c: &Ctx, ip: &str) -> Result<u64> {
         .iter()
         .find(|l| l.contains("priority=100") && l.contains("IN_PORT"))
         .with_context(|| format!("no ARP answer flow for {ip}: {flows:?}"))?;
-    line.split(|ch: char| ch == ',' || ch.is_whitespace())
+    n_packets(line)
+}
+
+/// `n_packets` of a flow as `ovs-ofctl dump-flows` prints it.
+fn n_packets(flow: &str) -> Result<u64> {
+    flow.split(|ch: char| ch == ',' || ch.is_whitespace())
         .find_map(|kv| kv.strip_prefix("n_packets="))
         .and_then(|n| n.parse().ok())
-        .with_context(|| format!("n_packets in {line}"))
+        .with_context(|| format!("n_packets in {flow}"))
 }
 
 /// busybox arping from `from` for `ip`: the MACs that answered (as octets) and its output.
@@ -1091,10 +1096,7 @@ fn t_arp_proxy(c: &Ctx) -> Result<()> {
             .iter()
             .find(|l| l.contains("priority=0") && l.contains("NORMAL"))
             .with_context(|| format!("no ARP pass-on flow for VLAN {vlan}: {flows:?}"))?;
-        line.split(|ch: char| ch == ',' || ch.is_whitespace())
-            .find_map(|kv| kv.strip_prefix("n_packets="))
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("n_packets in {line}"))
+        n_packets(line)
     };
     let before = passed_on(c)?;
     let (macs, out) = arping(c, "a1", "10.231.1.250", 2)?;

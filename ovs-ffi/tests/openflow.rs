@@ -43,16 +43,13 @@ fn arp_responder(ip: Ipv4Addr, vlan: Option<u16>) -> Flow {
     if let Some(v) = vlan {
         m = m.vlan_vid(v);
     }
-    Flow::new(0, 100).cookie(0xa1).matching(m).actions(vec![
-        Action::move_field(Field::EthSrc, Field::EthDst),
-        Action::SetField(SetField::EthSrc(MAC)),
-        Action::SetField(SetField::ArpOp(2)),
-        Action::move_field(Field::ArpSha, Field::ArpTha),
-        Action::SetField(SetField::ArpSha(MAC)),
-        Action::move_field(Field::ArpSpa, Field::ArpTpa),
-        Action::SetField(SetField::ArpSpa(ip)),
-        Action::Output(Port::InPort),
-    ])
+    Flow::new(0, 100).cookie(0xa1).matching(m).actions(
+        [
+            Action::arp_reply(MAC, ip),
+            vec![Action::Output(Port::InPort)],
+        ]
+        .concat(),
+    )
 }
 
 fn sample_flows() -> Vec<Flow> {

@@ -78,16 +78,13 @@ async fn arp_responder_answers_arping() {
     let flow = Flow::new(0, 100)
         .cookie(0xa12)
         .matching(Match::new().in_port(ofport).arp_tpa(gw).arp_op(1))
-        .actions(vec![
-            Action::move_field(Field::EthSrc, Field::EthDst),
-            Action::SetField(SetField::EthSrc(mac)),
-            Action::SetField(SetField::ArpOp(2)),
-            Action::move_field(Field::ArpSha, Field::ArpTha),
-            Action::SetField(SetField::ArpSha(mac)),
-            Action::move_field(Field::ArpSpa, Field::ArpTpa),
-            Action::SetField(SetField::ArpSpa(gw)),
-            Action::Output(Port::InPort),
-        ]);
+        .actions(
+            [
+                Action::arp_reply(mac, gw),
+                vec![Action::Output(Port::InPort)],
+            ]
+            .concat(),
+        );
     lab.of.add_flow(&flow).await.unwrap();
     let out = ns.exec_status(&["arping", "-c", "2", "-w", "5", "-I", "eth0", "10.250.0.1"]);
     let out = out.unwrap_or_else(|e| panic!("arping got no reply: {e}\n{}", lab.ovs.log_tail()));

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ovs_ffi::openflow::{
-    Action, Field, Flow, FlowFilter, FlowMod, Mac, Match, Meter, OfClient, OfConfig, Port, SetField,
+    Action, Flow, FlowFilter, FlowMod, Mac, Match, Meter, OfClient, OfConfig, Port, SetField,
 };
 use ovs_ffi::ovsdb::{self, BridgeSpec, PortSpec};
 use serde_json::Value;
@@ -170,17 +170,13 @@ impl OvsDataplane {
                 Flow::new(ARP_TABLE, 100)
                     .cookie(COOKIE_ARP)
                     .matching(Match::new().vlan_vid(e.vlan).arp().arp_op(1).arp_tpa(e.ip))
-                    .actions(vec![
-                        Action::move_field(Field::EthSrc, Field::EthDst),
-                        Action::SetField(SetField::EthSrc(mac)),
-                        Action::SetField(SetField::ArpOp(2)),
-                        Action::move_field(Field::ArpSha, Field::ArpTha),
-                        Action::SetField(SetField::ArpSha(mac)),
-                        Action::move_field(Field::ArpSpa, Field::ArpTpa),
-                        Action::SetField(SetField::ArpSpa(e.ip)),
-                        Action::PopVlan,
-                        Action::Output(Port::InPort),
-                    ]),
+                    .actions(
+                        [
+                            Action::arp_reply(mac, e.ip),
+                            vec![Action::PopVlan, Action::Output(Port::InPort)],
+                        ]
+                        .concat(),
+                    ),
             );
         }
         // Unknown addresses: back to NORMAL untagged (pop_vlan needs a VLAN match, hence one

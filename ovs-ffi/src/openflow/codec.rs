@@ -1208,16 +1208,13 @@ mod tests {
             .cookie(5)
             .matching(Match::new().in_port(1).vlan_vid(10).arp_tpa(ip).arp_op(1))
             .meter(3)
-            .actions(vec![
-                Action::move_field(Field::EthSrc, Field::EthDst),
-                Action::SetField(SetField::EthSrc(mac)),
-                Action::SetField(SetField::ArpOp(2)),
-                Action::move_field(Field::ArpSha, Field::ArpTha),
-                Action::SetField(SetField::ArpSha(mac)),
-                Action::move_field(Field::ArpSpa, Field::ArpTpa),
-                Action::SetField(SetField::ArpSpa(ip)),
-                Action::Output(Port::InPort),
-            ])
+            .actions(
+                [
+                    Action::arp_reply(mac, ip),
+                    vec![Action::Output(Port::InPort)],
+                ]
+                .concat(),
+            )
             .goto_table(2)
     }
 

@@ -543,6 +543,20 @@ pub enum Action {
 }
 
 impl Action {
+    /// Rewrites an ARP request into the reply "`ip` is at `mac`", addressed back to its sender:
+    /// what an ARP responder does before sending the packet out of `IN_PORT`.
+    pub fn arp_reply(mac: Mac, ip: Ipv4Addr) -> Vec<Action> {
+        vec![
+            Action::move_field(Field::EthSrc, Field::EthDst),
+            Action::SetField(SetField::EthSrc(mac)),
+            Action::SetField(SetField::ArpOp(2)),
+            Action::move_field(Field::ArpSha, Field::ArpTha),
+            Action::SetField(SetField::ArpSha(mac)),
+            Action::move_field(Field::ArpSpa, Field::ArpTpa),
+            Action::SetField(SetField::ArpSpa(ip)),
+        ]
+    }
+
     /// `move:src[]->dst[]` of whole fields.
     pub fn move_field(src: Field, dst: Field) -> Action {
         Action::Move {
