@@ -1002,16 +1002,23 @@ fn t_leaked_endpoints(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// `n_packets` of the ARP proxy's answer for `ip` (table 1, priority 100).
-fn arp_answers(c: &Ctx, ip: &str) -> Result<u64> {
-    let flows = c
-        .ovs()
-        .dump_flows_with_stats(&c.bridge, &format!("table=1,arp,arp_tpa={ip}"))?;
+/// `n_packets` of the one flow matching `filter` whose text contains every one of `has`.
+fn flow_packets(c: &Ctx, filter: &str, has: &[&str]) -> Result<u64> {
+    let flows = c.ovs().dump_flows_with_stats(&c.bridge, filter)?;
     let line = flows
         .iter()
-        .find(|l| l.contains("priority=100") && l.contains("IN_PORT"))
-        .with_context(|| format!("no ARP answer flow for {ip}: {flows:?}"))?;
+        .find(|l| has.iter().all(|h| l.contains(h)))
+        .with_context(|| format!("no flow {filter} with {has:?}: {flows:?}"))?;
     n_packets(line)
+}
+
+/// `n_packets` of the ARP proxy's answer for `ip` (table 1, priority 100).
+fn arp_answers(c: &Ctx, ip: &str) -> Result<u64> {
+    flow_packets(
+        c,
+        &format!("table=1,arp,arp_tpa={ip}"),
+        &["priority=100", "IN_PORT"],
+    )
 }
 
 /// `n_packets` of a flow as `ovs-ofctl dump-flows` prints it.
@@ -1088,15 +1095,12 @@ fn t_arp_proxy(c: &Ctx) -> Result<()> {
         .find(|n| n["subnet"] == "10.231.1.0/24")
         .and_then(|n| n["vlan"].as_u64())
         .context("n1's VLAN")?;
-    let passed_on = |c: &Ctx| -> Result<u64> {
-        let flows = c
-            .ovs()
-            .dump_flows_with_stats(&c.bridge, &format!("table=1,dl_vlan={vlan}"))?;
-        let line = flows
-            .iter()
-            .find(|l| l.contains("priority=0") && l.contains("NORMAL"))
-            .with_context(|| format!("no ARP pass-on flow for VLAN {vlan}: {flows:?}"))?;
-        n_packets(line)
+    let passed_on = |c: &Ctx| {
+        flow_packets(
+            c,
+            &format!("table=1,dl_vlan={vlan}"),
+            &["priority=0", "NORMAL"],
+        )
     };
     let before = passed_on(c)?;
     let (macs, out) = arping(c, "a1", "10.231.1.250", 2)?;

@@ -234,11 +234,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
                     "datapath": s.dp.datapath_type(),
                     "store": s.state.store.kind(),
                     "host_id": s.state.host_id,
-                    "rate_limit_drops": s.dp.rate_limit_drops().iter().map(|d| serde_json::json!({
-                        "endpoint_id": d.endpoint_id,
-                        "direction": d.direction,
-                        "packets": d.packets,
-                    })).collect::<Vec<_>>(),
+                    "rate_limit_drops": s.dp.rate_limit_drops(),
                 }))
             }
         })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use http::Method;
-use plugin_transport::cli::{create_private_dir, print_table};
+use plugin_transport::cli::{create_private_dir, decode_answer, print_table};
 use plugin_transport::listen::{bind_tcp, bind_unix, plugin_listener};
 use plugin_transport::logging::LogFormat;
 use plugin_transport::metrics::Metrics;
@@ -684,11 +684,11 @@ async fn address_admin(action: &str, a: AddressArgs) -> anyhow::Result<()> {
         serde_json::json!({ "ip": a.ip, "pool": a.pool }),
     )
     .await?;
-    let c: AddressChange = serde_json::from_slice(&body).context("decoding the answer")?;
-    if a.admin.json {
-        println!("{}", serde_json::to_string_pretty(&c)?);
+    let Some(c) =
+        decode_answer::<AddressChange>(&body, a.admin.json).context("decoding the answer")?
+    else {
         return Ok(());
-    }
+    };
     match c.action.as_str() {
         "reserved" => println!(
             "reserved {} in pool {} ({}): it is never handed out until `netplugin pool unreserve {}`",
@@ -709,11 +709,11 @@ async fn endpoint_release(endpoint: &str, force: bool, admin: AdminArgs) -> anyh
         serde_json::json!({ "endpoint": endpoint, "force": force }),
     )
     .await?;
-    let r: EndpointRelease = serde_json::from_slice(&body).context("decoding the answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let Some(r) =
+        decode_answer::<EndpointRelease>(&body, admin.json).context("decoding the answer")?
+    else {
         return Ok(());
-    }
+    };
     println!(
         "released endpoint {} of network {}: record deleted, {}",
         short(&r.endpoint_id),
@@ -744,11 +744,11 @@ async fn pool_reclaim(host: &str, force: bool, admin: AdminArgs) -> anyhow::Resu
         serde_json::json!({ "host": host, "force": force }),
     )
     .await?;
-    let r: ReclaimReport = serde_json::from_slice(&body).context("decoding the answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let Some(r) =
+        decode_answer::<ReclaimReport>(&body, admin.json).context("decoding the answer")?
+    else {
         return Ok(());
-    }
+    };
     println!(
         "host {}: released {} addresses, removed {} endpoint records, freed {} blocks",
         r.host,
@@ -777,11 +777,11 @@ async fn pool_reclaim(host: &str, force: bool, admin: AdminArgs) -> anyhow::Resu
 
 async fn host_ls(admin: AdminArgs) -> anyhow::Result<()> {
     let body = admin_call(&admin, Method::GET, "/hosts").await?;
-    let list: Vec<HostView> = serde_json::from_slice(&body).context("decoding the answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+    let Some(list) =
+        decode_answer::<Vec<HostView>>(&body, admin.json).context("decoding the answer")?
+    else {
         return Ok(());
-    }
+    };
     let rows = list
         .iter()
         .map(|h| {
@@ -1003,11 +1003,11 @@ fn netplugin_migrate(
 
 async fn network_ls(admin: AdminArgs) -> anyhow::Result<()> {
     let body = admin_call(&admin, Method::GET, "/networks").await?;
-    let list: Vec<NetworkView> = serde_json::from_slice(&body).context("decoding the answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+    let Some(list) =
+        decode_answer::<Vec<NetworkView>>(&body, admin.json).context("decoding the answer")?
+    else {
         return Ok(());
-    }
+    };
     let rows = list
         .iter()
         .map(|n| {
@@ -1045,11 +1045,11 @@ async fn endpoint_ls(network: Option<String>, admin: AdminArgs) -> anyhow::Resul
         None => "/endpoints".into(),
     };
     let body = admin_call(&admin, Method::GET, &path).await?;
-    let list: Vec<EndpointView> = serde_json::from_slice(&body).context("decoding the answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+    let Some(list) =
+        decode_answer::<Vec<EndpointView>>(&body, admin.json).context("decoding the answer")?
+    else {
         return Ok(());
-    }
+    };
     let rows = list
         .iter()
         .map(|e| {
@@ -1095,11 +1095,11 @@ async fn endpoint_ls(network: Option<String>, admin: AdminArgs) -> anyhow::Resul
 
 async fn pool_ls(admin: AdminArgs) -> anyhow::Result<()> {
     let body = admin_call(&admin, Method::GET, "/pools").await?;
-    let list: Vec<PoolView> = serde_json::from_slice(&body).context("decoding the answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+    let Some(list) =
+        decode_answer::<Vec<PoolView>>(&body, admin.json).context("decoding the answer")?
+    else {
         return Ok(());
-    }
+    };
     let rows = list
         .iter()
         .map(|p| {
@@ -1143,11 +1143,10 @@ async fn pool_show(pool: &str, admin: AdminArgs) -> anyhow::Result<()> {
     }
     let path = format!("/pools/{}", pool.replace('/', "%2F"));
     let body = admin_call(&admin, Method::GET, &path).await?;
-    let p: PoolView = serde_json::from_slice(&body).context("decoding the answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+    let Some(p) = decode_answer::<PoolView>(&body, admin.json).context("decoding the answer")?
+    else {
         return Ok(());
-    }
+    };
     println!("Pool:       {}", p.id);
     println!("Subnet:     {}", p.subnet);
     println!("IP range:   {}", p.ip_range.as_deref().unwrap_or("-"));

@@ -26,6 +26,20 @@ pub async fn admin_call(
     Ok(reply)
 }
 
+/// An admin answer decoded as `T`; with `json` (the `--json` flag) it is printed as JSON
+/// instead and `None` comes back, so the caller prints its own form only for `Some`.
+pub fn decode_answer<T: serde::de::DeserializeOwned + serde::Serialize>(
+    body: &[u8],
+    json: bool,
+) -> serde_json::Result<Option<T>> {
+    let value: T = serde_json::from_slice(body)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(None);
+    }
+    Ok(Some(value))
+}
+
 /// Left-aligned columns separated by two spaces, header first.
 pub fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -74,6 +88,15 @@ pub fn uncomment_example(example: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_decode_or_print_as_json() {
+        let body = br#"{"a":1}"#;
+        let v: Option<serde_json::Value> = decode_answer(body, false).unwrap();
+        assert_eq!(v, Some(serde_json::json!({"a": 1})));
+        assert_eq!(decode_answer::<serde_json::Value>(body, true).unwrap(), None);
+        assert!(decode_answer::<Vec<u8>>(body, false).is_err());
+    }
 
     #[test]
     fn table_and_example() {

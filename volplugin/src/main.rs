@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use http::Method;
-use plugin_transport::cli::{admin_call, create_private_dir, print_table};
+use plugin_transport::cli::{admin_call, create_private_dir, decode_answer, print_table};
 use plugin_transport::listen::{bind_tcp, bind_unix, plugin_listener};
 use plugin_transport::logging::LogFormat;
 use plugin_transport::metrics::Metrics;
@@ -354,10 +354,9 @@ async fn volume_set_limits(
         Some(serde_json::to_vec(&change)?),
     )
     .await?;
-    let info: VolumeInfo = serde_json::from_slice(&body).context("decoding the daemon's answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
-    } else {
+    if let Some(info) =
+        decode_answer::<VolumeInfo>(&body, admin.json).context("decoding the daemon's answer")?
+    {
         println!("{}: limits now {}", info.name, info.limits.describe());
     }
     Ok(())
@@ -369,12 +368,11 @@ async fn admin_get(admin: &AdminArgs, path: &str) -> anyhow::Result<bytes::Bytes
 
 async fn volume_ls(admin: AdminArgs) -> anyhow::Result<()> {
     let body = admin_get(&admin, "/volumes").await?;
-    let volumes: Vec<VolumeInfo> =
-        serde_json::from_slice(&body).context("decoding the daemon's answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&volumes)?);
+    let Some(volumes) = decode_answer::<Vec<VolumeInfo>>(&body, admin.json)
+        .context("decoding the daemon's answer")?
+    else {
         return Ok(());
-    }
+    };
     let rows: Vec<Vec<String>> = volumes
         .iter()
         .map(|v| {
@@ -411,11 +409,11 @@ async fn volume_ls(admin: AdminArgs) -> anyhow::Result<()> {
 async fn volume_inspect(name: &str, admin: AdminArgs) -> anyhow::Result<()> {
     volplugin::spec::validate_name(name)?;
     let body = admin_get(&admin, &format!("/volumes/{name}")).await?;
-    let info: VolumeInfo = serde_json::from_slice(&body).context("decoding the daemon's answer")?;
-    if admin.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+    let Some(info) =
+        decode_answer::<VolumeInfo>(&body, admin.json).context("decoding the daemon's answer")?
+    else {
         return Ok(());
-    }
+    };
     let opt = |v: Option<u64>| {
         v.map(|b| format!("{} ({b} bytes)", human_size(b)))
             .unwrap_or_else(|| "-".into())

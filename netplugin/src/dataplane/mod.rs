@@ -92,7 +92,7 @@ impl ReassertReport {
 }
 
 /// What one endpoint's meter dropped since the meter was created.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RateLimitDrops {
     pub endpoint_id: String,
     /// `egress` (what the container sent) or `ingress` (what was sent to it).
