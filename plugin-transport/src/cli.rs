@@ -94,7 +94,10 @@ mod tests {
         let body = br#"{"a":1}"#;
         let v: Option<serde_json::Value> = decode_answer(body, false).unwrap();
         assert_eq!(v, Some(serde_json::json!({"a": 1})));
-        assert_eq!(decode_answer::<serde_json::Value>(body, true).unwrap(), None);
+        assert_eq!(
+            decode_answer::<serde_json::Value>(body, true).unwrap(),
+            None
+        );
         assert!(decode_answer::<Vec<u8>>(body, false).is_err());
     }
 
