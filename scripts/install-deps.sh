@@ -14,8 +14,10 @@ packages=(
     xfsprogs e2fsprogs util-linux mount
     # netplugin / ovs-ffi: Open vSwitch (netdev datapath), namespaces, veth, offload switches
     openvswitch-switch iproute2 ethtool iputils-arping
-    # netplugin's fleet store: etcd 3.4 for the tests, protoc for the etcd-client crate's build
-    etcd-server protobuf-compiler
+    # netplugin's fleet store: etcd 3.4 for the tests; protoc and protobuf's well-known .proto
+    # files (google/protobuf/descriptor.proto, struct.proto: libprotobuf-dev, not protobuf-compiler)
+    # for the etcd-client crate's build
+    etcd-server protobuf-compiler libprotobuf-dev
     # ovs-ffi's check that its checked-in wire definitions regenerate identically
     openvswitch-source bindgen libclang-dev python3
     # volplugin's lvm-thin tests: a Debian cloud kernel under qemu (TCG) with LVM inside
