@@ -2,7 +2,7 @@
 //! commands, the start-up of the plugin, admin and metrics listeners (the plugin socket from
 //! systemd when socket-activated), the task set, and the shutdown on SIGTERM/SIGINT.
 //!
-//! A daemon names itself with [`Daemon`], flattens [`ServeArgs`] into its own serve flags,
+//! A daemon names itself with [`Daemon`], flattens [`CommonServeArgs`] into its own serve flags,
 //! builds its service, then hands the routers to [`Skeleton::start`] and adds its background
 //! tasks with [`Skeleton::spawn`].
 
@@ -18,7 +18,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::info;
 
 use crate::client::ClientError;
 use crate::config::{merge_with_file, ConfigError};
@@ -32,13 +31,14 @@ use crate::server::Server;
 pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
 /// The plugin socket's mode without `--socket-mode`: root only, like Docker's own.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+/// Docker's API socket, which the daemons ask only in the background (never on a request
+/// path: dockerd may be waiting on the plugin).
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
 /// The admin socket is root only, always.
 const ADMIN_SOCKET_MODE: u32 = 0o600;
 
 /// What tells one daemon from the other to the skeleton: its names and defaults.
 pub trait Daemon: Send + Sync + 'static {
-    /// The binary, in logs.
-    const BIN: &'static str;
     /// Docker's name for the plugin; its socket is `<plugin-dir>/<PLUGIN>.sock`.
     const PLUGIN: &'static str;
     const CONFIG_FILE: &'static str;
@@ -85,7 +85,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
 /// each is also a key of the config file. Unset flags are `None`: the file fills them in.
 #[derive(Args, Debug, Serialize, Deserialize)]
 #[serde(bound = "", rename_all = "kebab-case")]
-pub struct ServeArgs<D: Daemon> {
+pub struct CommonServeArgs<D: Daemon> {
     #[arg(long, help = format!(
         "Config file (TOML; keys are these flag names). Default: {} if present", D::CONFIG_FILE
     ))]
@@ -113,7 +113,7 @@ pub struct ServeArgs<D: Daemon> {
     daemon: PhantomData<D>,
 }
 
-impl<D: Daemon> Default for ServeArgs<D> {
+impl<D: Daemon> Default for CommonServeArgs<D> {
     fn default() -> Self {
         Self {
             config: None,
@@ -128,7 +128,7 @@ impl<D: Daemon> Default for ServeArgs<D> {
     }
 }
 
-impl<D: Daemon> ServeArgs<D> {
+impl<D: Daemon> CommonServeArgs<D> {
     /// The daemon's whole serve flags `cli` (which flatten these) merged over the config file:
     /// `--config`, or the daemon's default file if present.
     pub fn merge_file<T: Serialize + DeserializeOwned>(&self, cli: &T) -> Result<T, ConfigError> {
@@ -161,7 +161,6 @@ impl<D: Daemon> ServeArgs<D> {
                 "off" => None,
                 addr => Some(addr.to_string()),
             },
-            bin: D::BIN,
             plugin: D::PLUGIN,
         })
     }
@@ -184,7 +183,6 @@ pub struct Settings {
     pub socket_mode: u32,
     /// The metrics server's address; `None` for `--metrics off`.
     pub metrics: Option<String>,
-    bin: &'static str,
     plugin: &'static str,
 }
 
@@ -230,7 +228,6 @@ impl<D: Daemon> AdminArgs<D> {
 
 /// A running daemon: its servers and background tasks, until SIGTERM or SIGINT.
 pub struct Skeleton {
-    bin: &'static str,
     tasks: JoinSet<()>,
     shutdown: watch::Receiver<bool>,
     /// Kept so the shutdown flag has a sender for as long as the daemon runs.
@@ -270,7 +267,6 @@ impl Skeleton {
             tasks.spawn(Server::new("metrics", metrics.router()).serve(listener, shutdown.clone()));
         }
         Ok(Self {
-            bin: settings.bin,
             tasks,
             shutdown,
             _signals: signals,
@@ -291,7 +287,6 @@ impl Skeleton {
     /// Runs until every server and task has finished after a stop signal.
     pub async fn run(mut self) {
         while self.tasks.join_next().await.is_some() {}
-        info!("{} stopped", self.bin);
     }
 }
 
@@ -303,7 +298,6 @@ mod tests {
     #[derive(Debug)]
     struct Test;
     impl Daemon for Test {
-        const BIN: &'static str = "testd";
         const PLUGIN: &'static str = "berth-test";
         const CONFIG_FILE: &'static str = "/nonexistent/testd.toml";
         const STATE_DIR: &'static str = "/var/lib/berth/test";
@@ -318,7 +312,7 @@ mod tests {
     struct Serve {
         #[command(flatten)]
         #[serde(flatten)]
-        common: ServeArgs<Test>,
+        common: CommonServeArgs<Test>,
         #[arg(long)]
         colour: Option<String>,
     }
@@ -371,7 +365,7 @@ mod tests {
         assert_eq!(parse_mode("600"), Some(0o600));
         assert_eq!(parse_mode("999"), None);
         assert_eq!(parse_mode("1000"), None);
-        let args = ServeArgs::<Test> {
+        let args = CommonServeArgs::<Test> {
             socket_mode: Some("8".into()),
             ..Default::default()
         };
@@ -406,7 +400,7 @@ mod tests {
     #[tokio::test]
     async fn serves_until_shutdown_and_removes_its_sockets() {
         let dir = tempfile::tempdir().unwrap();
-        let common = ServeArgs::<Test> {
+        let common = CommonServeArgs::<Test> {
             plugin_dir: Some(dir.path().join("plugins")),
             admin_socket: Some(dir.path().join("admin.sock")),
             metrics: Some("off".into()),
