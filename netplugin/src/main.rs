@@ -14,13 +14,14 @@ use plugin_transport::logging::LogFormat;
 use plugin_transport::metrics::Metrics;
 use plugin_transport::server::Server;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use netplugin::dataplane::ovs::{resolve_datapath, OvsConfig, OvsDataplane};
 use netplugin::dataplane::Dataplane;
 use netplugin::fleet::{AddressChange, HostView, ReclaimReport};
 use netplugin::ipam::{Ipam, IpamConfig};
 use netplugin::ipnet::Ipv4Net;
+use netplugin::migrate::{self, MigrateReport};
 use netplugin::network::{
     EndpointRelease, EndpointView, NetConfig, NetworkView, PoolView, Service,
 };
@@ -600,7 +601,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         release_leaked_after,
         shutdown.clone(),
     ));
-    tasks.spawn(reconciler(
+    tasks.spawn(netplugin::reconcile::run(
         svc.clone(),
         Duration::from_secs_f64(interval),
         shutdown.clone(),
@@ -610,53 +611,6 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     info!("netplugin stopped");
     Ok(())
-}
-
-/// Re-asserts the datapath when OVS (re)appears and then every `interval`: a restarted
-/// ovs-vswitchd loses our flows, a new ovsdb-server may have lost bridge and ports.
-async fn reconciler(
-    svc: Arc<Service>,
-    interval: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut was_connected = false;
-    let mut last_error = String::new();
-    loop {
-        let connected = svc.dp.connected();
-        if connected {
-            match svc.reconcile().await {
-                Ok(report) => {
-                    if !was_connected {
-                        info!(?report, "OVS reachable: datapath re-asserted");
-                    } else if report.repaired_drift() {
-                        info!(?report, "datapath drift repaired");
-                    } else if report.arp_flows_added + report.arp_flows_removed > 0 {
-                        debug!(
-                            added = report.arp_flows_added,
-                            removed = report.arp_flows_removed,
-                            "ARP proxy flows updated"
-                        );
-                    }
-                    last_error.clear();
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if msg != last_error {
-                        warn!(error = %msg, "reconcile failed; retrying");
-                    }
-                    last_error = msg;
-                }
-            }
-        } else if was_connected || last_error.is_empty() {
-            warn!("OVS is not reachable; network calls fail until it is (IPAM keeps working)");
-            last_error = "down".into();
-        }
-        was_connected = connected && last_error.is_empty();
-        tokio::select! {
-            _ = tokio::time::sleep(if connected { interval } else { Duration::from_millis(200) }) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-    }
 }
 
 async fn admin_call(admin: &AdminArgs, method: Method, path: &str) -> anyhow::Result<bytes::Bytes> {
@@ -813,15 +767,6 @@ async fn host_ls(admin: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `store migrate` did.
-#[derive(Serialize)]
-struct MigrateReport {
-    copied: std::collections::BTreeMap<String, usize>,
-    already_there: usize,
-    host_ids: Vec<String>,
-    etcd_prefix: String,
-}
-
 async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
     if a.to != "etcd" {
         bail!("--to {:?}: only etcd", a.to);
@@ -842,7 +787,7 @@ async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
         let source =
             RedbStore::open(&path).context("opening the embedded store (stop netplugin first)")?;
         let target = Arc::new(EtcdStore::connect(&config).context("connecting to etcd")?);
-        netplugin_migrate(&source, target, &config.prefix)
+        Ok(migrate::migrate(&source, target, &config.prefix)?)
     })
     .await??;
     if a.json {
@@ -865,140 +810,6 @@ async fn migrate(a: MigrateArgs) -> anyhow::Result<()> {
         state_dir.join("state.redb").display()
     );
     Ok(())
-}
-
-fn netplugin_migrate(
-    source: &dyn Store,
-    target: Arc<dyn Store>,
-    prefix: &str,
-) -> anyhow::Result<MigrateReport> {
-    use netplugin::store::{Compare, Op, Txn};
-    let records: Vec<_> = source
-        .range("")?
-        .into_iter()
-        // Host records belong to a live process's lease.
-        .filter(|kv| !kv.key.starts_with("hosts/"))
-        .collect();
-    let mut conflicts = Vec::new();
-    let mut todo = Vec::new();
-    let mut already = 0;
-    // The same record changed since by the fleet (a pool other hosts joined, an address in
-    // use) was migrated before: same object, same creation time.
-    let created = |v: &[u8]| {
-        serde_json::from_slice::<serde_json::Value>(v)
-            .ok()
-            .and_then(|j| j.get("created_at").cloned())
-    };
-    let migrated_pools: std::collections::BTreeSet<String> = records
-        .iter()
-        .filter(|kv| kv.key.starts_with("pools/"))
-        .filter_map(|kv| {
-            let t = target.get(&kv.key).ok()??;
-            (created(&t.value) == created(&kv.value)).then(|| kv.key["pools/".len()..].to_string())
-        })
-        .collect();
-    for kv in &records {
-        let pool_of_block = kv
-            .key
-            .strip_prefix("blocks/")
-            .and_then(|r| r.split('/').next());
-        if pool_of_block.is_some_and(|p| migrated_pools.contains(p)) {
-            // Block records follow the addresses in etcd now.
-            already += 1;
-            continue;
-        }
-        match target.get(&kv.key)? {
-            Some(t) if t.value == kv.value => already += 1,
-            Some(t) if created(&t.value).is_some() && created(&t.value) == created(&kv.value) => {
-                already += 1
-            }
-            Some(t) => conflicts.push(format!(
-                "{}: etcd has {}",
-                kv.key,
-                String::from_utf8_lossy(&t.value)
-            )),
-            None => todo.push(kv),
-        }
-    }
-    // Pools of other hosts overlapping ours are refused like any overlapping --subnet.
-    let theirs: Vec<netplugin::state::PoolRecord> = target
-        .range("pools/")?
-        .iter()
-        .filter_map(|kv| netplugin::state::decode(kv).ok())
-        .collect();
-    for kv in records.iter().filter(|kv| kv.key.starts_with("pools/")) {
-        let mine: netplugin::state::PoolRecord = netplugin::state::decode(kv)?;
-        let Ok(m) = mine.subnet.parse::<Ipv4Net>() else {
-            continue;
-        };
-        for t in theirs
-            .iter()
-            .filter(|t| t.id != mine.id && t.address_space == mine.address_space)
-        {
-            if t.subnet.parse::<Ipv4Net>().is_ok_and(|n| n.overlaps(&m)) {
-                conflicts.push(format!(
-                    "pool {} {} overlaps pool {} {} in etcd",
-                    mine.id, mine.subnet, t.id, t.subnet
-                ));
-            }
-        }
-    }
-    if !conflicts.is_empty() {
-        bail!(
-            "etcd (prefix {prefix}) holds conflicting records; nothing was copied:\n  {}",
-            conflicts.join("\n  ")
-        );
-    }
-    // Pools last: no other host allocates in a pool before its addresses are all there.
-    todo.sort_by_key(|kv| (kv.key.starts_with("pools/"), kv.key.clone()));
-    let mut copied: std::collections::BTreeMap<String, usize> = Default::default();
-    for chunk in todo.chunks(50) {
-        let done = target.txn(Txn {
-            compare: chunk
-                .iter()
-                .map(|kv| Compare::Version(kv.key.clone(), 0))
-                .collect(),
-            success: chunk
-                .iter()
-                .map(|kv| Op::put(kv.key.clone(), kv.value.clone()))
-                .collect(),
-            failure: vec![],
-        })?;
-        if !done.succeeded {
-            bail!("another writer changed etcd during the migration; run it again (records already copied are skipped)");
-        }
-        for kv in chunk {
-            let kind = kv.key.split('/').next().unwrap_or("").to_string();
-            *copied.entry(kind).or_default() += 1;
-        }
-    }
-    // Pools from a release without block records get them now, before any host allocates.
-    let ipam = Ipam::new(
-        netplugin::state::State::new(target.clone(), "migrate"),
-        IpamConfig::default(),
-    );
-    for kv in target.range("pools/")? {
-        let pool: netplugin::state::PoolRecord = netplugin::state::decode(&kv)?;
-        if !pool.blocks {
-            if let Ok(net) = pool.subnet.parse::<Ipv4Net>() {
-                ipam.build_blocks(&pool, &net, kv.mod_revision)?;
-            }
-        }
-    }
-    let mut host_ids = std::collections::BTreeSet::new();
-    for kv in &records {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&kv.value) {
-            if let Some(h) = v.get("host_id").and_then(|h| h.as_str()) {
-                host_ids.insert(h.to_string());
-            }
-        }
-    }
-    Ok(MigrateReport {
-        copied,
-        already_there: already,
-        host_ids: host_ids.into_iter().collect(),
-        etcd_prefix: prefix.to_string(),
-    })
 }
 
 async fn network_ls(admin: AdminArgs) -> anyhow::Result<()> {
