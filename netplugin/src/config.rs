@@ -35,7 +35,7 @@ pub const DEFAULT_RELEASE_LEAKED_AFTER: &str = "2m";
 const OVS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// netplugin's names and defaults, for the shared daemon skeleton.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug)]
 pub struct Net;
 
 impl Daemon for Net {
@@ -358,17 +358,10 @@ pub fn parse_duration(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Serve {
-        #[command(flatten)]
-        args: ServeArgs,
-    }
+    use plugin_transport::daemon::parse_flags;
 
     fn config(flags: &[&str]) -> anyhow::Result<Config> {
-        let serve = Serve::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?;
-        Config::from_args(&serve.args)
+        Config::from_args(&parse_flags(flags)?)
     }
 
     fn error(flags: &[&str]) -> String {

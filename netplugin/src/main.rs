@@ -7,7 +7,7 @@ mod config;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use http::Method;
 use plugin_transport::cli::create_private_dir;
 use plugin_transport::daemon::{Daemon, Skeleton};
@@ -37,12 +37,6 @@ use crate::config::{embedded_store, AdminArgs, Config, Net, ServeArgs, StoreChoi
     version,
     about = "Berth network + IPAM Docker plugin on Open vSwitch VLAN ports"
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
 enum Command {
     /// Run the plugin daemon (NetworkDriver + IpamDriver on <plugin-dir>/berth-net.sock).
     Serve(Box<ServeArgs>),
@@ -68,11 +62,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    plugin_transport::shutdown::unblock_stop_signals();
-    let cli = Cli::parse();
-    let runtime = plugin_transport::daemon::runtime()?;
-    runtime.block_on(async move {
-        match cli.command {
+    plugin_transport::daemon::main(|command| async move {
+        match command {
             Command::Serve(args) => serve(*args).await,
             Command::Network(command) => command.run().await,
             Command::Endpoint(command) => command.run().await,
@@ -146,13 +137,8 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
+#[test]
+fn cli_is_well_formed() {
+    use clap::CommandFactory;
+    Command::command().debug_assert();
 }

@@ -73,12 +73,32 @@ pub enum DaemonError {
     },
 }
 
-/// The runtime both binaries run their command on.
-pub fn runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
-    tokio::runtime::Builder::new_multi_thread()
+/// A binary's `main`: parses the command line into `C` and runs `run` on it in a tokio
+/// runtime. Stop signals are unblocked first, before any thread exists (see
+/// [`crate::shutdown::unblock_stop_signals`]).
+pub fn main<C, F, Fut, E>(run: F) -> Result<(), E>
+where
+    C: clap::Parser,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: From<DaemonError>,
+{
+    crate::shutdown::unblock_stop_signals();
+    let command = C::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(DaemonError::Runtime)
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(run(command))
+}
+
+/// Parses `flags` into a flattened `Args` struct on its own, as `serve` would: for tests of a
+/// daemon's settings.
+pub fn parse_flags<T: clap::Args + clap::FromArgMatches>(flags: &[&str]) -> Result<T, clap::Error> {
+    let command = T::augment_args(clap::Command::new("serve"));
+    let matches =
+        command.try_get_matches_from(std::iter::once("serve").chain(flags.iter().copied()))?;
+    T::from_arg_matches(&matches)
 }
 
 /// The flags every daemon's `serve` takes, flattened into its own (clap and serde alike), so
@@ -293,7 +313,6 @@ impl Skeleton {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[derive(Debug)]
     struct Test;
@@ -307,7 +326,7 @@ mod tests {
         const METRICS_PREFIX: &'static str = "berth_test";
     }
 
-    #[derive(Parser, Debug, Serialize, Deserialize)]
+    #[derive(Args, Debug, Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case")]
     struct Serve {
         #[command(flatten)]
@@ -319,7 +338,7 @@ mod tests {
 
     #[test]
     fn defaults_come_from_the_daemon() {
-        let serve = Serve::try_parse_from(["testd"]).unwrap();
+        let serve: Serve = parse_flags(&[]).unwrap();
         let s = serve.common.settings().unwrap();
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/berth/test"));
         assert_eq!(
@@ -341,8 +360,7 @@ mod tests {
             "metrics = \"off\"\nplugin-dir = \"/p\"\ncolour = \"red\"\n",
         )
         .unwrap();
-        let cli = Serve::try_parse_from([
-            "testd",
+        let cli: Serve = parse_flags(&[
             "--config",
             file.to_str().unwrap(),
             "--plugin-dir",
@@ -377,8 +395,9 @@ mod tests {
 
     #[test]
     fn help_names_the_daemons_defaults() {
-        use clap::CommandFactory;
-        let help = Serve::command().render_help().to_string();
+        let help = Serve::augment_args(clap::Command::new("testd"))
+            .render_help()
+            .to_string();
         assert!(
             help.contains("Where testd keeps things. [default: /var/lib/berth/test]"),
             "{help}"
@@ -387,14 +406,9 @@ mod tests {
             help.contains("Default: /nonexistent/testd.toml if present"),
             "{help}"
         );
-        #[derive(Parser, Debug)]
-        struct Admin {
-            #[command(flatten)]
-            admin: AdminArgs<Test>,
-        }
-        let a = Admin::try_parse_from(["testd", "--json"]).unwrap();
-        assert_eq!(a.admin.admin_socket, PathBuf::from("/run/berth/testd.sock"));
-        assert!(a.admin.json);
+        let admin: AdminArgs<Test> = parse_flags(&["--json"]).unwrap();
+        assert_eq!(admin.admin_socket, PathBuf::from("/run/berth/testd.sock"));
+        assert!(admin.json);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ pub const DEFAULT_FS: &str = "xfs";
 const DOCKER_ROOT: &str = "/var/lib/docker";
 
 /// volplugin's names and defaults, for the shared daemon skeleton.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug)]
 pub struct Vol;
 
 impl Daemon for Vol {
@@ -169,17 +169,10 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Serve {
-        #[command(flatten)]
-        args: ServeArgs,
-    }
+    use plugin_transport::daemon::parse_flags;
 
     fn config(flags: &[&str]) -> anyhow::Result<Config> {
-        let serve = Serve::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))?;
-        Config::from_args(&serve.args)
+        Config::from_args(&parse_flags(flags)?)
     }
 
     /// The example config in packaging/ lists every key with its default: uncommented, it

@@ -7,7 +7,7 @@ mod config;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use plugin_transport::cli::create_private_dir;
 use plugin_transport::daemon::{Daemon, Skeleton};
 use plugin_transport::metrics::Metrics;
@@ -28,12 +28,6 @@ use crate::config::{BackendChoice, Config, ServeArgs, Vol};
     version,
     about = "Berth volume plugin for Docker: sized volumes on loop files or LVM thin LVs"
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
 enum Command {
     /// Run the plugin daemon (Docker's VolumeDriver on <plugin-dir>/berth-vol.sock).
     Serve(Box<ServeArgs>),
@@ -43,11 +37,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    plugin_transport::shutdown::unblock_stop_signals();
-    let cli = Cli::parse();
-    let runtime = plugin_transport::daemon::runtime()?;
-    runtime.block_on(async move {
-        match cli.command {
+    plugin_transport::daemon::main(|command| async move {
+        match command {
             Command::Serve(args) => serve(*args).await,
             Command::Volume(command) => command.run().await,
         }
@@ -130,13 +121,8 @@ fn open_backend(choice: &BackendChoice) -> anyhow::Result<Arc<dyn Backend>> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cli_is_well_formed() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
+#[test]
+fn cli_is_well_formed() {
+    use clap::CommandFactory;
+    Command::command().debug_assert();
 }
