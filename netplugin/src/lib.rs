@@ -17,8 +17,10 @@ pub mod handlers;
 pub mod ipam;
 pub mod ipnet;
 pub mod metrics;
+pub mod migrate;
 pub mod network;
 pub mod protocol;
+pub mod reconcile;
 pub mod state;
 pub mod store;
 

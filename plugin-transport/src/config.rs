@@ -19,7 +19,9 @@ pub enum ConfigError {
 
 /// Merges the command-line settings `cli` (unset flags are `None`) over the config file.
 /// `explicit` is `--config`: it must exist. Without it, `default_path` is read if present.
-/// Unknown keys in the file are errors when `T` denies unknown fields, which it should.
+/// A key of the file that `cli` does not serialize (every field, `None` as null) is an error:
+/// checked here rather than by `deny_unknown_fields`, which serde cannot combine with the
+/// `flatten` that shares the common serve flags between the daemons.
 pub fn merge_with_file<T>(
     cli: &T,
     explicit: Option<&Path>,
@@ -46,6 +48,10 @@ where
     let mut merged = match &text {
         Some(text) => {
             let file: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+            let declared = declared_keys(cli).map_err(|e| parse_err(e.to_string()))?;
+            if let Some(key) = file.keys().find(|k| !declared.contains(k)) {
+                return Err(parse_err(unknown_key(key, &declared)));
+            }
             serde_json::to_value(file).map_err(|e| parse_err(e.to_string()))?
         }
         None => serde_json::Value::Object(Default::default()),
@@ -59,6 +65,43 @@ where
         }
     }
     serde_json::from_value(merged).map_err(|e| parse_err(e.to_string()))
+}
+
+/// The keys `value` serializes to, in declaration order (flattened fields included).
+fn declared_keys<T: Serialize>(value: &T) -> serde_json::Result<Vec<String>> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                keys.push(key);
+            }
+            Ok(keys)
+        }
+    }
+    // From the text: it keeps the declaration order, which a serde_json::Map would sort.
+    let text = serde_json::to_string(value)?;
+    serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_str(&text), Keys)
+}
+
+/// serde's own wording for an unknown field, so the message reads as it did with
+/// `deny_unknown_fields`.
+fn unknown_key(key: &str, expected: &[String]) -> String {
+    let quoted: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+    match quoted.as_slice() {
+        [] => format!("unknown field `{key}`, there are no fields"),
+        [one] => format!("unknown field `{key}`, expected {one}"),
+        [a, b] => format!("unknown field `{key}`, expected {a} or {b}"),
+        all => format!("unknown field `{key}`, expected one of {}", all.join(", ")),
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +136,47 @@ mod tests {
 
         std::fs::write(&file, "stat-dir = \"/typo\"\n").unwrap();
         let err = merge_with_file(&cli, Some(&file), Path::new("/nonexistent")).unwrap_err();
-        assert!(err.to_string().contains("stat-dir"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "config file {}: unknown field `stat-dir`, expected `state-dir` or `max-size`",
+                file.display()
+            )
+        );
+    }
+
+    /// The daemons share their common flags through `flatten`, where serde cannot deny unknown
+    /// fields: the check covers both parts, and names them in declaration order.
+    #[test]
+    fn unknown_keys_fail_with_flattened_settings() {
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        #[serde(rename_all = "kebab-case")]
+        struct Daemon {
+            #[serde(flatten)]
+            common: Settings,
+            zebra: Option<u8>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "zebra = 3\nmax-size = \"1T\"\n").unwrap();
+        let cli = Daemon {
+            common: Settings {
+                state_dir: None,
+                max_size: None,
+            },
+            zebra: None,
+        };
+        let merged = merge_with_file(&cli, Some(&file), Path::new("/x")).unwrap();
+        assert_eq!(merged.zebra, Some(3));
+        assert_eq!(merged.common.max_size.as_deref(), Some("1T"));
+        std::fs::write(&file, "zebra = 3\nmax-sise = \"1T\"\n").unwrap();
+        let err = merge_with_file(&cli, Some(&file), Path::new("/x")).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "unknown field `max-sise`, expected one of `state-dir`, `max-size`, `zebra`"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! The reconciler: re-asserts the datapath when OVS (re)appears and then every interval, so
+//! what a restarted ovs-vswitchd or a new ovsdb-server lost comes back without a request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::network::Service;
+
+/// How often OVS is looked for while it is unreachable: it comes back within a pass.
+const RECONNECT_POLL: Duration = Duration::from_millis(200);
+
+/// Runs until `shutdown` turns true. A failure is logged once until it changes or heals, so
+/// an OVS that stays down does not flood the log.
+pub async fn run(svc: Arc<Service>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut was_connected = false;
+    let mut last_error = String::new();
+    loop {
+        let connected = svc.dp.connected();
+        if connected {
+            match svc.reconcile().await {
+                Ok(report) => {
+                    if !was_connected {
+                        info!(?report, "OVS reachable: datapath re-asserted");
+                    } else if report.repaired_drift() {
+                        info!(?report, "datapath drift repaired");
+                    } else if report.arp_flows_added + report.arp_flows_removed > 0 {
+                        debug!(
+                            added = report.arp_flows_added,
+                            removed = report.arp_flows_removed,
+                            "ARP proxy flows updated"
+                        );
+                    }
+                    last_error.clear();
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg != last_error {
+                        warn!(error = %msg, "reconcile failed; retrying");
+                    }
+                    last_error = msg;
+                }
+            }
+        } else if was_connected || last_error.is_empty() {
+            warn!("OVS is not reachable; network calls fail until it is (IPAM keeps working)");
+            last_error = "down".into();
+        }
+        was_connected = connected && last_error.is_empty();
+        tokio::select! {
+            _ = tokio::time::sleep(if connected { interval } else { RECONNECT_POLL }) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::dataplane::{Dataplane, EndpointPlan};
+    use crate::ipam::{Ipam, IpamConfig};
+    use crate::network::NetConfig;
+    use crate::state::State;
+    use crate::store::memory::MemStore;
+
+    fn service(dp: Arc<FakeDataplane>) -> Arc<Service> {
+        let state = State::new(Arc::new(MemStore::new()), "h1");
+        let ipam = Arc::new(Ipam::new(state.clone(), IpamConfig::default()));
+        Arc::new(Service::new(
+            state,
+            ipam,
+            dp,
+            NetConfig {
+                vlan_range: (100, 101),
+                default_mtu: 1500,
+            },
+        ))
+    }
+
+    fn stray_port() -> EndpointPlan {
+        EndpointPlan {
+            endpoint_id: "e".repeat(64),
+            network_id: "n".repeat(64),
+            host_if: "vbeeeeeeeeee".into(),
+            container_if: "tbeeeeeeeeee".into(),
+            vlan: 100,
+            mtu: 1500,
+            mac: [2, 0, 0, 0, 0, 1],
+            limits: Default::default(),
+        }
+    }
+
+    async fn eventually(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}: not within 2 s");
+    }
+
+    /// OVS down at start: nothing is re-asserted until it is reachable, then at once (not
+    /// after a whole interval); shutdown ends the loop.
+    #[tokio::test]
+    async fn reasserts_when_ovs_appears_and_stops_on_shutdown() {
+        let dp = Arc::new(FakeDataplane::new());
+        dp.set_down(true);
+        dp.endpoints
+            .lock()
+            .unwrap()
+            .insert(stray_port().host_if, stray_port());
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            service(dp.clone()),
+            Duration::from_secs(3600),
+            shutdown,
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(dp.endpoints.lock().unwrap().len(), 1, "touched while down");
+        dp.set_down(false);
+        eventually("stray port removed", || {
+            dp.endpoints.lock().unwrap().is_empty()
+        })
+        .await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("loop ended on shutdown")
+            .unwrap();
+    }
+
+    /// Drift while OVS stays up is repaired at the next interval.
+    #[tokio::test]
+    async fn repairs_drift_every_interval() {
+        let dp = Arc::new(FakeDataplane::new());
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            service(dp.clone()),
+            Duration::from_millis(50),
+            shutdown,
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        dp.create_endpoint(&stray_port()).await.unwrap();
+        eventually("drift repaired", || dp.endpoints.lock().unwrap().is_empty()).await;
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
