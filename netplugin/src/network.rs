@@ -644,7 +644,11 @@ impl Service {
         }
         let datapath_error = {
             let _guard = self.reconcile_lock.lock().await;
-            self.dp.delete_endpoint(&record.host_if).await.err()
+            self.dp
+                .delete_endpoint(&record.host_if)
+                .await
+                .err()
+                .map(|e| e.to_string())
         };
         let state = self.state.clone();
         let ipam = self.ipam.clone();

@@ -2,10 +2,13 @@
 //! the [`Dataplane`] trait; [`ovs::OvsDataplane`] is the real one (ovs-ffi + netlink), and
 //! [`fake::FakeDataplane`] records calls for unit tests.
 
+mod error;
 pub mod ethtool;
 pub mod fake;
 pub mod netlink;
 pub mod ovs;
+
+pub use error::{DataplaneError, DataplaneErrors, DpResult};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -113,33 +116,30 @@ pub struct ArpEntry {
 pub trait Dataplane: Send + Sync {
     /// `Ok` when OVS is reachable and the bridge and our base flows are in place (created if
     /// needed); otherwise a clear error saying what is missing.
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
+    fn ready(&self) -> BoxFuture<'_, DpResult<()>>;
     /// Creates the veth pair (container end: MTU, MAC, no address) and the access port.
     /// On failure nothing of it is left behind.
-    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, Result<(), String>>;
+    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, DpResult<()>>;
     /// Removes the port and the veth; missing ones are fine.
-    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>>;
     /// Brings OVS to the endpoints of this host without touching what is already right:
     /// missing bridge, flows and ports are re-created; our ports and veths that belong to no
     /// endpoint are removed.
     fn reassert<'a>(
         &'a self,
         endpoints: &'a [EndpointPlan],
-    ) -> BoxFuture<'a, Result<ReassertReport, String>>;
+    ) -> BoxFuture<'a, DpResult<ReassertReport>>;
     /// Records the container an endpoint serves on its OVS interface (`berth-container-id`).
     /// A port that does not exist (yet, or any more) is left alone.
     fn label_container<'a>(
         &'a self,
         plan: &'a EndpointPlan,
         container_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, DpResult<()>>;
     /// Brings the ARP proxy flows to `entries` (every endpoint of the fleet): ARP requests from
     /// this host's ports for a known address on their VLAN are answered by OVS itself.
     /// Returns (added, removed).
-    fn sync_arp<'a>(
-        &'a self,
-        entries: &'a [ArpEntry],
-    ) -> BoxFuture<'a, Result<(usize, usize), String>>;
+    fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>>;
     /// Our ports (by external_ids), from the OVSDB cache.
     fn ports(&self) -> Vec<PortView>;
     /// Packets each rate-limited endpoint's meters dropped, as of the last reconcile pass.

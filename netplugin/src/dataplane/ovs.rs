@@ -14,8 +14,8 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{
-    ethtool, netlink, ArpEntry, BoxFuture, Dataplane, EndpointPlan, PortView, RateLimitDrops,
-    ReassertReport,
+    ethtool, netlink, ArpEntry, BoxFuture, Dataplane, DataplaneError, DataplaneErrors, DpResult,
+    EndpointPlan, PortView, RateLimitDrops, ReassertReport,
 };
 
 /// Cookie of the bridge-wide flows this plugin owns (`0xbe27` marks Berth's cookies).
@@ -83,16 +83,16 @@ pub struct OvsDataplane {
     drops: std::sync::Mutex<Vec<RateLimitDrops>>,
 }
 
-fn io_err(what: &str, name: &str, e: std::io::Error) -> String {
-    format!("{what} {name}: {e}")
+fn io_err(what: &'static str, name: &str, e: std::io::Error) -> DataplaneError {
+    DataplaneError::netlink(what, name, e)
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> DpResult<T> + Send + 'static,
+) -> DpResult<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("worker failed: {e}"))?
+        .map_err(|e| DataplaneError::Worker(format!("worker failed: {e}")))?
 }
 
 impl OvsDataplane {
@@ -118,12 +118,12 @@ impl OvsDataplane {
         })
     }
 
-    fn unreachable(&self) -> String {
-        format!(
+    fn unreachable(&self) -> DataplaneError {
+        DataplaneError::Unreachable(format!(
             "Open vSwitch is not reachable: no OVSDB connection to {} (is ovsdb-server running? see --ovsdb); \
              the request fails until it is, and works again without restarting netplugin",
             self.cfg.ovsdb
-        )
+        ))
     }
 
     /// The ARP proxy. An access port's packets carry no VLAN in OpenFlow (the tag is NORMAL's
@@ -253,8 +253,10 @@ impl OvsDataplane {
     }
 
     /// Brings meters and rate-limit flows to `plans`; returns how many changes it made.
-    async fn sync_qos(&self, plans: &[EndpointPlan]) -> Result<usize, String> {
-        let err = |e: ovs_ffi::Error| format!("rate limits on bridge {}: {e}", self.cfg.bridge);
+    async fn sync_qos(&self, plans: &[EndpointPlan]) -> DpResult<usize> {
+        let err = |e: ovs_ffi::Error| {
+            DataplaneError::ovs(format!("rate limits on bridge {}", self.cfg.bridge), e)
+        };
         let (flows, meters) = self.qos_plan(plans);
         let have_meters = self.of.meter_configs(None).await.map_err(err)?;
         let mut changes = 0;
@@ -365,7 +367,7 @@ impl OvsDataplane {
             .actions(vec![Action::Output(Port::Normal)])
     }
 
-    async fn ensure_bridge(&self) -> Result<bool, String> {
+    async fn ensure_bridge(&self) -> DpResult<bool> {
         if !self.db.is_connected() {
             return Err(self.unreachable());
         }
@@ -386,14 +388,14 @@ impl OvsDataplane {
                 external_ids,
             })
             .await
-            .map_err(|e| format!("OVS bridge {}: {e}", self.cfg.bridge))?;
+            .map_err(|e| DataplaneError::ovs(format!("OVS bridge {}", self.cfg.bridge), e))?;
         if changed {
             info!(bridge = %self.cfg.bridge, datapath = %self.cfg.datapath, "OVS bridge created or updated");
             self.flows_ok.store(false, Ordering::SeqCst);
             self.db
                 .wait_applied(self.cfg.call_timeout)
                 .await
-                .map_err(|e| format!("OVS bridge {}: {e}", self.cfg.bridge))?;
+                .map_err(|e| DataplaneError::ovs(format!("OVS bridge {}", self.cfg.bridge), e))?;
         }
         if let Some(uplink) = &self.cfg.uplink {
             self.db
@@ -403,13 +405,13 @@ impl OvsDataplane {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| format!("--uplink {uplink}: {e}"))?;
+                .map_err(|e| DataplaneError::ovs(format!("--uplink {uplink}"), e))?;
         }
         Ok(changed)
     }
 
     /// Installs the base flow unless it is there (checked on the switch when `check`).
-    async fn ensure_flows(&self, check: bool) -> Result<bool, String> {
+    async fn ensure_flows(&self, check: bool) -> DpResult<bool> {
         let conn = self.db.connection_count();
         if self.flows_ok.load(Ordering::SeqCst)
             && !check
@@ -420,10 +422,13 @@ impl OvsDataplane {
         self.flows_conn.store(conn, Ordering::SeqCst);
         let flow_err = |e: ovs_ffi::Error| {
             self.flows_ok.store(false, Ordering::SeqCst);
-            format!(
-                "OpenFlow on bridge {} ({}): {e}",
-                self.cfg.bridge,
-                ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge).display()
+            DataplaneError::ovs(
+                format!(
+                    "OpenFlow on bridge {} ({})",
+                    self.cfg.bridge,
+                    ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge).display()
+                ),
+                e,
             )
         };
         self.wait_for_mgmt_socket().await;
@@ -478,7 +483,7 @@ impl OvsDataplane {
         })
     }
 
-    async fn plug(&self, plan: &EndpointPlan) -> Result<(), String> {
+    async fn plug(&self, plan: &EndpointPlan) -> DpResult<()> {
         let (host, peer, mtu, mac) = (
             plan.host_if.clone(),
             plan.container_if.clone(),
@@ -503,14 +508,16 @@ impl OvsDataplane {
         self.db
             .ensure_port(&self.port_spec(plan))
             .await
-            .map_err(|e| format!("OVS port {}: {e}", plan.host_if))?;
+            .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))?;
         if !plan.limits.is_unlimited() {
             // In place before the container can send: its port's number is needed for that.
             self.db
                 .wait_ofport(&plan.host_if, self.cfg.call_timeout)
                 .await
-                .map_err(|e| format!("OVS port {}: {e}", plan.host_if))?;
-            let err = |e: ovs_ffi::Error| format!("rate limits of {}: {e}", plan.host_if);
+                .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))?;
+            let err = |e: ovs_ffi::Error| {
+                DataplaneError::ovs(format!("rate limits of {}", plan.host_if), e)
+            };
             let (flows, meters) = self.qos_plan(std::slice::from_ref(plan));
             for m in &meters {
                 self.of.ensure_meter(m).await.map_err(err)?;
@@ -521,8 +528,8 @@ impl OvsDataplane {
         Ok(())
     }
 
-    async fn unplug(&self, host_if: &str) -> Result<(), String> {
-        let mut errors = Vec::new();
+    async fn unplug(&self, host_if: &str) -> DpResult<()> {
+        let mut errors = DataplaneErrors::default();
         // Its ofport may be given to another port later: its ARP flows and its meters (their
         // flows go with them) go first.
         if let Some(ofport) = self.ofport(host_if) {
@@ -537,24 +544,30 @@ impl OvsDataplane {
                 .flow_mods(&[by_port(COOKIE_ARP), by_port(COOKIE_QOS)])
                 .await
             {
-                errors.push(format!("ARP and rate-limit flows of {host_if}: {e}"));
+                errors.push(DataplaneError::ovs(
+                    format!("ARP and rate-limit flows of {host_if}"),
+                    e,
+                ));
             }
             match self.of.meter_configs(None).await {
                 Ok(meters) => {
                     for id in [egress_meter(ofport), ingress_meter(ofport)] {
                         if meters.iter().any(|m| m.id == id) {
                             if let Err(e) = self.of.delete_meter(id).await {
-                                errors.push(format!("meter {id} of {host_if}: {e}"));
+                                errors.push(DataplaneError::ovs(
+                                    format!("meter {id} of {host_if}"),
+                                    e,
+                                ));
                             }
                         }
                     }
                 }
-                Err(e) => errors.push(format!("meters of {host_if}: {e}")),
+                Err(e) => errors.push(DataplaneError::ovs(format!("meters of {host_if}"), e)),
             }
         }
         if self.db.is_connected() {
             if let Err(e) = self.db.delete_port(&self.cfg.bridge, host_if).await {
-                errors.push(format!("OVS port {host_if}: {e}"));
+                errors.push(DataplaneError::ovs(format!("OVS port {host_if}"), e));
             }
         } else {
             warn!(
@@ -572,16 +585,12 @@ impl OvsDataplane {
         {
             errors.push(e);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        errors.into_result()
     }
 }
 
 impl Dataplane for OvsDataplane {
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ready(&self) -> BoxFuture<'_, DpResult<()>> {
         Box::pin(async move {
             self.ensure_bridge().await?;
             self.ensure_flows(false).await?;
@@ -589,7 +598,7 @@ impl Dataplane for OvsDataplane {
         })
     }
 
-    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, Result<(), String>> {
+    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             match self.plug(plan).await {
                 Ok(()) => Ok(()),
@@ -603,14 +612,14 @@ impl Dataplane for OvsDataplane {
         })
     }
 
-    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move { self.unplug(host_if).await })
     }
 
     fn reassert<'a>(
         &'a self,
         endpoints: &'a [EndpointPlan],
-    ) -> BoxFuture<'a, Result<ReassertReport, String>> {
+    ) -> BoxFuture<'a, DpResult<ReassertReport>> {
         Box::pin(async move {
             let mut report = ReassertReport {
                 bridge_created: self.ensure_bridge().await?,
@@ -627,7 +636,9 @@ impl Dataplane for OvsDataplane {
                 match self.db.ensure_port(&self.port_spec(plan)).await {
                     Ok(true) => report.ports_fixed.push(plan.host_if.clone()),
                     Ok(false) => {}
-                    Err(e) => return Err(format!("OVS port {}: {e}", plan.host_if)),
+                    Err(e) => {
+                        return Err(DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))
+                    }
                 }
             }
             for name in self.bridge_ports() {
@@ -658,7 +669,7 @@ impl Dataplane for OvsDataplane {
         &'a self,
         plan: &'a EndpointPlan,
         container_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             if self.db.port(&plan.host_if).is_none() {
                 return Ok(());
@@ -672,17 +683,15 @@ impl Dataplane for OvsDataplane {
                 .ensure_port(&spec)
                 .await
                 .map(drop)
-                .map_err(|e| format!("OVS port {}: {e}", plan.host_if))
+                .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))
         })
     }
 
-    fn sync_arp<'a>(
-        &'a self,
-        entries: &'a [ArpEntry],
-    ) -> BoxFuture<'a, Result<(usize, usize), String>> {
+    fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>> {
         Box::pin(async move {
-            let err =
-                |e: ovs_ffi::Error| format!("ARP proxy flows on bridge {}: {e}", self.cfg.bridge);
+            let err = |e: ovs_ffi::Error| {
+                DataplaneError::ovs(format!("ARP proxy flows on bridge {}", self.cfg.bridge), e)
+            };
             self.sync_flows_counted(COOKIE_ARP, self.arp_flows(entries))
                 .await
                 .map_err(err)
