@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use plugin_transport::blocking::{run_blocking, BlockingError};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -135,14 +136,14 @@ where
     T: Send + 'static,
     F: FnOnce() -> NetResult<T> + Send + 'static,
 {
-    match tokio::time::timeout(STORE_TIMEOUT, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(join)) => Err(NetError::Store(StoreError::Backend(format!(
-            "{what}: worker failed: {join}"
-        )))),
-        Err(_) => Err(NetError::Timeout {
+    match run_blocking(Some(STORE_TIMEOUT), f).await {
+        Ok(r) => r,
+        Err(e @ BlockingError::Worker(_)) => {
+            Err(NetError::Store(StoreError::Backend(format!("{what}: {e}"))))
+        }
+        Err(BlockingError::TimedOut { after }) => Err(NetError::Timeout {
             what: format!("state store ({what})"),
-            secs: STORE_TIMEOUT.as_secs(),
+            secs: after.as_secs(),
         }),
     }
 }

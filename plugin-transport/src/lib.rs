@@ -2,6 +2,7 @@
 //! UNIX socket with Docker's error format), systemd socket activation, the admin socket and its
 //! client, the Prometheus metrics server, logging and config-file loading.
 
+pub mod blocking;
 pub mod cli;
 pub mod client;
 pub mod config;

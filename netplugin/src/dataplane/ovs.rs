@@ -10,6 +10,7 @@ use ovs_ffi::openflow::{
     Action, Flow, FlowFilter, FlowMod, Mac, Match, Meter, OfClient, OfConfig, Port, SetField,
 };
 use ovs_ffi::ovsdb::{self, BridgeSpec, PortSpec};
+use plugin_transport::blocking::run_blocking;
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -90,9 +91,10 @@ fn io_err(what: &'static str, name: &str, e: std::io::Error) -> DataplaneError {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> DpResult<T> + Send + 'static,
 ) -> DpResult<T> {
-    tokio::task::spawn_blocking(f)
+    // netlink requests bound themselves (socket timeouts): no deadline here.
+    run_blocking(None, f)
         .await
-        .map_err(|e| DataplaneError::Worker(format!("worker failed: {e}")))?
+        .map_err(|e| DataplaneError::Worker(e.to_string()))?
 }
 
 impl OvsDataplane {
