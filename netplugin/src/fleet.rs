@@ -186,15 +186,7 @@ pub fn reclaim(ipam: &Ipam, host: &str, force: bool) -> NetResult<ReclaimReport>
         if e.host_id != host {
             continue;
         }
-        if state
-            .store
-            .txn(Txn {
-                compare: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-                success: vec![Op::Delete(kv.key.clone())],
-                failure: vec![],
-            })?
-            .succeeded
-        {
+        if state.delete_endpoint_at(&e.id, kv.mod_revision)? {
             report.endpoints.push(e.id);
         }
     }
@@ -406,14 +398,7 @@ pub fn register(state: &State, ttl: Duration) -> NetResult<i64> {
                 "this --host-id is registered with another live lease: a restart within its TTL, or another netplugin with the same --host-id");
         }
     }
-    state.store.txn(Txn {
-        success: vec![Op::Put {
-            key: host_key(&state.host_id),
-            value: encode(&host_record(state, lease)),
-            lease,
-        }],
-        ..Default::default()
-    })?;
+    state.register_host(&host_record(state, lease), lease)?;
     state.set_lease(lease);
     Ok(lease)
 }

@@ -16,10 +16,11 @@ use crate::dataplane::{
 };
 use crate::error::{NetError, NetResult};
 use crate::ipam::{describe_holder, require_id, Ipam};
-use crate::ipnet::{parse_addr, parse_cidr, Ipv4Net};
+use crate::ipnet::{parse_addr, parse_cidr, Ipv4If, Ipv4Net};
+use crate::mac::Mac;
 use crate::protocol::*;
 use crate::state::*;
-use crate::store::{Compare, Op, StoreError, Txn};
+use crate::store::StoreError;
 
 /// Bound on one store operation (the embedded store answers in ms; etcd may hang).
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -260,8 +261,8 @@ fn parse_options(generic: &BTreeMap<String, String>, default_mtu: u32) -> NetRes
     Ok(out)
 }
 
-fn plan_of(e: &EndpointRecord) -> NetResult<EndpointPlan> {
-    Ok(EndpointPlan {
+fn plan_of(e: &EndpointRecord) -> EndpointPlan {
+    EndpointPlan {
         endpoint_id: e.id.clone(),
         network_id: e.network_id.clone(),
         host_if: e.host_if.clone(),
@@ -269,13 +270,8 @@ fn plan_of(e: &EndpointRecord) -> NetResult<EndpointPlan> {
         vlan: e.vlan,
         mtu: e.mtu,
         limits: e.limits,
-        mac: parse_mac(&e.mac).map_err(|m| {
-            NetError::Store(StoreError::Corrupt {
-                key: endpoint_key(&e.id),
-                message: m,
-            })
-        })?,
-    })
+        mac: e.mac.octets(),
+    }
 }
 
 impl Service {
@@ -368,33 +364,7 @@ impl Service {
         }
         let state = self.state.clone();
         store_op("delete network", move || {
-            let mut ops = vec![Op::Delete(network_key(&net.id))];
-            // The same network created by other hosts (same VLAN) keeps VLAN and pool.
-            let heir = state
-                .networks()?
-                .into_iter()
-                .find(|n| n.id != net.id && n.vlan == net.vlan)
-                .map(|n| n.id);
-            if let Some(kv) = state.store.get(&vlan_key(net.vlan))? {
-                if kv.value == net.id.as_bytes() {
-                    ops.push(match &heir {
-                        Some(h) => Op::put(vlan_key(net.vlan), h.as_bytes().to_vec()),
-                        None => Op::Delete(vlan_key(net.vlan)),
-                    });
-                }
-            }
-            if let Some(pool_id) = &net.pool_id {
-                if let Some((mut pool, _)) = state.get::<PoolRecord>(&pool_key(pool_id))? {
-                    if pool.network_id.as_deref() == Some(net.id.as_str()) {
-                        pool.network_id = heir.clone();
-                        ops.push(Op::put(pool_key(pool_id), encode(&pool)));
-                    }
-                }
-            }
-            state.store.txn(Txn {
-                success: ops,
-                ..Default::default()
-            })?;
+            state.delete_network(&net)?;
             info!(network = %net.id, vlan = net.vlan, "network deleted");
             Ok(())
         })
@@ -455,8 +425,8 @@ impl Service {
             id: req.endpoint_id.clone(),
             network_id: net.id.clone(),
             host_id: self.state.host_id.clone(),
-            address: format!("{ip}/{prefix}"),
-            mac: format_mac(&mac),
+            address: Ipv4If { ip, prefix },
+            mac: Mac(mac),
             host_if: host_if_name(&req.endpoint_id),
             container_if: container_if_name(&req.endpoint_id),
             vlan: net.vlan,
@@ -476,7 +446,7 @@ impl Service {
                 e.address
             )));
         }
-        let plan = plan_of(&record)?;
+        let plan = plan_of(&record);
         let _guard = self.reconcile_lock.lock().await;
         self.ready().await?;
         // The record (write-ahead: a crash leaves it for the reconciler) is written while the
@@ -486,7 +456,7 @@ impl Service {
         let store_task = tokio::spawn(async move {
             let t = Instant::now();
             let r = store_op("create endpoint", move || {
-                save_endpoint(&state, &net, &rec, ip)
+                Ok(state.create_endpoint_txn(&net, &rec)?)
             })
             .await;
             (r, t.elapsed())
@@ -509,14 +479,8 @@ impl Service {
                 if saved.is_ok() {
                     let state = self.state.clone();
                     let eid = record.id.clone();
-                    let undo = store_op("undo endpoint", move || {
-                        state.store.txn(Txn {
-                            success: vec![Op::Delete(endpoint_key(&eid))],
-                            ..Default::default()
-                        })?;
-                        Ok(())
-                    })
-                    .await;
+                    let undo =
+                        store_op("undo endpoint", move || Ok(state.delete_endpoint(&eid)?)).await;
                     if let Err(e) = undo {
                         warn!(endpoint = %record.id, error = %e, "undoing the record of a failed endpoint");
                     }
@@ -552,7 +516,10 @@ impl Service {
                 short(&req.endpoint_id)
             )));
         };
-        let gateway = net.and_then(|n| n.gateway).unwrap_or_default();
+        let gateway = net
+            .and_then(|n| n.gateway)
+            .map(|g| g.to_string())
+            .unwrap_or_default();
         let reply = JoinResponse {
             interface_name: InterfaceName {
                 src_name: ep.container_if,
@@ -585,14 +552,7 @@ impl Service {
         if record.is_some() {
             let state = self.state.clone();
             let eid = endpoint_id.to_string();
-            store_op("delete endpoint", move || {
-                state.store.txn(Txn {
-                    success: vec![Op::Delete(endpoint_key(&eid))],
-                    ..Default::default()
-                })?;
-                Ok(())
-            })
-            .await?;
+            store_op("delete endpoint", move || Ok(state.delete_endpoint(&eid)?)).await?;
         }
         Ok(())
     }
@@ -655,19 +615,11 @@ impl Service {
         let ipam = self.ipam.clone();
         let rec = record.clone();
         let address_released = store_op("release endpoint", move || {
-            state.store.txn(Txn {
-                success: vec![Op::Delete(endpoint_key(&rec.id))],
-                ..Default::default()
-            })?;
+            state.delete_endpoint(&rec.id)?;
             let Some(pool_id) = state.network(&rec.network_id)?.and_then(|n| n.pool_id) else {
                 return Ok(false);
             };
-            let (ip, _) = parse_cidr(&rec.address).map_err(|e| {
-                NetError::Store(StoreError::Corrupt {
-                    key: endpoint_key(&rec.id),
-                    message: format!("address {e}"),
-                })
-            })?;
+            let ip = rec.address.ip;
             let Some(kv) = state.store.get(&addr_key(&pool_id, ip))? else {
                 return Ok(false);
             };
@@ -687,7 +639,7 @@ impl Service {
             endpoint_id: record.id.clone(),
             network_id: record.network_id.clone(),
             host_if: record.host_if.clone(),
-            address: record.address.clone(),
+            address: record.address.to_string(),
             address_released,
             datapath_error,
         };
@@ -715,7 +667,7 @@ impl Service {
         record: &EndpointRecord,
         container_id: &str,
     ) -> NetResult<()> {
-        let plan = plan_of(record)?;
+        let plan = plan_of(record);
         let _guard = self.reconcile_lock.lock().await;
         self.dp
             .label_container(&plan, container_id)
@@ -734,18 +686,15 @@ impl Service {
             .iter()
             .filter(|e| e.host_id == *me)
             .map(plan_of)
-            .collect::<NetResult<_>>()?;
+            .collect();
         let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
         let entries: Vec<ArpEntry> = all
             .iter()
-            .filter_map(|e| {
-                let (ip, _) = parse_cidr(&e.address).ok()?;
-                Some(ArpEntry {
-                    vlan: e.vlan,
-                    ip,
-                    mac: parse_mac(&e.mac).ok()?,
-                    local_port: (e.host_id == *me).then(|| e.host_if.clone()),
-                })
+            .map(|e| ArpEntry {
+                vlan: e.vlan,
+                ip: e.address.ip,
+                mac: e.mac.octets(),
+                local_port: (e.host_id == *me).then(|| e.host_if.clone()),
             })
             .collect();
         (report.arp_flows_added, report.arp_flows_removed) = self
@@ -770,8 +719,8 @@ impl Service {
                     id: n.id,
                     vlan: n.vlan,
                     vlan_auto: n.vlan_auto,
-                    subnet: n.subnet.unwrap_or_default(),
-                    gateway: n.gateway.unwrap_or_default(),
+                    subnet: n.subnet.map(|s| s.to_string()).unwrap_or_default(),
+                    gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
                     mtu: n.mtu,
                     pool_id: n.pool_id.unwrap_or_default(),
                     host_id: n.host_id,
@@ -808,8 +757,8 @@ impl Service {
                         limits: e.limits,
                         id: e.id,
                         network_id: e.network_id,
-                        address: e.address,
-                        mac: e.mac,
+                        address: e.address.to_string(),
+                        mac: e.mac.to_string(),
                         host_if: e.host_if,
                         container_if: e.container_if,
                         vlan: e.vlan,
@@ -987,7 +936,7 @@ fn create_network_record(
                         return Err(NetError::conflict(format!(
                             "-o vlan={}: subnet {} is network {} with VLAN {} (created on host {}): the same network on every host needs the same VLAN",
                             opts.vlan.unwrap_or(0),
-                            o.subnet.clone().unwrap_or_default(),
+                            o.subnet.map(|s| s.to_string()).unwrap_or_default(),
                             short(&o.id),
                             o.vlan,
                             o.host_id
@@ -998,7 +947,7 @@ fn create_network_record(
                 Some(o) => {
                     return Err(NetError::conflict(format!(
                         "subnet {} is already network {} on this host",
-                        o.subnet.clone().unwrap_or_default(),
+                        o.subnet.map(|s| s.to_string()).unwrap_or_default(),
                         short(&o.id)
                     )))
                 }
@@ -1038,43 +987,27 @@ fn create_network_record(
             vlan,
             vlan_auto: opts.vlan.is_none(),
             mtu: opts.mtu,
-            subnet: subnet.map(|s| s.to_string()),
-            gateway: gateway.map(|g| g.to_string()),
+            subnet,
+            gateway,
             pool_id: pool.as_ref().map(|p| p.id.clone()),
             host_id: state.host_id.clone(),
             created_at: now(),
             limits: opts.limits,
         };
-        let mut compare = vec![Compare::Version(network_key(id), 0)];
-        let mut success = vec![Op::put(network_key(id), encode(&record))];
-        match &shared {
-            // Joining: the VLAN stays with the network that holds it.
-            Some(o) => compare.push(Compare::Value(vlan_key(vlan), o.id.as_bytes().to_vec())),
-            None => {
-                compare.push(Compare::Version(vlan_key(vlan), 0));
-                success.push(Op::put(vlan_key(vlan), id.as_bytes().to_vec()));
+        let pool = match pool.filter(|_| shared.is_none()) {
+            Some(p) => {
+                let rev = state
+                    .store
+                    .get(&pool_key(&p.id))?
+                    .map(|kv| kv.mod_revision)
+                    .unwrap_or(0);
+                Some((p, rev))
             }
-        }
-        if let Some(mut p) = pool.filter(|_| shared.is_none()) {
-            let rev = state
-                .store
-                .get(&pool_key(&p.id))?
-                .map(|kv| kv.mod_revision)
-                .unwrap_or(0);
-            compare.push(Compare::ModRevision(pool_key(&p.id), rev));
-            p.network_id = Some(id.to_string());
-            success.push(Op::put(pool_key(&p.id), encode(&p)));
-        }
-        if state
-            .store
-            .txn(Txn {
-                compare,
-                success,
-                failure: vec![],
-            })?
-            .succeeded
-        {
-            info!(network = id, vlan, subnet = ?record.subnet, "network created");
+            None => None,
+        };
+        let joining = shared.as_ref().map(|o| o.id.as_str());
+        if state.create_network_txn(&record, joining, pool)? {
+            info!(network = id, vlan, subnet = ?record.subnet.map(|s| s.to_string()), "network created");
             return Ok(());
         }
     }
@@ -1082,28 +1015,4 @@ fn create_network_record(
         what: "network creation".into(),
         attempts: CAS_ATTEMPTS,
     }))
-}
-
-fn save_endpoint(
-    state: &State,
-    net: &NetworkRecord,
-    rec: &EndpointRecord,
-    ip: Ipv4Addr,
-) -> NetResult<()> {
-    let mut ops = vec![Op::put(endpoint_key(&rec.id), encode(rec))];
-    if let Some(pool_id) = &net.pool_id {
-        if let Some((mut a, _)) = state.get::<AddrRecord>(&addr_key(pool_id, ip))? {
-            a.endpoint_id = Some(rec.id.clone());
-            if a.mac.is_none() {
-                a.mac = Some(rec.mac.clone());
-            }
-            ops.push(Op::put(addr_key(pool_id, ip), encode(&a)));
-        }
-    }
-    state.store.txn(Txn {
-        compare: vec![Compare::Version(endpoint_key(&rec.id), 0)],
-        success: ops,
-        failure: vec![],
-    })?;
-    Ok(())
 }

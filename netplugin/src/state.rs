@@ -21,7 +21,9 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{KeyValue, Store, StoreError, StoreResult};
+use crate::ipnet::{Ipv4If, Ipv4Net};
+use crate::mac::Mac;
+use crate::store::{Compare, KeyValue, Op, Store, StoreError, StoreResult, Txn};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolRecord {
@@ -123,10 +125,9 @@ pub struct NetworkRecord {
     pub vlan_auto: bool,
     pub mtu: u32,
     #[serde(default)]
-    pub subnet: Option<String>,
-    /// Plain IP.
+    pub subnet: Option<Ipv4Net>,
     #[serde(default)]
-    pub gateway: Option<String>,
+    pub gateway: Option<Ipv4Addr>,
     #[serde(default)]
     pub pool_id: Option<String>,
     pub host_id: String,
@@ -191,9 +192,8 @@ pub struct EndpointRecord {
     pub id: String,
     pub network_id: String,
     pub host_id: String,
-    /// CIDR.
-    pub address: String,
-    pub mac: String,
+    pub address: Ipv4If,
+    pub mac: Mac,
     pub host_if: String,
     pub container_if: String,
     pub vlan: u16,
@@ -321,6 +321,140 @@ impl State {
     pub fn addresses(&self, pool_id: &str) -> StoreResult<Vec<AddrRecord>> {
         self.list(&addr_prefix(pool_id))
     }
+
+    // ---- writes: every change to networks, endpoints and host records goes through these
+    // named transactions, so each has one definition. ----
+
+    /// Writes a new network record, claiming its VLAN (or, joining another host's network of
+    /// the same subnet, checking that network still holds it) and linking a free pool to it.
+    /// `pool` is the pool record and the mod_revision it was read at. `false`: the store
+    /// changed meanwhile (the caller re-reads and tries again).
+    pub fn create_network_txn(
+        &self,
+        record: &NetworkRecord,
+        joining: Option<&str>,
+        pool: Option<(PoolRecord, i64)>,
+    ) -> StoreResult<bool> {
+        let (id, vlan) = (record.id.as_str(), record.vlan);
+        let mut compare = vec![Compare::Version(network_key(id), 0)];
+        let mut success = vec![Op::put(network_key(id), encode(record))];
+        match joining {
+            // Joining: the VLAN stays with the network that holds it.
+            Some(holder) => {
+                compare.push(Compare::Value(vlan_key(vlan), holder.as_bytes().to_vec()))
+            }
+            None => {
+                compare.push(Compare::Version(vlan_key(vlan), 0));
+                success.push(Op::put(vlan_key(vlan), id.as_bytes().to_vec()));
+            }
+        }
+        if let Some((mut p, rev)) = pool {
+            compare.push(Compare::ModRevision(pool_key(&p.id), rev));
+            p.network_id = Some(id.to_string());
+            success.push(Op::put(pool_key(&p.id), encode(&p)));
+        }
+        Ok(self
+            .store
+            .txn(Txn {
+                compare,
+                success,
+                failure: vec![],
+            })?
+            .succeeded)
+    }
+
+    /// Deletes a network record. The same network created by other hosts (same VLAN) inherits
+    /// its VLAN and pool; otherwise the VLAN is freed.
+    pub fn delete_network(&self, net: &NetworkRecord) -> StoreResult<()> {
+        let mut ops = vec![Op::Delete(network_key(&net.id))];
+        let heir = self
+            .networks()?
+            .into_iter()
+            .find(|n| n.id != net.id && n.vlan == net.vlan)
+            .map(|n| n.id);
+        if let Some(kv) = self.store.get(&vlan_key(net.vlan))? {
+            if kv.value == net.id.as_bytes() {
+                ops.push(match &heir {
+                    Some(h) => Op::put(vlan_key(net.vlan), h.as_bytes().to_vec()),
+                    None => Op::Delete(vlan_key(net.vlan)),
+                });
+            }
+        }
+        if let Some(pool_id) = &net.pool_id {
+            if let Some((mut pool, _)) = self.get::<PoolRecord>(&pool_key(pool_id))? {
+                if pool.network_id.as_deref() == Some(net.id.as_str()) {
+                    pool.network_id = heir.clone();
+                    ops.push(Op::put(pool_key(pool_id), encode(&pool)));
+                }
+            }
+        }
+        self.store.txn(Txn {
+            success: ops,
+            ..Default::default()
+        })?;
+        Ok(())
+    }
+
+    /// Writes a new endpoint record and links the address it holds in `net`'s pool to it
+    /// (and its MAC, unless the address has one). An existing record is left alone.
+    pub fn create_endpoint_txn(
+        &self,
+        net: &NetworkRecord,
+        rec: &EndpointRecord,
+    ) -> StoreResult<()> {
+        let ip = rec.address.ip;
+        let mut ops = vec![Op::put(endpoint_key(&rec.id), encode(rec))];
+        if let Some(pool_id) = &net.pool_id {
+            if let Some((mut a, _)) = self.get::<AddrRecord>(&addr_key(pool_id, ip))? {
+                a.endpoint_id = Some(rec.id.clone());
+                if a.mac.is_none() {
+                    a.mac = Some(rec.mac.to_string());
+                }
+                ops.push(Op::put(addr_key(pool_id, ip), encode(&a)));
+            }
+        }
+        self.store.txn(Txn {
+            compare: vec![Compare::Version(endpoint_key(&rec.id), 0)],
+            success: ops,
+            failure: vec![],
+        })?;
+        Ok(())
+    }
+
+    /// Deletes an endpoint's record; a missing one is fine (every delete is idempotent).
+    pub fn delete_endpoint(&self, id: &str) -> StoreResult<()> {
+        self.store.txn(Txn {
+            success: vec![Op::Delete(endpoint_key(id))],
+            ..Default::default()
+        })?;
+        Ok(())
+    }
+
+    /// Deletes an endpoint's record unless it changed since it was read at `mod_revision`
+    /// (reclaiming a dead host's endpoints races with nothing but a returning host).
+    pub fn delete_endpoint_at(&self, id: &str, mod_revision: i64) -> StoreResult<bool> {
+        Ok(self
+            .store
+            .txn(Txn {
+                compare: vec![Compare::ModRevision(endpoint_key(id), mod_revision)],
+                success: vec![Op::Delete(endpoint_key(id))],
+                failure: vec![],
+            })?
+            .succeeded)
+    }
+
+    /// Puts this host's record under `lease`, so it vanishes when the lease expires.
+    pub fn register_host(&self, record: &HostRecord, lease: i64) -> StoreResult<()> {
+        self.store.txn(Txn {
+            success: vec![Op::Put {
+                key: host_key(&record.host_id),
+                value: encode(record),
+                lease,
+            }],
+            ..Default::default()
+        })?;
+        Ok(())
+    }
 }
 
 /// Short form of a Docker ID, as `docker network ls` shows it.
@@ -345,4 +479,61 @@ pub fn random_id(bytes: usize) -> String {
         }
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &[u8]) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.to_vec(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    fn round_trip<T: Serialize + DeserializeOwned>(json: &str) -> T {
+        let kv = kv("k", json.as_bytes());
+        let record: T = decode(&kv).unwrap();
+        assert_eq!(String::from_utf8(encode(&record)).unwrap(), json);
+        record
+    }
+
+    /// Typed fields store the same text as the strings they replaced: no data migration.
+    #[test]
+    fn records_keep_their_stored_bytes() {
+        let e: EndpointRecord = round_trip(
+            r#"{"id":"e1","network_id":"n1","host_id":"h1","address":"10.20.0.5/24","mac":"02:b7:0a:14:00:05","host_if":"vbe1","container_if":"tbe1","vlan":100,"mtu":1500,"created_at":1700000000,"lease":7587,"limits":{"egress_kbps":1000}}"#,
+        );
+        assert_eq!(e.address.ip, Ipv4Addr::new(10, 20, 0, 5));
+        assert_eq!(e.mac, Mac::from_ip(e.address.ip));
+        round_trip::<EndpointRecord>(
+            r#"{"id":"e2","network_id":"n1","host_id":"h1","address":"10.20.0.6/24","mac":"02:42:0a:14:00:06","host_if":"vbe2","container_if":"tbe2","vlan":100,"mtu":9000,"created_at":1}"#,
+        );
+        let n: NetworkRecord = round_trip(
+            r#"{"id":"n1","vlan":100,"vlan_auto":false,"mtu":1500,"subnet":"10.20.0.0/24","gateway":"10.20.0.1","pool_id":"p1","host_id":"h1","created_at":1700000000}"#,
+        );
+        assert_eq!(n.subnet, Some("10.20.0.0/24".parse().unwrap()));
+        round_trip::<NetworkRecord>(
+            r#"{"id":"n2","vlan":7,"vlan_auto":true,"mtu":1500,"subnet":null,"gateway":null,"pool_id":null,"host_id":"h1","created_at":2,"limits":{"egress_kbps":20000,"ingress_kbps":5000,"burst_kbits":800}}"#,
+        );
+    }
+
+    /// A bad value names the record (its key) and what the field should hold.
+    #[test]
+    fn bad_fields_name_record_and_field() {
+        let kv = kv(
+            "endpoints/e1",
+            br#"{"id":"e1","network_id":"n1","host_id":"h1","address":"10.20.0.5/24","mac":"zz","host_if":"vbe1","container_if":"tbe1","vlan":100,"mtu":1500,"created_at":1}"#,
+        );
+        let e = decode::<EndpointRecord>(&kv).unwrap_err().to_string();
+        assert!(
+            e.contains("endpoints/e1") && e.contains("MAC address"),
+            "{e}"
+        );
+    }
 }

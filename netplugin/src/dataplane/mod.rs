@@ -154,31 +154,15 @@ pub trait Dataplane: Send + Sync {
 
 /// A stable MAC from the IPv4 address (like Docker's bridge): 02:b7 + the four bytes.
 pub fn mac_from_ip(ip: std::net::Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x02, 0xb7, o[0], o[1], o[2], o[3]]
+    crate::mac::Mac::from_ip(ip).octets()
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    crate::mac::Mac(*mac).to_string()
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("{s:?} is not a MAC address like 02:42:0a:00:00:02"));
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16)
-            .map_err(|_| format!("{s:?} is not a MAC address like 02:42:0a:00:00:02"))?;
-    }
-    if mac[0] & 1 == 1 {
-        return Err(format!("{s:?} is a multicast MAC address"));
-    }
-    Ok(mac)
+    s.parse::<crate::mac::Mac>().map(|m| m.octets())
 }
 
 #[cfg(test)]
