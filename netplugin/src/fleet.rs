@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::error::{NetError, NetResult};
 use crate::ipam::{describe_holder, Geometry, Ipam};
 use crate::ipnet::{parse_addr, Ipv4Net};
-use crate::network::store_op;
+use crate::state::store_op;
 use crate::state::*;
 use crate::store::{Compare, Op, StoreError, Txn};
 

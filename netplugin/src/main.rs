@@ -588,7 +588,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         }
     }
     tasks.spawn(netplugin::fleet::host_agent(
-        svc.ipam.clone(),
+        svc.ipam().clone(),
         netplugin::fleet::HOST_TTL,
         reclaim_after,
         shutdown.clone(),
@@ -606,7 +606,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     info!(socket = %plugin_path.display(), admin = %admin_socket.display(), host_id = %host_id,
-        bridge = %bridge, datapath = %datapath, ovsdb = %ovs.ovsdb, store = svc.state.store.kind(), "netplugin serving");
+        bridge = %bridge, datapath = %datapath, ovsdb = %ovs.ovsdb, store = svc.state().store.kind(), "netplugin serving");
     while tasks.join_next().await.is_some() {}
     info!("netplugin stopped");
     Ok(())
@@ -622,7 +622,7 @@ async fn reconciler(
     let mut was_connected = false;
     let mut last_error = String::new();
     loop {
-        let connected = svc.dp.connected();
+        let connected = svc.dataplane().connected();
         if connected {
             match svc.reconcile().await {
                 Ok(report) => {

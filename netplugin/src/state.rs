@@ -17,10 +17,13 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use plugin_transport::blocking::{run_blocking, BlockingError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{NetError, NetResult};
 use crate::ipnet::{Ipv4If, Ipv4Net};
 use crate::mac::Mac;
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, StoreResult, Txn};
@@ -454,6 +457,27 @@ impl State {
             ..Default::default()
         })?;
         Ok(())
+    }
+}
+
+/// Bound on one store operation (the embedded store answers in ms; etcd may hang).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a store operation on a blocking thread, bounded by [`STORE_TIMEOUT`].
+pub async fn store_op<T, F>(what: &str, f: F) -> NetResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> NetResult<T> + Send + 'static,
+{
+    match run_blocking(Some(STORE_TIMEOUT), f).await {
+        Ok(r) => r,
+        Err(e @ BlockingError::Worker(_)) => {
+            Err(NetError::Store(StoreError::Backend(format!("{what}: {e}"))))
+        }
+        Err(BlockingError::TimedOut { after }) => Err(NetError::Timeout {
+            what: format!("state store ({what})"),
+            secs: after.as_secs(),
+        }),
     }
 }
 
