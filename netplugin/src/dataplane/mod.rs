@@ -1,9 +1,10 @@
 //! The datapath behind the network driver: veth pairs and OVS access ports. Handlers see only
 //! the [`Dataplane`] trait; [`ovs::OvsDataplane`] is the real one (ovs-ffi + netlink), and
-//! [`fake::FakeDataplane`] records calls for unit tests.
+//! `fake::FakeDataplane` (tests and the `test-support` feature) records calls.
 
 mod error;
 pub mod ethtool;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod netlink;
 pub mod ovs;

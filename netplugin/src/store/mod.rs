@@ -14,6 +14,8 @@
 //! durable default) and [`etcd::EtcdStore`] (`--store etcd`, the fleet). All three pass
 //! [`contract::run`]. Typed records live in [`crate::state`].
 
+/// The behaviour every `Store` must have; run on each implementation by its tests.
+#[cfg(any(test, feature = "test-support"))]
 pub mod contract;
 pub mod engine;
 pub mod etcd;
