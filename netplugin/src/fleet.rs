@@ -19,7 +19,7 @@ use crate::ipam::{describe_holder, Geometry, Ipam};
 use crate::ipnet::{parse_addr, Ipv4Net};
 use crate::state::store_op;
 use crate::state::*;
-use crate::store::{Compare, Op, StoreError, Txn};
+use crate::store::StoreError;
 
 /// TTL of a host's lease; renewed every third of it.
 pub const HOST_TTL: Duration = Duration::from_secs(10);
@@ -168,15 +168,7 @@ pub fn reclaim(ipam: &Ipam, host: &str, force: bool) -> NetResult<ReclaimReport>
             }
             b.host = None;
             // A block written meanwhile is simply left for the next reclaim.
-            if state
-                .store
-                .txn(Txn {
-                    compare: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-                    success: vec![Op::put(kv.key.clone(), encode(&b))],
-                    failure: vec![],
-                })?
-                .succeeded
-            {
+            if state.update_block(&kv.key, &b, kv.mod_revision)? {
                 report.blocks += 1;
             }
         }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{NetError, NetResult};
 use crate::ipnet::{Ipv4If, Ipv4Net};
 use crate::mac::Mac;
-use crate::store::{Compare, KeyValue, Op, Store, StoreError, StoreResult, Txn};
+use crate::store::{Compare, KeyValue, Op, Store, StoreError, StoreResult, Txn, TxnResult};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolRecord {
@@ -457,6 +457,146 @@ impl State {
             ..Default::default()
         })?;
         Ok(())
+    }
+
+    /// Creates a pool unless the address space changed since its guard was read at
+    /// `space_guard` (every pool create and release bumps it: overlap checks stay valid).
+    pub fn create_pool_txn(&self, record: &PoolRecord, space_guard: i64) -> StoreResult<bool> {
+        let space = &record.address_space;
+        Ok(self
+            .store
+            .txn(Txn {
+                compare: vec![Compare::ModRevision(space_key(space), space_guard)],
+                success: vec![
+                    Op::put(space_key(space), b"{}".to_vec()),
+                    Op::put(pool_key(&record.id), encode(record)),
+                ],
+                failure: vec![],
+            })?
+            .succeeded)
+    }
+
+    /// Rewrites a pool record (its users, network, blocks flag) unless it changed since it
+    /// was read at `mod_revision`.
+    pub fn update_pool(&self, record: &PoolRecord, mod_revision: i64) -> StoreResult<bool> {
+        Ok(self
+            .store
+            .txn(Txn {
+                compare: vec![Compare::ModRevision(pool_key(&record.id), mod_revision)],
+                success: vec![Op::put(pool_key(&record.id), encode(record))],
+                failure: vec![],
+            })?
+            .succeeded)
+    }
+
+    /// Deletes a pool with every address and block record in it, unless it changed since
+    /// it was read at `mod_revision`; bumps its address space's guard.
+    pub fn delete_pool(&self, pool: &PoolRecord, mod_revision: i64) -> StoreResult<bool> {
+        Ok(self
+            .store
+            .txn(Txn {
+                compare: vec![Compare::ModRevision(pool_key(&pool.id), mod_revision)],
+                success: vec![
+                    Op::put(space_key(&pool.address_space), b"{}".to_vec()),
+                    Op::Delete(pool_key(&pool.id)),
+                    Op::DeletePrefix(addr_prefix(&pool.id)),
+                    Op::DeletePrefix(block_prefix(&pool.id)),
+                ],
+                failure: vec![],
+            })?
+            .succeeded)
+    }
+
+    /// Replaces a pool's block records with `blocks`, in transactions of at most 100 writes
+    /// (etcd's limit is 128 operations per transaction).
+    pub fn replace_blocks(
+        &self,
+        pool_id: &str,
+        blocks: &std::collections::BTreeMap<u32, BlockRecord>,
+    ) -> StoreResult<()> {
+        let ops: Vec<Op> = blocks
+            .iter()
+            .map(|(idx, b)| Op::put(block_key(pool_id, *idx), encode(b)))
+            .collect();
+        let mut clear = vec![Op::DeletePrefix(block_prefix(pool_id))];
+        for chunk in ops.chunks(100) {
+            clear.extend_from_slice(chunk);
+            self.store.txn(Txn {
+                success: std::mem::take(&mut clear),
+                ..Default::default()
+            })?;
+        }
+        if !clear.is_empty() {
+            self.store.txn(Txn {
+                success: clear,
+                ..Default::default()
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites one block record (stored under `key`) unless it changed since it was read at
+    /// `mod_revision`.
+    pub fn update_block(
+        &self,
+        key: &str,
+        block: &BlockRecord,
+        mod_revision: i64,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .store
+            .txn(Txn {
+                compare: vec![Compare::ModRevision(key.to_string(), mod_revision)],
+                success: vec![Op::put(key, encode(block))],
+                failure: vec![],
+            })?
+            .succeeded)
+    }
+
+    /// The one transaction of an allocation: the address record (at `key`) and its block's
+    /// bitmap (at `bkey`, guarded by `block_guard`) together, while the pool is the one created
+    /// at `pool_crev`. A lost race reads the pool and the block back in the same round trip
+    /// (`reads`: pool, block).
+    #[allow(clippy::too_many_arguments)]
+    pub fn claim_address(
+        &self,
+        pool_id: &str,
+        pool_crev: i64,
+        key: &str,
+        record: &AddrRecord,
+        bkey: &str,
+        block: &BlockRecord,
+        block_guard: Compare,
+    ) -> StoreResult<TxnResult> {
+        self.store.txn(Txn {
+            compare: vec![
+                Compare::Version(key.to_string(), 0),
+                block_guard,
+                Compare::CreateRevision(pool_key(pool_id), pool_crev),
+            ],
+            success: vec![Op::put(key, encode(record)), Op::put(bkey, encode(block))],
+            failure: vec![Op::Get(pool_key(pool_id)), Op::Get(bkey.to_string())],
+        })
+    }
+
+    /// Deletes the address record `held` (as read) and, when given, writes its block (key,
+    /// record with the bit cleared, revision it was read at); both only if unchanged.
+    pub fn release_address_txn(
+        &self,
+        held: &KeyValue,
+        block: Option<(String, &BlockRecord, i64)>,
+    ) -> StoreResult<TxnResult> {
+        let mut compare = vec![Compare::ModRevision(held.key.clone(), held.mod_revision)];
+        let mut success = vec![Op::Delete(held.key.clone())];
+        if let Some((bkey, b, rev)) = block {
+            compare.push(Compare::ModRevision(bkey.clone(), rev));
+            success.push(Op::put(bkey, encode(b)));
+        }
+        self.store.txn(Txn {
+            compare,
+            success,
+            failure: vec![],
+        })
     }
 }
 

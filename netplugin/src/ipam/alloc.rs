@@ -174,9 +174,10 @@ impl Ipam {
             block.used |= 1u64 << bit;
             let mut rec = record.clone();
             rec.address = ip;
-            let done = match self.state.store.txn(allocation_txn(
-                &pool.id, crev, &key, &rec, &bkey, &block, guard,
-            )) {
+            let done = match self
+                .state
+                .claim_address(&pool.id, crev, &key, &rec, &bkey, &block, guard)
+            {
                 Ok(d) => d,
                 Err(e) => {
                     self.forget(&pool.id);
@@ -314,9 +315,10 @@ impl Ipam {
             block.used |= 1u64 << bit;
             record.address = ip;
             let key = addr_key(&pool.id, ip);
-            let done = match self.state.store.txn(allocation_txn(
-                &pool.id, crev, &key, &record, &bkey, &block, guard,
-            )) {
+            let done = match self
+                .state
+                .claim_address(&pool.id, crev, &key, &record, &bkey, &block, guard)
+            {
                 Ok(d) => d,
                 Err(e) => {
                     c.loaded = false;
@@ -343,11 +345,7 @@ impl Ipam {
                         // blocks): mark it so it is never picked again.
                         let mut fixed = b.clone();
                         fixed.used |= 1u64 << bit;
-                        self.state.store.txn(Txn {
-                            compare: vec![Compare::ModRevision(bkey.clone(), kv.mod_revision)],
-                            success: vec![Op::put(bkey.clone(), encode(&fixed))],
-                            failure: vec![],
-                        })?;
+                        self.state.update_block(&bkey, &fixed, kv.mod_revision)?;
                         c.blocks.remove(&idx);
                         continue;
                     }
@@ -454,24 +452,20 @@ impl Ipam {
         let located = geo.locate(rec.address);
         let cache = self.cache(pool_id);
         for _ in 0..CAS_ATTEMPTS {
-            let mut compare = vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)];
-            let mut success = vec![Op::Delete(kv.key.clone())];
             let mut new_block = None;
+            let mut block_rev = 0;
             if let Some((idx, bit)) = located {
-                let bkey = block_key(pool_id, idx);
-                if let Some(bkv) = self.state.store.get(&bkey)? {
+                if let Some(bkv) = self.state.store.get(&block_key(pool_id, idx))? {
                     let mut b: BlockRecord = decode(&bkv)?;
                     b.used &= !(1u64 << bit);
-                    compare.push(Compare::ModRevision(bkey.clone(), bkv.mod_revision));
-                    success.push(Op::put(bkey, encode(&b)));
+                    block_rev = bkv.mod_revision;
                     new_block = Some((idx, b));
                 }
             }
-            let done = match self.state.store.txn(Txn {
-                compare,
-                success,
-                failure: vec![],
-            }) {
+            let block = new_block
+                .as_ref()
+                .map(|(idx, b)| (block_key(pool_id, *idx), b, block_rev));
+            let done = match self.state.release_address_txn(kv, block) {
                 Ok(d) => d,
                 Err(e) => {
                     self.forget(pool_id);
@@ -503,29 +497,6 @@ impl Ipam {
             }
         }
         Err(contention("address release"))
-    }
-}
-
-/// The one transaction of an allocation: the address record and the block's bitmap together,
-/// guarded by compare-and-swap on both and on the pool. A lost race reads the pool and the
-/// block back in the same round trip (see `Ipam::after_lost_race`).
-pub(super) fn allocation_txn(
-    pool_id: &str,
-    crev: i64,
-    key: &str,
-    record: &AddrRecord,
-    bkey: &str,
-    block: &BlockRecord,
-    block_guard: Compare,
-) -> Txn {
-    Txn {
-        compare: vec![
-            Compare::Version(key.to_string(), 0),
-            block_guard,
-            Compare::CreateRevision(pool_key(pool_id), crev),
-        ],
-        success: vec![Op::put(key, encode(record)), Op::put(bkey, encode(block))],
-        failure: vec![Op::Get(pool_key(pool_id)), Op::Get(bkey.to_string())],
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{NetError, NetResult};
 use crate::ipnet::{parse_addr, Ipv4Net};
 use crate::state::*;
-use crate::store::{Compare, KeyValue, Op, StoreError, Txn};
+use crate::store::{Compare, KeyValue, StoreError};
 
 pub const LOCAL_SPACE: &str = "berth-local";
 pub const GLOBAL_SPACE: &str = "berth-global";

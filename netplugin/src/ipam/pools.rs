@@ -88,12 +88,7 @@ impl Ipam {
                                 .get(&pool_key(&p.id))?
                                 .map(|kv| kv.mod_revision)
                                 .unwrap_or(0);
-                            let done = self.state.store.txn(Txn {
-                                compare: vec![Compare::ModRevision(pool_key(&p.id), rev)],
-                                success: vec![Op::put(pool_key(&p.id), encode(&joined))],
-                                failure: vec![],
-                            })?;
-                            if done.succeeded {
+                            if self.state.update_pool(&joined, rev)? {
                                 return Ok((p.id.clone(), net.to_string()));
                             }
                             continue;
@@ -120,15 +115,7 @@ impl Ipam {
                 hosts: BTreeSet::from([self.state.host_id.clone()]),
                 blocks: true,
             };
-            let done = self.state.store.txn(Txn {
-                compare: vec![Compare::ModRevision(space_key(space), guard)],
-                success: vec![
-                    Op::put(space_key(space), b"{}".to_vec()),
-                    Op::put(pool_key(&id), encode(&record)),
-                ],
-                failure: vec![],
-            })?;
-            if done.succeeded {
+            if self.state.create_pool_txn(&record, guard)? {
                 return Ok((id, net.to_string()));
             }
         }
@@ -180,26 +167,16 @@ impl Ipam {
             };
             let mut users = pool.users();
             let was_user = users.remove(&self.state.host_id);
-            let ops = if users.is_empty() {
-                vec![
-                    Op::put(space_key(&pool.address_space), b"{}".to_vec()),
-                    Op::Delete(pool_key(pool_id)),
-                    Op::DeletePrefix(addr_prefix(pool_id)),
-                    Op::DeletePrefix(block_prefix(pool_id)),
-                ]
+            let done = if users.is_empty() {
+                self.state.delete_pool(&pool, rev)?
             } else if was_user {
                 let mut left = pool.clone();
                 left.hosts = users;
-                vec![Op::put(pool_key(pool_id), encode(&left))]
+                self.state.update_pool(&left, rev)?
             } else {
                 return Ok(());
             };
-            let done = self.state.store.txn(Txn {
-                compare: vec![Compare::ModRevision(pool_key(pool_id), rev)],
-                success: ops,
-                failure: vec![],
-            })?;
-            if done.succeeded {
+            if done {
                 self.forget(pool_id);
                 return Ok(());
             }
@@ -217,31 +194,10 @@ impl Ipam {
                 blocks.entry(idx).or_default().used |= 1u64 << bit;
             }
         }
-        let ops: Vec<Op> = blocks
-            .iter()
-            .map(|(idx, b)| Op::put(block_key(&pool.id, *idx), encode(b)))
-            .collect();
-        let mut clear = vec![Op::DeletePrefix(block_prefix(&pool.id))];
-        for chunk in ops.chunks(100) {
-            clear.extend_from_slice(chunk);
-            self.state.store.txn(Txn {
-                success: std::mem::take(&mut clear),
-                ..Default::default()
-            })?;
-        }
-        if !clear.is_empty() {
-            self.state.store.txn(Txn {
-                success: clear,
-                ..Default::default()
-            })?;
-        }
+        self.state.replace_blocks(&pool.id, &blocks)?;
         let mut marked = pool.clone();
         marked.blocks = true;
-        self.state.store.txn(Txn {
-            compare: vec![Compare::ModRevision(pool_key(&pool.id), pool_rev)],
-            success: vec![Op::put(pool_key(&pool.id), encode(&marked))],
-            failure: vec![],
-        })?;
+        self.state.update_pool(&marked, pool_rev)?;
         Ok(())
     }
 }

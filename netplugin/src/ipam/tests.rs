@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::store::memory::MemStore;
+use crate::store::{Op, Txn};
 use std::sync::Arc;
 
 fn ipam() -> Ipam {
