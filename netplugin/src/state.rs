@@ -55,6 +55,15 @@ pub struct PoolRecord {
 }
 
 impl PoolRecord {
+    /// The pool's subnet. (Stored as text; a bad one names this record and field.)
+    pub fn network(&self) -> StoreResult<Ipv4Net> {
+        self.subnet.parse().map_err(|message| StoreError::BadField {
+            key: pool_key(&self.id),
+            field: "subnet",
+            message,
+        })
+    }
+
     /// The hosts using the pool (see `hosts`).
     pub fn users(&self) -> BTreeSet<String> {
         if self.hosts.is_empty() {
@@ -699,5 +708,14 @@ mod tests {
             e.contains("endpoints/e1") && e.contains("MAC address"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bad_pool_subnet_names_record_and_field() {
+        let pool: PoolRecord = round_trip(
+            r#"{"id":"p1","address_space":"berth-local","subnet":"10.20.0.1/24","sub_pool":null,"auto":false,"network_id":null,"host_id":"h1","created_at":1,"blocks":true}"#,
+        );
+        let e = pool.network().unwrap_err().to_string();
+        assert!(e.contains("pools/p1") && e.contains("bad subnet"), "{e}");
     }
 }

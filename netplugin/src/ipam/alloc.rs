@@ -31,12 +31,7 @@ impl Ipam {
             )));
         };
         let mut pool: PoolRecord = decode(&kv)?;
-        let net: Ipv4Net = pool.subnet.parse().map_err(|e| {
-            NetError::Store(StoreError::Corrupt {
-                key: pool_key(pool_id),
-                message: e,
-            })
-        })?;
+        let net = pool.network()?;
         if !pool.blocks {
             self.build_blocks(&pool, &net, kv.mod_revision)?;
             pool.blocks = true;
@@ -442,12 +437,7 @@ impl Ipam {
         let Some(pool) = self.state.pool(pool_id)? else {
             return Ok(false);
         };
-        let net: Ipv4Net = pool.subnet.parse().map_err(|e| {
-            NetError::Store(StoreError::Corrupt {
-                key: pool_key(pool_id),
-                message: e,
-            })
-        })?;
+        let net = pool.network()?;
         let geo = Geometry::of(&net);
         let located = geo.locate(rec.address);
         let cache = self.cache(pool_id);

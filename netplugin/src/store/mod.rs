@@ -110,6 +110,13 @@ pub enum StoreError {
     LeaseNotFound(i64),
     #[error("state store: record {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// A record that decodes but one of whose fields does not hold what it must.
+    #[error("state store: record {key} has a bad {field}: {message}")]
+    BadField {
+        key: String,
+        field: &'static str,
+        message: String,
+    },
     #[error("state store: {what} still conflicting after {attempts} attempts; try again")]
     Contention { what: String, attempts: usize },
     #[error(
