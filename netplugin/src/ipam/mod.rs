@@ -54,8 +54,8 @@ impl Default for IpamConfig {
 }
 
 pub struct Ipam {
-    pub state: State,
-    pub config: IpamConfig,
+    state: State,
+    config: IpamConfig,
     /// Per pool: the block records this host has seen (revisions included), so an
     /// allocation from an own block is one compare-and-swap transaction.
     caches: Mutex<HashMap<String, Arc<Mutex<PoolCache>>>>,
@@ -108,6 +108,11 @@ impl Ipam {
             pending: Mutex::default(),
             lost_races: Default::default(),
         }
+    }
+
+    /// The store this IPAM writes through (its named transactions).
+    pub fn state(&self) -> &State {
+        &self.state
     }
 }
 
