@@ -2,11 +2,11 @@
 //! address space, auto pools from the configured default range (never handed out twice while
 //! held), addresses allocated with create-if-absent transactions.
 //!
-//! - [`pools`]: RequestPool / ReleasePool, and block records for pools that predate them;
-//! - [`alloc`]: RequestAddress / ReleaseAddress over the blocks (Calico's model), one
+//! - `pools`: RequestPool / ReleasePool, and block records for pools that predate them;
+//! - `alloc`: RequestAddress / ReleaseAddress over the blocks (Calico's model), one
 //!   compare-and-swap transaction per allocation;
-//! - [`pending`]: transactions whose answer was lost, finished when the store answers again;
-//! - [`geometry`]: how a pool is cut into blocks.
+//! - `pending`: transactions whose answer was lost, finished when the store answers again;
+//! - `geometry`: how a pool is cut into blocks.
 
 mod alloc;
 mod geometry;

@@ -3,9 +3,9 @@
 //! [`Service`]; state is written through [`State`]'s named transactions, the datapath touched
 //! through the [`Dataplane`] trait.
 //!
-//! - [`options`]: the `-o` / `--driver-opt` options;
-//! - [`ipam_driver`]: Docker's IpamDriver calls, over [`Ipam`];
-//! - [`admin`]: the admin API's views and operations; [`latency`]: latency tracking.
+//! - `options`: the `-o` / `--driver-opt` options;
+//! - `ipam_driver`: Docker's IpamDriver calls, over [`Ipam`];
+//! - `admin`: the admin API's views and operations; `latency`: latency tracking.
 
 mod admin;
 mod ipam_driver;

@@ -12,7 +12,7 @@
 //!
 //! Implementations: [`memory::MemStore`] (unit tests), [`redb::RedbStore`] (the embedded,
 //! durable default) and [`etcd::EtcdStore`] (`--store etcd`, the fleet). All three pass
-//! [`contract::run`]. Typed records live in [`crate::state`].
+//! `contract::run` (feature `test-support`). Typed records live in [`crate::state`].
 
 /// The behaviour every `Store` must have; run on each implementation by its tests.
 #[cfg(any(test, feature = "test-support"))]
