@@ -224,7 +224,7 @@ async fn sweep(
 ) -> crate::error::NetResult<()> {
     let endpoints = svc.local_endpoints().await?;
     let labels: HashMap<String, Option<String>> = svc
-        .dp
+        .dataplane()
         .ports()
         .into_iter()
         .map(|p| (p.name, p.container_id))

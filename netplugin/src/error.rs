@@ -2,6 +2,7 @@
 
 use plugin_transport::PluginError;
 
+use crate::dataplane::DataplaneError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,9 +17,9 @@ pub enum NetError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Open vSwitch or the kernel refused or is unreachable.
-    #[error("{0}")]
-    Datapath(String),
+    /// Open vSwitch or the kernel refused or is unreachable ([`DataplaneError::is_unreachable`]).
+    #[error(transparent)]
+    Datapath(#[from] DataplaneError),
     #[error("{what} did not finish within {secs} s")]
     Timeout { what: String, secs: u64 },
 }

@@ -17,9 +17,9 @@ use tracing::{info, warn};
 use crate::error::{NetError, NetResult};
 use crate::ipam::{describe_holder, Geometry, Ipam};
 use crate::ipnet::{parse_addr, Ipv4Net};
-use crate::network::store_op;
+use crate::state::store_op;
 use crate::state::*;
-use crate::store::{Compare, Op, StoreError, Txn};
+use crate::store::StoreError;
 
 /// TTL of a host's lease; renewed every third of it.
 pub const HOST_TTL: Duration = Duration::from_secs(10);
@@ -127,7 +127,7 @@ pub fn hosts(state: &State) -> NetResult<Vec<HostView>> {
 /// Releases what `host` holds: its addresses (not gateways, not admin reservations), its
 /// endpoint records, its block affinities. Refused while the host is alive unless `force`.
 pub fn reclaim(ipam: &Ipam, host: &str, force: bool) -> NetResult<ReclaimReport> {
-    let state = &ipam.state;
+    let state = ipam.state();
     if host.is_empty() || host.contains('/') {
         return Err(NetError::invalid(format!(
             "--host {host:?}: a host id without '/'"
@@ -168,15 +168,7 @@ pub fn reclaim(ipam: &Ipam, host: &str, force: bool) -> NetResult<ReclaimReport>
             }
             b.host = None;
             // A block written meanwhile is simply left for the next reclaim.
-            if state
-                .store
-                .txn(Txn {
-                    compare: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-                    success: vec![Op::put(kv.key.clone(), encode(&b))],
-                    failure: vec![],
-                })?
-                .succeeded
-            {
+            if state.update_block(&kv.key, &b, kv.mod_revision)? {
                 report.blocks += 1;
             }
         }
@@ -186,15 +178,7 @@ pub fn reclaim(ipam: &Ipam, host: &str, force: bool) -> NetResult<ReclaimReport>
         if e.host_id != host {
             continue;
         }
-        if state
-            .store
-            .txn(Txn {
-                compare: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-                success: vec![Op::Delete(kv.key.clone())],
-                failure: vec![],
-            })?
-            .succeeded
-        {
+        if state.delete_endpoint_at(&e.id, kv.mod_revision)? {
             report.endpoints.push(e.id);
         }
     }
@@ -247,23 +231,23 @@ fn parse_ip(ip: &str) -> NetResult<Ipv4Addr> {
 /// `netplugin pool reserve IP`: held by the admin, never handed out.
 pub fn reserve(ipam: &Ipam, ip: &str, hint: Option<&str>) -> NetResult<AddressChange> {
     let addr = parse_ip(ip)?;
-    let pool = find_pool(&ipam.state, addr, hint)?;
+    let pool = find_pool(ipam.state(), addr, hint)?;
     ipam.allocate(&pool.id, &addr.to_string(), AddrKind::Reserved, None)?;
     Ok(AddressChange {
         action: "reserved".into(),
         address: addr.to_string(),
         pool_id: pool.id,
         subnet: pool.subnet,
-        held_by: format!("reserved by an admin on host {}", ipam.state.host_id),
+        held_by: format!("reserved by an admin on host {}", ipam.state().host_id),
     })
 }
 
 /// `netplugin pool unreserve IP`: only an admin reservation.
 pub fn unreserve(ipam: &Ipam, ip: &str, hint: Option<&str>) -> NetResult<AddressChange> {
     let addr = parse_ip(ip)?;
-    let pool = find_pool(&ipam.state, addr, hint)?;
+    let pool = find_pool(ipam.state(), addr, hint)?;
     let key = addr_key(&pool.id, addr);
-    let Some(kv) = ipam.state.store.get(&key)? else {
+    let Some(kv) = ipam.state().store.get(&key)? else {
         return Err(NetError::NotFound(format!(
             "{addr} is not reserved in pool {} ({}): nobody holds it",
             pool.id, pool.subnet
@@ -289,9 +273,9 @@ pub fn unreserve(ipam: &Ipam, ip: &str, hint: Option<&str>) -> NetResult<Address
 /// `netplugin pool release IP`: whatever holds it (a leak after a crash, usually).
 pub fn release(ipam: &Ipam, ip: &str, hint: Option<&str>) -> NetResult<AddressChange> {
     let addr = parse_ip(ip)?;
-    let pool = find_pool(&ipam.state, addr, hint)?;
+    let pool = find_pool(ipam.state(), addr, hint)?;
     let key = addr_key(&pool.id, addr);
-    let Some(kv) = ipam.state.store.get(&key)? else {
+    let Some(kv) = ipam.state().store.get(&key)? else {
         return Err(NetError::NotFound(format!(
             "{addr} is not held in pool {} ({}): nothing to release",
             pool.id, pool.subnet
@@ -406,14 +390,7 @@ pub fn register(state: &State, ttl: Duration) -> NetResult<i64> {
                 "this --host-id is registered with another live lease: a restart within its TTL, or another netplugin with the same --host-id");
         }
     }
-    state.store.txn(Txn {
-        success: vec![Op::Put {
-            key: host_key(&state.host_id),
-            value: encode(&host_record(state, lease)),
-            lease,
-        }],
-        ..Default::default()
-    })?;
+    state.register_host(&host_record(state, lease), lease)?;
     state.set_lease(lease);
     Ok(lease)
 }
@@ -426,7 +403,7 @@ pub async fn host_agent(
     reclaim_after: Option<Duration>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let state = ipam.state.clone();
+    let state = ipam.state().clone();
     let mut last_error = String::new();
     let mut gone_since: HashMap<String, Instant> = HashMap::new();
     let mut last_scan = Instant::now() - Duration::from_secs(3600);
@@ -471,7 +448,7 @@ pub async fn host_agent(
             {
                 last_scan = Instant::now();
                 let i = ipam.clone();
-                let scanned = store_op("host scan", move || hosts(&i.state)).await;
+                let scanned = store_op("host scan", move || hosts(i.state())).await;
                 if let Ok(list) = scanned {
                     let now = Instant::now();
                     gone_since.retain(|h, _| list.iter().any(|v| v.host == *h && !v.alive));

@@ -1,19 +1,18 @@
-//! Docker's NetworkDriver + IpamDriver on the plugin socket, and the admin API.
+//! Docker's NetworkDriver + IpamDriver on the plugin socket, and the admin API. Handlers only
+//! translate between the protocol and calls on [`Service`]; the rules live there.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use http::Method;
 use plugin_transport::docker::DockerClient;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
-use crate::docker_sync::{self, Attachment};
 use crate::error::NetError;
-use crate::fleet;
 use crate::ipam::{GLOBAL_SPACE, LOCAL_SPACE};
-use crate::network::{store_op, EndpointRelease, ReleaseReason, Service};
+use crate::network::Service;
 use crate::protocol::*;
-use crate::state::short;
 
 fn ok<T>(r: Result<T, NetError>) -> Result<T, PluginError> {
     r.map_err(PluginError::from)
@@ -121,11 +120,7 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
         svc,
         "/IpamDriver.RequestPool",
         |s, req: RequestPoolRequest| {
-            let ipam = s.ipam.clone();
-            let (id, pool) = ok(store_op("request pool", move || {
-                ipam.request_pool(&req.address_space, &req.pool, &req.sub_pool, req.v6)
-            })
-            .await)?;
+            let (id, pool) = ok(s.request_pool(req).await)?;
             Ok(RequestPoolResponse {
                 pool_id: id,
                 pool,
@@ -137,24 +132,14 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
         r,
         svc,
         "/IpamDriver.ReleasePool",
-        |s, req: PoolIdRequest| {
-            let ipam = s.ipam.clone();
-            ok(store_op("release pool", move || ipam.release_pool(&req.pool_id)).await)
-                .map(|_| EmptyReply {})
-        }
+        |s, req: PoolIdRequest| { ok(s.release_pool(req.pool_id).await).map(|_| EmptyReply {}) }
     );
     let r = route!(
         r,
         svc,
         "/IpamDriver.RequestAddress",
         |s, req: RequestAddressRequest| {
-            let ipam = s.ipam.clone();
-            let started = std::time::Instant::now();
-            let address = ok(store_op("request address", move || {
-                ipam.request_address(&req.pool_id, &req.address, &req.options)
-            })
-            .await)?;
-            s.latencies.record("request_address", started.elapsed());
+            let address = ok(s.request_address(req).await)?;
             Ok(RequestAddressResponse {
                 address,
                 data: BTreeMap::new(),
@@ -166,12 +151,7 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
         svc,
         "/IpamDriver.ReleaseAddress",
         |s, req: ReleaseAddressRequest| {
-            let ipam = s.ipam.clone();
-            ok(store_op("release address", move || {
-                ipam.release_address(&req.pool_id, &req.address)
-            })
-            .await)
-            .map(|_| EmptyReply {})
+            ok(s.release_address(req.pool_id, req.address).await).map(|_| EmptyReply {})
         }
     )
 }
@@ -190,122 +170,106 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
     })
 }
 
+/// A handler that gets the one shared service with each request.
+fn with<F, Fut>(svc: &Arc<Service>, f: F) -> impl Fn(Request) -> Fut + Send + Sync + 'static
+where
+    F: Fn(Arc<Service>, Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let svc = svc.clone();
+    move |req| f(svc.clone(), req)
+}
+
 /// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
 /// `/stats`, `/hosts`, `/audit`; `POST /reconcile`, `/hosts/reclaim`,
 /// `/addresses/reserve|unreserve|release`, `/endpoints/release`.
 pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
-    let s1 = svc.clone();
-    let s2 = svc.clone();
-    let s3 = svc.clone();
-    let s4 = svc.clone();
-    let s5 = svc.clone();
-    let s6 = svc.clone();
-    let s7 = svc.clone();
-    let s8 = svc.clone();
-    let s9 = svc.clone();
-    let s10 = svc.clone();
-    let s11 = svc;
+    let docker = Arc::new(docker);
     Router::new()
-        .route(Method::GET, "/networks", move |_req: Request| {
-            let s = s1.clone();
-            async move { reply(s.admin_networks().await) }
-        })
-        .route(Method::GET, "/endpoints", move |req: Request| {
-            let s = s2.clone();
-            async move { reply(s.admin_endpoints(query_param(&req, "network")).await) }
-        })
-        .route(Method::GET, "/pools", move |_req: Request| {
-            let s = s3.clone();
-            async move { reply(s.admin_pools().await) }
-        })
-        .route_prefix(Method::GET, "/pools/", move |req: Request| {
-            let s = s4.clone();
-            async move {
+        .route(
+            Method::GET,
+            "/networks",
+            with(&svc, |s, _| async move { reply(s.admin_networks().await) }),
+        )
+        .route(
+            Method::GET,
+            "/endpoints",
+            with(&svc, |s, req| async move {
+                reply(s.admin_endpoints(query_param(&req, "network")).await)
+            }),
+        )
+        .route(
+            Method::GET,
+            "/pools",
+            with(&svc, |s, _| async move { reply(s.admin_pools().await) }),
+        )
+        .route_prefix(
+            Method::GET,
+            "/pools/",
+            with(&svc, |s, req| async move {
                 let key = req.path.trim_start_matches("/pools/").replace("%2F", "/");
                 reply(s.admin_pool(key).await)
-            }
-        })
-        .route(Method::GET, "/stats", move |_req: Request| {
-            let s = s5.clone();
-            async move {
-                Reply::json(&serde_json::json!({
-                    "latencies": s.latencies.summary(),
-                    "ovs_connected": s.dp.connected(),
-                    "datapath": s.dp.datapath_type(),
-                    "store": s.state.store.kind(),
-                    "host_id": s.state.host_id,
-                    "rate_limit_drops": s.dp.rate_limit_drops(),
-                }))
-            }
-        })
-        .route(Method::POST, "/reconcile", move |_req: Request| {
-            let s = s6.clone();
-            async move { reply(s.reconcile().await) }
-        })
-        .route(Method::GET, "/hosts", move |_req: Request| {
-            let s = s7.clone();
-            async move {
-                let state = s.state.clone();
-                reply(store_op("list hosts", move || fleet::hosts(&state)).await)
-            }
-        })
-        .route(Method::POST, "/hosts/reclaim", move |req: Request| {
-            let s = s8.clone();
-            async move {
-                let body: ReclaimBody = match body_of(&req) {
-                    Ok(b) => b,
-                    Err(e) => return Reply::error(&PluginError::from(e)),
-                };
-                let ipam = s.ipam.clone();
-                reply(
-                    store_op("reclaim", move || {
-                        fleet::reclaim(&ipam, &body.host, body.force)
-                    })
-                    .await,
-                )
-            }
-        })
-        .route(Method::GET, "/audit", move |_req: Request| {
-            let s = s9.clone();
-            async move {
-                let state = s.state.clone();
-                reply(store_op("audit", move || fleet::audit(&state)).await)
-            }
-        })
-        .route(Method::POST, "/endpoints/release", move |req: Request| {
-            let s = s11.clone();
-            let docker = docker.clone();
-            async move {
-                let body: ReleaseEndpointBody = match body_of(&req) {
-                    Ok(b) => b,
-                    Err(e) => return Reply::error(&PluginError::from(e)),
-                };
-                reply(release_endpoint(&s, &docker, &body).await)
-            }
-        })
-        .route_prefix(Method::POST, "/addresses/", move |req: Request| {
-            let s = s10.clone();
-            async move {
-                let body: AddressBody = match body_of(&req) {
-                    Ok(b) => b,
-                    Err(e) => return Reply::error(&PluginError::from(e)),
-                };
-                let ipam = s.ipam.clone();
-                let action = req.path.trim_start_matches("/addresses/").to_string();
-                reply(
-                    store_op("address admin", move || {
-                        let pool = body.pool.as_deref();
-                        match action.as_str() {
-                            "reserve" => fleet::reserve(&ipam, &body.ip, pool),
-                            "unreserve" => fleet::unreserve(&ipam, &body.ip, pool),
-                            "release" => fleet::release(&ipam, &body.ip, pool),
-                            other => Err(NetError::NotFound(format!("no admin action {other:?}"))),
-                        }
-                    })
-                    .await,
-                )
-            }
-        })
+            }),
+        )
+        .route(
+            Method::GET,
+            "/stats",
+            with(&svc, |s, _| async move { Reply::json(&s.stats()) }),
+        )
+        .route(
+            Method::POST,
+            "/reconcile",
+            with(&svc, |s, _| async move { reply(s.reconcile().await) }),
+        )
+        .route(
+            Method::GET,
+            "/hosts",
+            with(&svc, |s, _| async move { reply(s.hosts().await) }),
+        )
+        .route(
+            Method::POST,
+            "/hosts/reclaim",
+            with(&svc, |s, req| async move {
+                match body_of::<ReclaimBody>(&req) {
+                    Ok(b) => reply(s.reclaim_host(b.host, b.force).await),
+                    Err(e) => Reply::error(&PluginError::from(e)),
+                }
+            }),
+        )
+        .route(
+            Method::GET,
+            "/audit",
+            with(&svc, |s, _| async move { reply(s.audit().await) }),
+        )
+        .route(
+            Method::POST,
+            "/endpoints/release",
+            with(&svc, move |s, req| {
+                let docker = docker.clone();
+                async move {
+                    match body_of::<ReleaseEndpointBody>(&req) {
+                        Ok(b) => reply(
+                            s.release_endpoint_by_admin(&docker, &b.endpoint, b.force)
+                                .await,
+                        ),
+                        Err(e) => Reply::error(&PluginError::from(e)),
+                    }
+                }
+            }),
+        )
+        .route_prefix(
+            Method::POST,
+            "/addresses/",
+            with(&svc, |s, req| async move {
+                match body_of::<AddressBody>(&req) {
+                    Ok(b) => {
+                        let action = req.path.trim_start_matches("/addresses/").to_string();
+                        reply(s.change_address(action, b.ip, b.pool).await)
+                    }
+                    Err(e) => Reply::error(&PluginError::from(e)),
+                }
+            }),
+        )
 }
 
 #[derive(serde::Deserialize)]
@@ -320,42 +284,6 @@ struct ReleaseEndpointBody {
     endpoint: String,
     #[serde(default)]
     force: bool,
-}
-
-/// `netplugin endpoint release`: refused while Docker lists the endpoint, or cannot be asked,
-/// unless forced.
-async fn release_endpoint(
-    svc: &Service,
-    docker: &DockerClient,
-    body: &ReleaseEndpointBody,
-) -> Result<EndpointRelease, NetError> {
-    let record = svc.find_endpoint(&body.endpoint).await?;
-    if !body.force {
-        let view = docker_sync::fetch_view(docker).await.map_err(|e| {
-            NetError::conflict(format!(
-                "cannot ask Docker whether endpoint {} is in use ({e}); --force releases it without asking",
-                short(&record.id)
-            ))
-        })?;
-        match view.attachment(&record.network_id, &record.id) {
-            Attachment::Listed(Some(container)) => {
-                return Err(NetError::conflict(format!(
-                    "endpoint {} is in use by container {}: `docker network disconnect` or remove the container instead",
-                    short(&record.id),
-                    short(&container)
-                )))
-            }
-            Attachment::Listed(None) => {
-                return Err(NetError::conflict(format!(
-                    "Docker still lists endpoint {} on network {}; --force releases it anyway",
-                    short(&record.id),
-                    short(&record.network_id)
-                )))
-            }
-            Attachment::Missing | Attachment::UnknownNetwork => {}
-        }
-    }
-    svc.release_endpoint(&record, ReleaseReason::Admin).await
 }
 
 #[derive(serde::Deserialize)]

@@ -123,6 +123,30 @@ impl FromStr for Ipv4Net {
     }
 }
 
+crate::mac::serde_as_string!(Ipv4Net, "IPv4 subnet");
+
+/// An interface address in CIDR form, host bits kept (`10.20.0.5/24`): an endpoint's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4If {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl fmt::Display for Ipv4If {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4If {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_cidr(s).map(|(ip, prefix)| Ipv4If { ip, prefix })
+    }
+}
+
+crate::mac::serde_as_string!(Ipv4If, "IPv4 address in CIDR form");
+
 /// `a.b.c.d/len` → (address, prefix) with host bits kept (Docker sends gateways so).
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let (ip, prefix) = s

@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod handlers;
 pub mod ipam;
 pub mod ipnet;
+pub mod mac;
 pub mod metrics;
 pub mod migrate;
 pub mod network;

@@ -112,7 +112,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
     daemon.spawn(netplugin::fleet::host_agent(
-        svc.ipam.clone(),
+        svc.ipam().clone(),
         netplugin::fleet::HOST_TTL,
         config.reclaim_after,
         daemon.shutdown(),
@@ -131,7 +131,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     ));
     info!(socket = %config.daemon.plugin_socket().display(), admin = %config.daemon.admin_socket.display(),
         host_id = %config.host_id, bridge = %config.ovs.bridge, datapath = %config.ovs.datapath,
-        ovsdb = %config.ovs.ovsdb, store = svc.state.store.kind(), "netplugin serving");
+        ovsdb = %config.ovs.ovsdb, store = svc.state().store.kind(), "netplugin serving");
     daemon.run().await;
     info!("netplugin stopped");
     Ok(())

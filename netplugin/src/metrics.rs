@@ -108,7 +108,7 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
     );
     metrics.on_scrape(move || {
         dropped.clear();
-        for d in svc.dp.rate_limit_drops() {
+        for d in svc.dataplane().rate_limit_drops() {
             dropped
                 .get_or_create(&DropLabel {
                     endpoint: crate::state::short(&d.endpoint_id).to_string(),
@@ -116,28 +116,25 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
                 })
                 .set(d.packets as i64);
         }
-        let lost = svc.ipam.lost_races();
+        let lost = svc.ipam().lost_races();
         if lost > lost_races.get() {
             lost_races.inc_by(lost - lost_races.get());
         }
-        for (reason, count) in [
-            ("leaked", &svc.released_leaked),
-            ("admin", &svc.released_by_admin),
-        ] {
+        let (leaked, by_admin) = svc.released_counts();
+        for (reason, now) in [("leaked", leaked), ("admin", by_admin)] {
             let counter = released.get_or_create(&ReasonLabel {
                 reason: reason.into(),
             });
-            let now = count.load(std::sync::atomic::Ordering::Relaxed);
             if now > counter.get() {
                 counter.inc_by(now - counter.get());
             }
         }
-        ovs_up.set(i64::from(svc.dp.connected()));
-        let st = &svc.state;
+        ovs_up.set(i64::from(svc.dataplane().connected()));
+        let st = svc.state();
         let up = st.store.revision().is_ok();
         store_up.set(i64::from(up));
         lease_held.set(i64::from(st.lease() != 0));
-        pending.set(svc.ipam.pending_count() as i64);
+        pending.set(svc.ipam().pending_count() as i64);
         if !up {
             // Every read below would wait for the store's timeout.
             return;
@@ -172,7 +169,7 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
                 free.get_or_create(&label).set(size - held);
             }
         }
-        for (op, s) in svc.latencies.summary() {
+        for (op, s) in svc.latencies().summary() {
             for (q, v) in [("0.5", s.p50_ms), ("0.99", s.p99_ms)] {
                 latency
                     .get_or_create(&OpLabel {

@@ -18,7 +18,7 @@ pub async fn run(svc: Arc<Service>, interval: Duration, mut shutdown: watch::Rec
     let mut was_connected = false;
     let mut last_error = String::new();
     loop {
-        let connected = svc.dp.connected();
+        let connected = svc.dataplane().connected();
         if connected {
             match svc.reconcile().await {
                 Ok(report) => {

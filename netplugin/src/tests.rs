@@ -275,7 +275,7 @@ async fn container_lifecycle() {
         .await;
     assert!(t
         .svc
-        .state
+        .state()
         .store
         .range("")
         .unwrap()
@@ -375,7 +375,7 @@ async fn ovs_down_fails_network_calls_but_not_ipam() {
         )
         .await;
     assert!(e.contains("injected"), "{e}");
-    assert!(t.svc.state.endpoint(E1).unwrap().is_none());
+    assert!(t.svc.state().endpoint(E1).unwrap().is_none());
 }
 
 #[tokio::test]
@@ -653,12 +653,7 @@ async fn leaked_endpoint_release_and_labels() {
         .await
         .unwrap();
     assert!(!r.address_released);
-    assert_eq!(
-        t.svc
-            .released_leaked
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(t.svc.released_counts().0, 1);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! client, the Prometheus metrics server, logging, config-file loading, and the daemon skeleton
 //! (common flags, listeners, tasks, shutdown).
 
+pub mod blocking;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
+use plugin_transport::blocking::{run_blocking, BlockingError};
 use plugin_transport::{PluginError, Reply, Request, Router};
 
 use crate::error::VolError;
@@ -28,15 +29,15 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, VolError> + Send + 'static,
 {
-    match tokio::time::timeout(limit, tokio::task::spawn_blocking(work)).await {
-        Ok(Ok(result)) => result.map_err(PluginError::from),
-        Ok(Err(join)) => Err(PluginError::internal(format!(
-            "{operation} {name}: worker failed: {join}"
-        ))),
-        Err(_) => Err(VolError::Timeout {
+    match run_blocking(Some(limit), work).await {
+        Ok(result) => result.map_err(PluginError::from),
+        Err(e @ BlockingError::Worker(_)) => {
+            Err(PluginError::internal(format!("{operation} {name}: {e}")))
+        }
+        Err(BlockingError::TimedOut { after }) => Err(VolError::Timeout {
             operation,
             name: name.to_string(),
-            secs: limit.as_secs(),
+            secs: after.as_secs(),
         }
         .into()),
     }

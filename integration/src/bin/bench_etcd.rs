@@ -247,7 +247,7 @@ fn main() -> Result<()> {
         "tail ratio divided by etcd's own slowdown: {:.2}",
         last / first / etcd_slowdown
     );
-    let audit = netplugin::fleet::audit(&fill_hosts[0].state)?;
+    let audit = netplugin::fleet::audit(fill_hosts[0].state())?;
     println!(
         "scan: {} addresses, {} blocks, {} problems",
         audit.addresses,

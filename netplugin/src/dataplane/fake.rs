@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::{ArpEntry, BoxFuture, Dataplane, EndpointPlan, PortView, ReassertReport};
+use super::{
+    ArpEntry, BoxFuture, Dataplane, DataplaneError, DpResult, EndpointPlan, PortView,
+    ReassertReport,
+};
 
 #[derive(Default)]
 pub struct FakeDataplane {
@@ -27,9 +30,11 @@ impl FakeDataplane {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> DpResult<()> {
         if self.down.load(Ordering::SeqCst) {
-            Err("Open vSwitch is not reachable (fake)".into())
+            Err(DataplaneError::Unreachable(
+                "Open vSwitch is not reachable (fake)".into(),
+            ))
         } else {
             Ok(())
         }
@@ -37,15 +42,15 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ready(&self) -> BoxFuture<'_, DpResult<()>> {
         Box::pin(async move { self.check() })
     }
 
-    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, Result<(), String>> {
+    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             self.check()?;
             if self.fail_next_create.swap(false, Ordering::SeqCst) {
-                return Err("injected failure".into());
+                return Err(DataplaneError::Worker("injected failure".into()));
             }
             self.endpoints
                 .lock()
@@ -55,7 +60,7 @@ impl Dataplane for FakeDataplane {
         })
     }
 
-    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             self.endpoints.lock().unwrap().remove(host_if);
             self.containers.lock().unwrap().remove(host_if);
@@ -66,7 +71,7 @@ impl Dataplane for FakeDataplane {
     fn reassert<'a>(
         &'a self,
         endpoints: &'a [EndpointPlan],
-    ) -> BoxFuture<'a, Result<ReassertReport, String>> {
+    ) -> BoxFuture<'a, DpResult<ReassertReport>> {
         Box::pin(async move {
             self.check()?;
             let mut report = ReassertReport::default();
@@ -95,7 +100,7 @@ impl Dataplane for FakeDataplane {
         &'a self,
         plan: &'a EndpointPlan,
         container_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             self.check()?;
             if self.endpoints.lock().unwrap().contains_key(&plan.host_if) {
@@ -108,10 +113,7 @@ impl Dataplane for FakeDataplane {
         })
     }
 
-    fn sync_arp<'a>(
-        &'a self,
-        entries: &'a [ArpEntry],
-    ) -> BoxFuture<'a, Result<(usize, usize), String>> {
+    fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>> {
         Box::pin(async move {
             self.check()?;
             let mut have = self.arp.lock().unwrap();

@@ -1,11 +1,15 @@
 //! The datapath behind the network driver: veth pairs and OVS access ports. Handlers see only
 //! the [`Dataplane`] trait; [`ovs::OvsDataplane`] is the real one (ovs-ffi + netlink), and
-//! [`fake::FakeDataplane`] records calls for unit tests.
+//! `fake::FakeDataplane` (tests and the `test-support` feature) records calls.
 
+mod error;
 pub mod ethtool;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod netlink;
 pub mod ovs;
+
+pub use error::{DataplaneError, DataplaneErrors, DpResult};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -113,33 +117,30 @@ pub struct ArpEntry {
 pub trait Dataplane: Send + Sync {
     /// `Ok` when OVS is reachable and the bridge and our base flows are in place (created if
     /// needed); otherwise a clear error saying what is missing.
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>>;
+    fn ready(&self) -> BoxFuture<'_, DpResult<()>>;
     /// Creates the veth pair (container end: MTU, MAC, no address) and the access port.
     /// On failure nothing of it is left behind.
-    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, Result<(), String>>;
+    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, DpResult<()>>;
     /// Removes the port and the veth; missing ones are fine.
-    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>>;
     /// Brings OVS to the endpoints of this host without touching what is already right:
     /// missing bridge, flows and ports are re-created; our ports and veths that belong to no
     /// endpoint are removed.
     fn reassert<'a>(
         &'a self,
         endpoints: &'a [EndpointPlan],
-    ) -> BoxFuture<'a, Result<ReassertReport, String>>;
+    ) -> BoxFuture<'a, DpResult<ReassertReport>>;
     /// Records the container an endpoint serves on its OVS interface (`berth-container-id`).
     /// A port that does not exist (yet, or any more) is left alone.
     fn label_container<'a>(
         &'a self,
         plan: &'a EndpointPlan,
         container_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, DpResult<()>>;
     /// Brings the ARP proxy flows to `entries` (every endpoint of the fleet): ARP requests from
     /// this host's ports for a known address on their VLAN are answered by OVS itself.
     /// Returns (added, removed).
-    fn sync_arp<'a>(
-        &'a self,
-        entries: &'a [ArpEntry],
-    ) -> BoxFuture<'a, Result<(usize, usize), String>>;
+    fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>>;
     /// Our ports (by external_ids), from the OVSDB cache.
     fn ports(&self) -> Vec<PortView>;
     /// Packets each rate-limited endpoint's meters dropped, as of the last reconcile pass.
@@ -154,31 +155,15 @@ pub trait Dataplane: Send + Sync {
 
 /// A stable MAC from the IPv4 address (like Docker's bridge): 02:b7 + the four bytes.
 pub fn mac_from_ip(ip: std::net::Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x02, 0xb7, o[0], o[1], o[2], o[3]]
+    crate::mac::Mac::from_ip(ip).octets()
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    crate::mac::Mac(*mac).to_string()
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("{s:?} is not a MAC address like 02:42:0a:00:00:02"));
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16)
-            .map_err(|_| format!("{s:?} is not a MAC address like 02:42:0a:00:00:02"))?;
-    }
-    if mac[0] & 1 == 1 {
-        return Err(format!("{s:?} is a multicast MAC address"));
-    }
-    Ok(mac)
+    s.parse::<crate::mac::Mac>().map(|m| m.octets())
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@
 //!
 //! Implementations: [`memory::MemStore`] (unit tests), [`redb::RedbStore`] (the embedded,
 //! durable default) and [`etcd::EtcdStore`] (`--store etcd`, the fleet). All three pass
-//! [`contract::run`]. Typed records live in [`crate::state`].
+//! `contract::run` (feature `test-support`). Typed records live in [`crate::state`].
 
+/// The behaviour every `Store` must have; run on each implementation by its tests.
+#[cfg(any(test, feature = "test-support"))]
 pub mod contract;
 pub mod engine;
 pub mod etcd;
@@ -108,6 +110,13 @@ pub enum StoreError {
     LeaseNotFound(i64),
     #[error("state store: record {key} is unreadable: {message}")]
     Corrupt { key: String, message: String },
+    /// A record that decodes but one of whose fields does not hold what it must.
+    #[error("state store: record {key} has a bad {field}: {message}")]
+    BadField {
+        key: String,
+        field: &'static str,
+        message: String,
+    },
     #[error("state store: {what} still conflicting after {attempts} attempts; try again")]
     Contention { what: String, attempts: usize },
     #[error(

@@ -1,9 +1,24 @@
 //! The network driver's logic (Docker's NetworkDriver) over the state store and the datapath.
+//! A Docker request enters in [`crate::handlers`], which only translates it into a call on
+//! [`Service`]; state is written through [`State`]'s named transactions, the datapath touched
+//! through the [`Dataplane`] trait.
+//!
+//! - `options`: the `-o` / `--driver-opt` options;
+//! - `ipam_driver`: Docker's IpamDriver calls, over [`Ipam`];
+//! - `admin`: the admin API's views and operations; `latency`: latency tracking.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod admin;
+mod ipam_driver;
+mod latency;
+mod options;
+
+pub use admin::{AddressView, EndpointView, NetworkView, PoolView, Stats};
+pub use latency::{Latencies, LatencySummary};
+
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -14,14 +29,15 @@ use crate::dataplane::{
     EndpointPlan, ReassertReport,
 };
 use crate::error::{NetError, NetResult};
-use crate::ipam::{describe_holder, require_id, Ipam};
-use crate::ipnet::{parse_addr, parse_cidr, Ipv4Net};
+use crate::ipam::{require_id, Ipam};
+use crate::ipnet::{parse_addr, parse_cidr, Ipv4If, Ipv4Net};
+use crate::mac::Mac;
 use crate::protocol::*;
 use crate::state::*;
-use crate::store::{Compare, Op, StoreError, Txn};
+use crate::store::StoreError;
 
-/// Bound on one store operation (the embedded store answers in ms; etcd may hang).
-pub const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+use options::{parse_limits, parse_options, NetOptions};
+
 const CAS_ATTEMPTS: usize = 64;
 pub const DEFAULT_MTU: u32 = 1500;
 
@@ -41,69 +57,18 @@ impl Default for NetConfig {
     }
 }
 
-/// Recent server-side latencies of endpoint setup, for the admin `stats` and the benchmark.
-#[derive(Default)]
-pub struct Latencies {
-    inner: Mutex<BTreeMap<&'static str, VecDeque<f64>>>,
-}
-
-const LATENCY_WINDOW: usize = 20_000;
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct LatencySummary {
-    pub count: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub first_ms: f64,
-    pub last_ms: f64,
-}
-
-impl Latencies {
-    pub fn record(&self, what: &'static str, d: Duration) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let q = m.entry(what).or_default();
-        if q.len() == LATENCY_WINDOW {
-            q.pop_front();
-        }
-        q.push_back(d.as_secs_f64() * 1000.0);
-    }
-
-    pub fn summary(&self) -> BTreeMap<String, LatencySummary> {
-        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, q)| {
-                let mut v: Vec<f64> = q.iter().copied().collect();
-                let first = v[0];
-                let last = v[v.len() - 1];
-                v.sort_by(|a, b| a.total_cmp(b));
-                let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
-                (
-                    k.to_string(),
-                    LatencySummary {
-                        count: v.len(),
-                        p50_ms: pct(0.5),
-                        p99_ms: pct(0.99),
-                        first_ms: first,
-                        last_ms: last,
-                    },
-                )
-            })
-            .collect()
-    }
-}
-
+/// The driver: every Docker and admin request on the network side is a method here.
 pub struct Service {
-    pub state: State,
-    pub ipam: Arc<Ipam>,
-    pub dp: Arc<dyn Dataplane>,
-    pub config: NetConfig,
-    pub latencies: Latencies,
+    state: State,
+    ipam: Arc<Ipam>,
+    dp: Arc<dyn Dataplane>,
+    config: NetConfig,
+    latencies: Latencies,
     /// Serializes reconcile passes with endpoint changes of this host.
     reconcile_lock: tokio::sync::Mutex<()>,
     /// Endpoints released because Docker no longer knew them, and by `endpoint release`.
-    pub released_leaked: AtomicU64,
-    pub released_by_admin: AtomicU64,
+    released_leaked: AtomicU64,
+    released_by_admin: AtomicU64,
 }
 
 /// Why an endpoint is released outside Docker's DeleteEndpoint.
@@ -129,138 +94,8 @@ pub struct EndpointRelease {
     pub datapath_error: Option<String>,
 }
 
-/// Runs a store operation on a blocking thread, bounded by [`STORE_TIMEOUT`].
-pub async fn store_op<T, F>(what: &str, f: F) -> NetResult<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> NetResult<T> + Send + 'static,
-{
-    match tokio::time::timeout(STORE_TIMEOUT, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(join)) => Err(NetError::Store(StoreError::Backend(format!(
-            "{what}: worker failed: {join}"
-        )))),
-        Err(_) => Err(NetError::Timeout {
-            what: format!("state store ({what})"),
-            secs: STORE_TIMEOUT.as_secs(),
-        }),
-    }
-}
-
-/// The `-o` options we know.
-const KNOWN_OPTIONS: &[&str] = &[
-    "vlan",
-    "mtu",
-    "rate",
-    "egress_rate",
-    "ingress_rate",
-    "rate_burst",
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct NetOptions {
-    vlan: Option<u16>,
-    mtu: u32,
-    limits: RateLimits,
-}
-
-/// `100M` = 100 Mbit/s (decimal K, M, G; bits), as kbit/s; `0`, `off`, `max`: no limit.
-fn parse_bits(key: &str, value: &str) -> NetResult<Option<u32>> {
-    let v = value.trim();
-    if matches!(v, "0" | "off" | "max") {
-        return Ok(None);
-    }
-    let (num, mult) = match v.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&v[..i], 1e3),
-        Some((i, 'm' | 'M')) => (&v[..i], 1e6),
-        Some((i, 'g' | 'G')) => (&v[..i], 1e9),
-        _ => (v, 1.0),
-    };
-    let kbps = num
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && *n > 0.0)
-        .map(|n| n * mult / 1000.0)
-        .filter(|k| (8.0..=f64::from(u32::MAX)).contains(k))
-        .ok_or_else(|| {
-            NetError::invalid(format!(
-                "{key}={value}: bits per second from 8K to 4000G, like 500K, 100M or 1G (0 or max: no limit)"
-            ))
-        })?;
-    Ok(Some(kbps.round() as u32))
-}
-
-/// The rate options among `options` (network `-o` or endpoint `--driver-opt`); `prefix` names
-/// where they came from in errors.
-fn parse_limits<'a>(
-    options: impl Iterator<Item = (&'a str, &'a str)>,
-    prefix: &str,
-) -> NetResult<RateLimits> {
-    let mut both = RateLimits::default();
-    let mut one = RateLimits::default();
-    for (k, v) in options {
-        let key = format!("{prefix}{k}");
-        match k {
-            "rate" => {
-                let r = parse_bits(&key, v)?;
-                both.egress_kbps = r;
-                both.ingress_kbps = r;
-            }
-            "egress_rate" => one.egress_kbps = parse_bits(&key, v)?,
-            "ingress_rate" => one.ingress_kbps = parse_bits(&key, v)?,
-            "rate_burst" => one.burst_kbits = parse_bits(&key, v)?,
-            _ => {}
-        }
-    }
-    Ok(both.overridden_by(one))
-}
-
-fn parse_options(generic: &BTreeMap<String, String>, default_mtu: u32) -> NetResult<NetOptions> {
-    let mut out = NetOptions {
-        vlan: None,
-        mtu: default_mtu,
-        limits: parse_limits(generic.iter().map(|(k, v)| (k.as_str(), v.as_str())), "-o ")?,
-    };
-    for (k, v) in generic {
-        match k.as_str() {
-            "vlan" => {
-                let n: u16 = v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=4094).contains(n))
-                    .ok_or_else(|| {
-                        NetError::invalid(format!(
-                            "-o vlan={v}: must be an integer from 1 to 4094 (or leave it out to get a free one)"
-                        ))
-                    })?;
-                out.vlan = Some(n);
-            }
-            "mtu" => {
-                out.mtu = v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| (68..=9216).contains(n))
-                    .ok_or_else(|| {
-                        NetError::invalid(format!("-o mtu={v}: must be an integer from 68 to 9216"))
-                    })?;
-            }
-            "rate" | "egress_rate" | "ingress_rate" | "rate_burst" => {}
-            other if other.starts_with("com.docker.") => {}
-            other => {
-                return Err(NetError::invalid(format!(
-                    "-o {other}: unknown option; berth-net knows: {}",
-                    KNOWN_OPTIONS.join(", ")
-                )))
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn plan_of(e: &EndpointRecord) -> NetResult<EndpointPlan> {
-    Ok(EndpointPlan {
+fn plan_of(e: &EndpointRecord) -> EndpointPlan {
+    EndpointPlan {
         endpoint_id: e.id.clone(),
         network_id: e.network_id.clone(),
         host_if: e.host_if.clone(),
@@ -268,13 +103,8 @@ fn plan_of(e: &EndpointRecord) -> NetResult<EndpointPlan> {
         vlan: e.vlan,
         mtu: e.mtu,
         limits: e.limits,
-        mac: parse_mac(&e.mac).map_err(|m| {
-            NetError::Store(StoreError::Corrupt {
-                key: endpoint_key(&e.id),
-                message: m,
-            })
-        })?,
-    })
+        mac: e.mac.octets(),
+    }
 }
 
 impl Service {
@@ -289,6 +119,30 @@ impl Service {
             released_leaked: AtomicU64::new(0),
             released_by_admin: AtomicU64::new(0),
         }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn ipam(&self) -> &Arc<Ipam> {
+        &self.ipam
+    }
+
+    pub fn dataplane(&self) -> &Arc<dyn Dataplane> {
+        &self.dp
+    }
+
+    pub fn latencies(&self) -> &Latencies {
+        &self.latencies
+    }
+
+    /// Endpoints released outside Docker so far: (leaked, by admin).
+    pub fn released_counts(&self) -> (u64, u64) {
+        (
+            self.released_leaked.load(Ordering::Relaxed),
+            self.released_by_admin.load(Ordering::Relaxed),
+        )
     }
 
     async fn ready(&self) -> NetResult<()> {
@@ -367,33 +221,7 @@ impl Service {
         }
         let state = self.state.clone();
         store_op("delete network", move || {
-            let mut ops = vec![Op::Delete(network_key(&net.id))];
-            // The same network created by other hosts (same VLAN) keeps VLAN and pool.
-            let heir = state
-                .networks()?
-                .into_iter()
-                .find(|n| n.id != net.id && n.vlan == net.vlan)
-                .map(|n| n.id);
-            if let Some(kv) = state.store.get(&vlan_key(net.vlan))? {
-                if kv.value == net.id.as_bytes() {
-                    ops.push(match &heir {
-                        Some(h) => Op::put(vlan_key(net.vlan), h.as_bytes().to_vec()),
-                        None => Op::Delete(vlan_key(net.vlan)),
-                    });
-                }
-            }
-            if let Some(pool_id) = &net.pool_id {
-                if let Some((mut pool, _)) = state.get::<PoolRecord>(&pool_key(pool_id))? {
-                    if pool.network_id.as_deref() == Some(net.id.as_str()) {
-                        pool.network_id = heir.clone();
-                        ops.push(Op::put(pool_key(pool_id), encode(&pool)));
-                    }
-                }
-            }
-            state.store.txn(Txn {
-                success: ops,
-                ..Default::default()
-            })?;
+            state.delete_network(&net)?;
             info!(network = %net.id, vlan = net.vlan, "network deleted");
             Ok(())
         })
@@ -454,8 +282,8 @@ impl Service {
             id: req.endpoint_id.clone(),
             network_id: net.id.clone(),
             host_id: self.state.host_id.clone(),
-            address: format!("{ip}/{prefix}"),
-            mac: format_mac(&mac),
+            address: Ipv4If { ip, prefix },
+            mac: Mac(mac),
             host_if: host_if_name(&req.endpoint_id),
             container_if: container_if_name(&req.endpoint_id),
             vlan: net.vlan,
@@ -475,7 +303,7 @@ impl Service {
                 e.address
             )));
         }
-        let plan = plan_of(&record)?;
+        let plan = plan_of(&record);
         let _guard = self.reconcile_lock.lock().await;
         self.ready().await?;
         // The record (write-ahead: a crash leaves it for the reconciler) is written while the
@@ -485,7 +313,7 @@ impl Service {
         let store_task = tokio::spawn(async move {
             let t = Instant::now();
             let r = store_op("create endpoint", move || {
-                save_endpoint(&state, &net, &rec, ip)
+                Ok(state.create_endpoint_txn(&net, &rec)?)
             })
             .await;
             (r, t.elapsed())
@@ -508,14 +336,8 @@ impl Service {
                 if saved.is_ok() {
                     let state = self.state.clone();
                     let eid = record.id.clone();
-                    let undo = store_op("undo endpoint", move || {
-                        state.store.txn(Txn {
-                            success: vec![Op::Delete(endpoint_key(&eid))],
-                            ..Default::default()
-                        })?;
-                        Ok(())
-                    })
-                    .await;
+                    let undo =
+                        store_op("undo endpoint", move || Ok(state.delete_endpoint(&eid)?)).await;
                     if let Err(e) = undo {
                         warn!(endpoint = %record.id, error = %e, "undoing the record of a failed endpoint");
                     }
@@ -551,7 +373,10 @@ impl Service {
                 short(&req.endpoint_id)
             )));
         };
-        let gateway = net.and_then(|n| n.gateway).unwrap_or_default();
+        let gateway = net
+            .and_then(|n| n.gateway)
+            .map(|g| g.to_string())
+            .unwrap_or_default();
         let reply = JoinResponse {
             interface_name: InterfaceName {
                 src_name: ep.container_if,
@@ -584,14 +409,7 @@ impl Service {
         if record.is_some() {
             let state = self.state.clone();
             let eid = endpoint_id.to_string();
-            store_op("delete endpoint", move || {
-                state.store.txn(Txn {
-                    success: vec![Op::Delete(endpoint_key(&eid))],
-                    ..Default::default()
-                })?;
-                Ok(())
-            })
-            .await?;
+            store_op("delete endpoint", move || Ok(state.delete_endpoint(&eid)?)).await?;
         }
         Ok(())
     }
@@ -644,25 +462,21 @@ impl Service {
         }
         let datapath_error = {
             let _guard = self.reconcile_lock.lock().await;
-            self.dp.delete_endpoint(&record.host_if).await.err()
+            self.dp
+                .delete_endpoint(&record.host_if)
+                .await
+                .err()
+                .map(|e| e.to_string())
         };
         let state = self.state.clone();
         let ipam = self.ipam.clone();
         let rec = record.clone();
         let address_released = store_op("release endpoint", move || {
-            state.store.txn(Txn {
-                success: vec![Op::Delete(endpoint_key(&rec.id))],
-                ..Default::default()
-            })?;
+            state.delete_endpoint(&rec.id)?;
             let Some(pool_id) = state.network(&rec.network_id)?.and_then(|n| n.pool_id) else {
                 return Ok(false);
             };
-            let (ip, _) = parse_cidr(&rec.address).map_err(|e| {
-                NetError::Store(StoreError::Corrupt {
-                    key: endpoint_key(&rec.id),
-                    message: format!("address {e}"),
-                })
-            })?;
+            let ip = rec.address.ip;
             let Some(kv) = state.store.get(&addr_key(&pool_id, ip))? else {
                 return Ok(false);
             };
@@ -682,7 +496,7 @@ impl Service {
             endpoint_id: record.id.clone(),
             network_id: record.network_id.clone(),
             host_if: record.host_if.clone(),
-            address: record.address.clone(),
+            address: record.address.to_string(),
             address_released,
             datapath_error,
         };
@@ -710,7 +524,7 @@ impl Service {
         record: &EndpointRecord,
         container_id: &str,
     ) -> NetResult<()> {
-        let plan = plan_of(record)?;
+        let plan = plan_of(record);
         let _guard = self.reconcile_lock.lock().await;
         self.dp
             .label_container(&plan, container_id)
@@ -729,18 +543,15 @@ impl Service {
             .iter()
             .filter(|e| e.host_id == *me)
             .map(plan_of)
-            .collect::<NetResult<_>>()?;
+            .collect();
         let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
         let entries: Vec<ArpEntry> = all
             .iter()
-            .filter_map(|e| {
-                let (ip, _) = parse_cidr(&e.address).ok()?;
-                Some(ArpEntry {
-                    vlan: e.vlan,
-                    ip,
-                    mac: parse_mac(&e.mac).ok()?,
-                    local_port: (e.host_id == *me).then(|| e.host_if.clone()),
-                })
+            .map(|e| ArpEntry {
+                vlan: e.vlan,
+                ip: e.address.ip,
+                mac: e.mac.octets(),
+                local_port: (e.host_id == *me).then(|| e.host_if.clone()),
             })
             .collect();
         (report.arp_flows_added, report.arp_flows_removed) = self
@@ -750,200 +561,6 @@ impl Service {
             .map_err(NetError::Datapath)?;
         Ok(report)
     }
-
-    // ---- admin views ----
-
-    pub async fn admin_networks(&self) -> NetResult<Vec<NetworkView>> {
-        let state = self.state.clone();
-        store_op("list networks", move || {
-            let eps = state.endpoints()?;
-            Ok(state
-                .networks()?
-                .into_iter()
-                .map(|n| NetworkView {
-                    endpoints: eps.iter().filter(|e| e.network_id == n.id).count(),
-                    id: n.id,
-                    vlan: n.vlan,
-                    vlan_auto: n.vlan_auto,
-                    subnet: n.subnet.unwrap_or_default(),
-                    gateway: n.gateway.unwrap_or_default(),
-                    mtu: n.mtu,
-                    pool_id: n.pool_id.unwrap_or_default(),
-                    host_id: n.host_id,
-                    limits: n.limits,
-                })
-                .collect())
-        })
-        .await
-    }
-
-    pub async fn admin_endpoints(&self, network: Option<String>) -> NetResult<Vec<EndpointView>> {
-        let state = self.state.clone();
-        let ports: BTreeMap<String, (Option<u16>, Option<String>)> = self
-            .dp
-            .ports()
-            .into_iter()
-            .map(|p| (p.name, (p.tag, p.container_id)))
-            .collect();
-        store_op("list endpoints", move || {
-            Ok(state
-                .endpoints()?
-                .into_iter()
-                .filter(|e| {
-                    network
-                        .as_deref()
-                        .is_none_or(|n| e.network_id.starts_with(n))
-                })
-                .map(|e| {
-                    let port = ports.get(&e.host_if);
-                    EndpointView {
-                        ovs_port: if port.is_some() { "present" } else { "missing" }.into(),
-                        ovs_tag: port.and_then(|p| p.0),
-                        container_id: port.and_then(|p| p.1.clone()),
-                        limits: e.limits,
-                        id: e.id,
-                        network_id: e.network_id,
-                        address: e.address,
-                        mac: e.mac,
-                        host_if: e.host_if,
-                        container_if: e.container_if,
-                        vlan: e.vlan,
-                        host_id: e.host_id,
-                    }
-                })
-                .collect())
-        })
-        .await
-    }
-
-    pub async fn admin_pools(&self) -> NetResult<Vec<PoolView>> {
-        let state = self.state.clone();
-        store_op("list pools", move || {
-            state
-                .pools()?
-                .into_iter()
-                .map(|p| pool_view(&state, p, false))
-                .collect()
-        })
-        .await
-    }
-
-    /// One pool, by pool id, subnet or network id (prefix).
-    pub async fn admin_pool(&self, key: String) -> NetResult<PoolView> {
-        let state = self.state.clone();
-        store_op("show pool", move || {
-            let pools = state.pools()?;
-            let found = pools.into_iter().find(|p| {
-                p.id == key
-                    || p.subnet == key
-                    || (key.len() >= 4
-                        && p.network_id.as_deref().is_some_and(|n| n.starts_with(&key)))
-            });
-            match found {
-                Some(p) => pool_view(&state, p, true),
-                None => Err(NetError::NotFound(format!(
-                    "no pool {key:?} (give a pool id, a subnet or a network id)"
-                ))),
-            }
-        })
-        .await
-    }
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct NetworkView {
-    pub id: String,
-    pub vlan: u16,
-    pub vlan_auto: bool,
-    pub subnet: String,
-    pub gateway: String,
-    pub mtu: u32,
-    pub pool_id: String,
-    pub endpoints: usize,
-    pub host_id: String,
-    /// Each container's rate limits on it.
-    #[serde(default)]
-    pub limits: RateLimits,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct EndpointView {
-    pub id: String,
-    pub network_id: String,
-    pub address: String,
-    pub mac: String,
-    pub host_if: String,
-    pub container_if: String,
-    pub vlan: u16,
-    pub host_id: String,
-    pub ovs_port: String,
-    pub ovs_tag: Option<u16>,
-    /// The container Docker attached it to (this host's endpoints, once learned).
-    #[serde(default)]
-    pub container_id: Option<String>,
-    #[serde(default)]
-    pub limits: RateLimits,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct AddressView {
-    pub address: String,
-    pub held_by: String,
-    pub mac: Option<String>,
-    #[serde(default)]
-    pub host: String,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PoolView {
-    pub id: String,
-    pub address_space: String,
-    pub subnet: String,
-    pub ip_range: Option<String>,
-    pub auto: bool,
-    pub network_id: Option<String>,
-    pub allocated: usize,
-    pub free: u64,
-    /// Hosts using the pool (one per host that created the network).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<AddressView>,
-}
-
-fn pool_view(state: &State, p: PoolRecord, detail: bool) -> NetResult<PoolView> {
-    let addrs = state.addresses(&p.id)?;
-    let net: Option<Ipv4Net> = p.subnet.parse().ok();
-    let usable = net
-        .map(|n| {
-            let (lo, hi) = n.hosts();
-            u64::from(hi - lo) + 1
-        })
-        .unwrap_or(0);
-    Ok(PoolView {
-        allocated: addrs.len(),
-        free: usable.saturating_sub(addrs.len() as u64),
-        addresses: if detail {
-            addrs
-                .iter()
-                .map(|a| AddressView {
-                    address: a.address.to_string(),
-                    held_by: describe_holder(a),
-                    mac: a.mac.clone(),
-                    host: a.host_id.clone(),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        },
-        hosts: p.users().into_iter().collect(),
-        id: p.id,
-        address_space: p.address_space,
-        subnet: p.subnet,
-        ip_range: p.sub_pool,
-        auto: p.auto,
-        network_id: p.network_id,
-    })
 }
 
 fn create_network_record(
@@ -982,7 +599,7 @@ fn create_network_record(
                         return Err(NetError::conflict(format!(
                             "-o vlan={}: subnet {} is network {} with VLAN {} (created on host {}): the same network on every host needs the same VLAN",
                             opts.vlan.unwrap_or(0),
-                            o.subnet.clone().unwrap_or_default(),
+                            o.subnet.map(|s| s.to_string()).unwrap_or_default(),
                             short(&o.id),
                             o.vlan,
                             o.host_id
@@ -993,7 +610,7 @@ fn create_network_record(
                 Some(o) => {
                     return Err(NetError::conflict(format!(
                         "subnet {} is already network {} on this host",
-                        o.subnet.clone().unwrap_or_default(),
+                        o.subnet.map(|s| s.to_string()).unwrap_or_default(),
                         short(&o.id)
                     )))
                 }
@@ -1033,43 +650,27 @@ fn create_network_record(
             vlan,
             vlan_auto: opts.vlan.is_none(),
             mtu: opts.mtu,
-            subnet: subnet.map(|s| s.to_string()),
-            gateway: gateway.map(|g| g.to_string()),
+            subnet,
+            gateway,
             pool_id: pool.as_ref().map(|p| p.id.clone()),
             host_id: state.host_id.clone(),
             created_at: now(),
             limits: opts.limits,
         };
-        let mut compare = vec![Compare::Version(network_key(id), 0)];
-        let mut success = vec![Op::put(network_key(id), encode(&record))];
-        match &shared {
-            // Joining: the VLAN stays with the network that holds it.
-            Some(o) => compare.push(Compare::Value(vlan_key(vlan), o.id.as_bytes().to_vec())),
-            None => {
-                compare.push(Compare::Version(vlan_key(vlan), 0));
-                success.push(Op::put(vlan_key(vlan), id.as_bytes().to_vec()));
+        let pool = match pool.filter(|_| shared.is_none()) {
+            Some(p) => {
+                let rev = state
+                    .store
+                    .get(&pool_key(&p.id))?
+                    .map(|kv| kv.mod_revision)
+                    .unwrap_or(0);
+                Some((p, rev))
             }
-        }
-        if let Some(mut p) = pool.filter(|_| shared.is_none()) {
-            let rev = state
-                .store
-                .get(&pool_key(&p.id))?
-                .map(|kv| kv.mod_revision)
-                .unwrap_or(0);
-            compare.push(Compare::ModRevision(pool_key(&p.id), rev));
-            p.network_id = Some(id.to_string());
-            success.push(Op::put(pool_key(&p.id), encode(&p)));
-        }
-        if state
-            .store
-            .txn(Txn {
-                compare,
-                success,
-                failure: vec![],
-            })?
-            .succeeded
-        {
-            info!(network = id, vlan, subnet = ?record.subnet, "network created");
+            None => None,
+        };
+        let joining = shared.as_ref().map(|o| o.id.as_str());
+        if state.create_network_txn(&record, joining, pool)? {
+            info!(network = id, vlan, subnet = ?record.subnet.map(|s| s.to_string()), "network created");
             return Ok(());
         }
     }
@@ -1077,28 +678,4 @@ fn create_network_record(
         what: "network creation".into(),
         attempts: CAS_ATTEMPTS,
     }))
-}
-
-fn save_endpoint(
-    state: &State,
-    net: &NetworkRecord,
-    rec: &EndpointRecord,
-    ip: Ipv4Addr,
-) -> NetResult<()> {
-    let mut ops = vec![Op::put(endpoint_key(&rec.id), encode(rec))];
-    if let Some(pool_id) = &net.pool_id {
-        if let Some((mut a, _)) = state.get::<AddrRecord>(&addr_key(pool_id, ip))? {
-            a.endpoint_id = Some(rec.id.clone());
-            if a.mac.is_none() {
-                a.mac = Some(rec.mac.clone());
-            }
-            ops.push(Op::put(addr_key(pool_id, ip), encode(&a)));
-        }
-    }
-    state.store.txn(Txn {
-        compare: vec![Compare::Version(endpoint_key(&rec.id), 0)],
-        success: ops,
-        failure: vec![],
-    })?;
-    Ok(())
 }

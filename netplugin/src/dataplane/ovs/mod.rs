@@ -1,5 +1,10 @@
 //! The real datapath: veth pairs through netlink, access ports through OVSDB and our base
-//! flow through OpenFlow, all via ovs-ffi (never ovs-vsctl/ovs-ofctl).
+//! flow through OpenFlow, all via ovs-ffi (never ovs-vsctl/ovs-ofctl). The ARP proxy's and
+//! the rate limits' flows and meters are in `flows.rs`.
+
+mod flows;
+
+use flows::{egress_meter, ingress_meter};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -10,32 +15,21 @@ use ovs_ffi::openflow::{
     Action, Flow, FlowFilter, FlowMod, Mac, Match, Meter, OfClient, OfConfig, Port, SetField,
 };
 use ovs_ffi::ovsdb::{self, BridgeSpec, PortSpec};
+use plugin_transport::blocking::run_blocking;
 use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{
-    ethtool, netlink, ArpEntry, BoxFuture, Dataplane, EndpointPlan, PortView, RateLimitDrops,
-    ReassertReport,
+    ethtool, netlink, ArpEntry, BoxFuture, Dataplane, DataplaneError, DataplaneErrors, DpResult,
+    EndpointPlan, PortView, RateLimitDrops, ReassertReport,
 };
 
 /// Cookie of the bridge-wide flows this plugin owns (`0xbe27` marks Berth's cookies).
 pub const COOKIE_BASE: u64 = 0xbe27_0000_0000_0001;
 /// Cookie of every ARP proxy flow.
 pub const COOKIE_ARP: u64 = 0xbe27_0000_0000_0002;
-/// The ARP proxy's table: requests arrive there tagged with their port's VLAN.
-const ARP_TABLE: u8 = 1;
 /// Cookie of every rate-limit flow.
 pub const COOKIE_QOS: u64 = 0xbe27_0000_0000_0003;
-/// Where a rate-limited sender's packets go next, for the receiver's meter.
-const QOS_TABLE: u8 = 2;
-
-/// Meter ids follow the port's ofport: stable while the port exists, nothing to allocate.
-fn egress_meter(ofport: u32) -> u32 {
-    ofport * 2
-}
-fn ingress_meter(ofport: u32) -> u32 {
-    ofport * 2 + 1
-}
 pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
 pub const EXT_NETWORK: &str = "berth-network-id";
 pub const EXT_CONTAINER: &str = "berth-container-id";
@@ -83,16 +77,17 @@ pub struct OvsDataplane {
     drops: std::sync::Mutex<Vec<RateLimitDrops>>,
 }
 
-fn io_err(what: &str, name: &str, e: std::io::Error) -> String {
-    format!("{what} {name}: {e}")
+fn io_err(what: &'static str, name: &str, e: std::io::Error) -> DataplaneError {
+    DataplaneError::netlink(what, name, e)
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
+    f: impl FnOnce() -> DpResult<T> + Send + 'static,
+) -> DpResult<T> {
+    // netlink requests bound themselves (socket timeouts): no deadline here.
+    run_blocking(None, f)
         .await
-        .map_err(|e| format!("worker failed: {e}"))?
+        .map_err(|e| DataplaneError::Worker(e.to_string()))?
 }
 
 impl OvsDataplane {
@@ -118,78 +113,12 @@ impl OvsDataplane {
         })
     }
 
-    fn unreachable(&self) -> String {
-        format!(
+    fn unreachable(&self) -> DataplaneError {
+        DataplaneError::Unreachable(format!(
             "Open vSwitch is not reachable: no OVSDB connection to {} (is ovsdb-server running? see --ovsdb); \
              the request fails until it is, and works again without restarting netplugin",
             self.cfg.ovsdb
-        )
-    }
-
-    /// The ARP proxy. An access port's packets carry no VLAN in OpenFlow (the tag is NORMAL's
-    /// business), so table 0 tags this host's ARP requests with their port's VLAN and sends them
-    /// to table 1, which answers known (VLAN, address) pairs back out of the port and hands the
-    /// rest, untagged again, to NORMAL. A port's own address goes to NORMAL too (gratuitous ARP).
-    fn arp_flows(&self, entries: &[ArpEntry]) -> Vec<Flow> {
-        let mut flows = Vec::new();
-        let mut answered = BTreeSet::new();
-        let mut local_vlans = BTreeSet::new();
-        for e in entries {
-            if let Some(ofport) = e.local_port.as_deref().and_then(|p| self.ofport(p)) {
-                local_vlans.insert(e.vlan);
-                flows.push(
-                    Flow::new(0, 100)
-                        .cookie(COOKIE_ARP)
-                        .matching(Match::new().in_port(ofport).arp().arp_op(1))
-                        .actions(vec![
-                            Action::PushVlan(0x8100),
-                            Action::SetField(SetField::VlanVid(e.vlan)),
-                        ])
-                        .goto_table(ARP_TABLE),
-                );
-                flows.push(
-                    Flow::new(ARP_TABLE, 110)
-                        .cookie(COOKIE_ARP)
-                        .matching(
-                            Match::new()
-                                .in_port(ofport)
-                                .vlan_vid(e.vlan)
-                                .arp()
-                                .arp_op(1)
-                                .arp_tpa(e.ip),
-                        )
-                        .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
-                );
-            }
-            // Two networks never share a VLAN, so a (VLAN, address) pair has one owner.
-            if !answered.insert((e.vlan, e.ip)) {
-                continue;
-            }
-            let mac = Mac(e.mac);
-            flows.push(
-                Flow::new(ARP_TABLE, 100)
-                    .cookie(COOKIE_ARP)
-                    .matching(Match::new().vlan_vid(e.vlan).arp().arp_op(1).arp_tpa(e.ip))
-                    .actions(
-                        [
-                            Action::arp_reply(mac, e.ip),
-                            vec![Action::PopVlan, Action::Output(Port::InPort)],
-                        ]
-                        .concat(),
-                    ),
-            );
-        }
-        // Unknown addresses: back to NORMAL untagged (pop_vlan needs a VLAN match, hence one
-        // flow per VLAN with a local port).
-        for vlan in local_vlans {
-            flows.push(
-                Flow::new(ARP_TABLE, 0)
-                    .cookie(COOKIE_ARP)
-                    .matching(Match::new().vlan_vid(vlan))
-                    .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
-            );
-        }
-        flows
+        ))
     }
 
     /// ovs-vswitchd creates `<bridge>.mgmt` a moment after the bridge row appears; a request
@@ -201,156 +130,6 @@ impl OvsDataplane {
         while !path.exists() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Rate limits as meters and flows. One flow can use one meter, so a limited sender's
-    /// packets are metered in table 0 and go on to table 2, where the receiver's meter applies;
-    /// packets from unlimited senders meet the receiver's meter in table 0. Only unicast to
-    /// the container's MAC counts as its ingress.
-    fn qos_plan(&self, plans: &[EndpointPlan]) -> (Vec<Flow>, Vec<Meter>) {
-        let (mut flows, mut meters) = (Vec::new(), Vec::new());
-        for plan in plans {
-            let limits = plan.limits;
-            if limits.is_unlimited() {
-                continue;
-            }
-            let Some(ofport) = self.ofport(&plan.host_if) else {
-                continue;
-            };
-            if let Some(rate) = limits.egress_kbps {
-                let id = egress_meter(ofport);
-                meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
-                flows.push(
-                    Flow::new(0, 50)
-                        .cookie(COOKIE_QOS)
-                        .matching(Match::new().in_port(ofport))
-                        .meter(id)
-                        .goto_table(QOS_TABLE),
-                );
-            }
-            if let Some(rate) = limits.ingress_kbps {
-                let id = ingress_meter(ofport);
-                meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
-                for (table, priority) in [(0, 40), (QOS_TABLE, 50)] {
-                    flows.push(
-                        Flow::new(table, priority)
-                            .cookie(COOKIE_QOS)
-                            .matching(Match::new().eth_dst(Mac(plan.mac)))
-                            .meter(id)
-                            .actions(vec![Action::Output(Port::Normal)]),
-                    );
-                }
-            }
-        }
-        if !flows.is_empty() {
-            flows.push(
-                Flow::new(QOS_TABLE, 0)
-                    .cookie(COOKIE_QOS)
-                    .actions(vec![Action::Output(Port::Normal)]),
-            );
-        }
-        (flows, meters)
-    }
-
-    /// Brings meters and rate-limit flows to `plans`; returns how many changes it made.
-    async fn sync_qos(&self, plans: &[EndpointPlan]) -> Result<usize, String> {
-        let err = |e: ovs_ffi::Error| format!("rate limits on bridge {}: {e}", self.cfg.bridge);
-        let (flows, meters) = self.qos_plan(plans);
-        let have_meters = self.of.meter_configs(None).await.map_err(err)?;
-        let mut changes = 0;
-        for m in &meters {
-            match have_meters.iter().find(|h| h.id == m.id) {
-                Some(h) if h == m => {}
-                Some(_) => {
-                    self.of.modify_meter(m).await.map_err(err)?;
-                    changes += 1;
-                }
-                None => {
-                    self.of.add_meter(m).await.map_err(err)?;
-                    changes += 1;
-                }
-            }
-        }
-        let (added, removed) = self
-            .sync_flows_counted(COOKIE_QOS, flows)
-            .await
-            .map_err(err)?;
-        changes += added + removed;
-        self.record_drops(plans).await;
-        // The bridge is ours, so every meter on it is: those no port needs go.
-        for h in have_meters
-            .iter()
-            .filter(|h| !meters.iter().any(|m| m.id == h.id))
-        {
-            self.of.delete_meter(h.id).await.map_err(err)?;
-            changes += 1;
-        }
-        Ok(changes)
-    }
-
-    /// Reads the meters' drop counters for the metrics (a failure only leaves them stale).
-    async fn record_drops(&self, plans: &[EndpointPlan]) {
-        let Ok(stats) = self.of.meter_stats(None).await else {
-            return;
-        };
-        let mut drops = Vec::new();
-        for plan in plans {
-            let Some(ofport) = self.ofport(&plan.host_if) else {
-                continue;
-            };
-            for (direction, id) in [
-                ("egress", egress_meter(ofport)),
-                ("ingress", ingress_meter(ofport)),
-            ] {
-                if let Some(st) = stats.iter().find(|st| st.id == id) {
-                    drops.push(RateLimitDrops {
-                        endpoint_id: plan.endpoint_id.clone(),
-                        direction,
-                        packets: st.bands.iter().map(|(packets, _)| packets).sum(),
-                    });
-                }
-            }
-        }
-        *self.drops.lock().unwrap_or_else(|e| e.into_inner()) = drops;
-    }
-
-    /// Makes the flows with `cookie` exactly `want`: one dump, then only the differences.
-    /// Returns (added, removed).
-    async fn sync_flows_counted(
-        &self,
-        cookie: u64,
-        want: Vec<Flow>,
-    ) -> Result<(usize, usize), ovs_ffi::Error> {
-        let want: BTreeMap<String, Flow> = want.into_iter().map(|f| (f.to_ofctl(), f)).collect();
-        let have = self
-            .of
-            .dump_flows(&FlowFilter {
-                cookie,
-                cookie_mask: u64::MAX,
-                ..Default::default()
-            })
-            .await?;
-        let have_text: BTreeSet<String> = have.iter().map(|f| f.flow.to_ofctl()).collect();
-        let mut mods: Vec<FlowMod> = have
-            .iter()
-            .filter(|f| !want.contains_key(&f.flow.to_ofctl()))
-            .map(|f| FlowMod::DeleteStrict {
-                table: f.flow.table,
-                priority: f.flow.priority,
-                matches: f.flow.matches.clone(),
-            })
-            .collect();
-        let removed = mods.len();
-        mods.extend(
-            want.iter()
-                .filter(|(text, _)| !have_text.contains(*text))
-                .map(|(_, f)| FlowMod::Add(f.clone())),
-        );
-        let added = mods.len() - removed;
-        if !mods.is_empty() {
-            self.of.flow_mods(&mods).await?;
-        }
-        Ok((added, removed))
     }
 
     /// The OpenFlow port number of one of our ports, once ovs-vswitchd assigned it.
@@ -365,7 +144,7 @@ impl OvsDataplane {
             .actions(vec![Action::Output(Port::Normal)])
     }
 
-    async fn ensure_bridge(&self) -> Result<bool, String> {
+    async fn ensure_bridge(&self) -> DpResult<bool> {
         if !self.db.is_connected() {
             return Err(self.unreachable());
         }
@@ -386,14 +165,14 @@ impl OvsDataplane {
                 external_ids,
             })
             .await
-            .map_err(|e| format!("OVS bridge {}: {e}", self.cfg.bridge))?;
+            .map_err(|e| DataplaneError::ovs(format!("OVS bridge {}", self.cfg.bridge), e))?;
         if changed {
             info!(bridge = %self.cfg.bridge, datapath = %self.cfg.datapath, "OVS bridge created or updated");
             self.flows_ok.store(false, Ordering::SeqCst);
             self.db
                 .wait_applied(self.cfg.call_timeout)
                 .await
-                .map_err(|e| format!("OVS bridge {}: {e}", self.cfg.bridge))?;
+                .map_err(|e| DataplaneError::ovs(format!("OVS bridge {}", self.cfg.bridge), e))?;
         }
         if let Some(uplink) = &self.cfg.uplink {
             self.db
@@ -403,13 +182,13 @@ impl OvsDataplane {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| format!("--uplink {uplink}: {e}"))?;
+                .map_err(|e| DataplaneError::ovs(format!("--uplink {uplink}"), e))?;
         }
         Ok(changed)
     }
 
     /// Installs the base flow unless it is there (checked on the switch when `check`).
-    async fn ensure_flows(&self, check: bool) -> Result<bool, String> {
+    async fn ensure_flows(&self, check: bool) -> DpResult<bool> {
         let conn = self.db.connection_count();
         if self.flows_ok.load(Ordering::SeqCst)
             && !check
@@ -420,10 +199,13 @@ impl OvsDataplane {
         self.flows_conn.store(conn, Ordering::SeqCst);
         let flow_err = |e: ovs_ffi::Error| {
             self.flows_ok.store(false, Ordering::SeqCst);
-            format!(
-                "OpenFlow on bridge {} ({}): {e}",
-                self.cfg.bridge,
-                ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge).display()
+            DataplaneError::ovs(
+                format!(
+                    "OpenFlow on bridge {} ({})",
+                    self.cfg.bridge,
+                    ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge).display()
+                ),
+                e,
             )
         };
         self.wait_for_mgmt_socket().await;
@@ -478,7 +260,7 @@ impl OvsDataplane {
         })
     }
 
-    async fn plug(&self, plan: &EndpointPlan) -> Result<(), String> {
+    async fn plug(&self, plan: &EndpointPlan) -> DpResult<()> {
         let (host, peer, mtu, mac) = (
             plan.host_if.clone(),
             plan.container_if.clone(),
@@ -503,14 +285,16 @@ impl OvsDataplane {
         self.db
             .ensure_port(&self.port_spec(plan))
             .await
-            .map_err(|e| format!("OVS port {}: {e}", plan.host_if))?;
+            .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))?;
         if !plan.limits.is_unlimited() {
             // In place before the container can send: its port's number is needed for that.
             self.db
                 .wait_ofport(&plan.host_if, self.cfg.call_timeout)
                 .await
-                .map_err(|e| format!("OVS port {}: {e}", plan.host_if))?;
-            let err = |e: ovs_ffi::Error| format!("rate limits of {}: {e}", plan.host_if);
+                .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))?;
+            let err = |e: ovs_ffi::Error| {
+                DataplaneError::ovs(format!("rate limits of {}", plan.host_if), e)
+            };
             let (flows, meters) = self.qos_plan(std::slice::from_ref(plan));
             for m in &meters {
                 self.of.ensure_meter(m).await.map_err(err)?;
@@ -521,8 +305,8 @@ impl OvsDataplane {
         Ok(())
     }
 
-    async fn unplug(&self, host_if: &str) -> Result<(), String> {
-        let mut errors = Vec::new();
+    async fn unplug(&self, host_if: &str) -> DpResult<()> {
+        let mut errors = DataplaneErrors::default();
         // Its ofport may be given to another port later: its ARP flows and its meters (their
         // flows go with them) go first.
         if let Some(ofport) = self.ofport(host_if) {
@@ -537,24 +321,30 @@ impl OvsDataplane {
                 .flow_mods(&[by_port(COOKIE_ARP), by_port(COOKIE_QOS)])
                 .await
             {
-                errors.push(format!("ARP and rate-limit flows of {host_if}: {e}"));
+                errors.push(DataplaneError::ovs(
+                    format!("ARP and rate-limit flows of {host_if}"),
+                    e,
+                ));
             }
             match self.of.meter_configs(None).await {
                 Ok(meters) => {
                     for id in [egress_meter(ofport), ingress_meter(ofport)] {
                         if meters.iter().any(|m| m.id == id) {
                             if let Err(e) = self.of.delete_meter(id).await {
-                                errors.push(format!("meter {id} of {host_if}: {e}"));
+                                errors.push(DataplaneError::ovs(
+                                    format!("meter {id} of {host_if}"),
+                                    e,
+                                ));
                             }
                         }
                     }
                 }
-                Err(e) => errors.push(format!("meters of {host_if}: {e}")),
+                Err(e) => errors.push(DataplaneError::ovs(format!("meters of {host_if}"), e)),
             }
         }
         if self.db.is_connected() {
             if let Err(e) = self.db.delete_port(&self.cfg.bridge, host_if).await {
-                errors.push(format!("OVS port {host_if}: {e}"));
+                errors.push(DataplaneError::ovs(format!("OVS port {host_if}"), e));
             }
         } else {
             warn!(
@@ -572,16 +362,12 @@ impl OvsDataplane {
         {
             errors.push(e);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        errors.into_result()
     }
 }
 
 impl Dataplane for OvsDataplane {
-    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn ready(&self) -> BoxFuture<'_, DpResult<()>> {
         Box::pin(async move {
             self.ensure_bridge().await?;
             self.ensure_flows(false).await?;
@@ -589,7 +375,7 @@ impl Dataplane for OvsDataplane {
         })
     }
 
-    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, Result<(), String>> {
+    fn create_endpoint<'a>(&'a self, plan: &'a EndpointPlan) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             match self.plug(plan).await {
                 Ok(()) => Ok(()),
@@ -603,14 +389,14 @@ impl Dataplane for OvsDataplane {
         })
     }
 
-    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, Result<(), String>> {
+    fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move { self.unplug(host_if).await })
     }
 
     fn reassert<'a>(
         &'a self,
         endpoints: &'a [EndpointPlan],
-    ) -> BoxFuture<'a, Result<ReassertReport, String>> {
+    ) -> BoxFuture<'a, DpResult<ReassertReport>> {
         Box::pin(async move {
             let mut report = ReassertReport {
                 bridge_created: self.ensure_bridge().await?,
@@ -627,7 +413,9 @@ impl Dataplane for OvsDataplane {
                 match self.db.ensure_port(&self.port_spec(plan)).await {
                     Ok(true) => report.ports_fixed.push(plan.host_if.clone()),
                     Ok(false) => {}
-                    Err(e) => return Err(format!("OVS port {}: {e}", plan.host_if)),
+                    Err(e) => {
+                        return Err(DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))
+                    }
                 }
             }
             for name in self.bridge_ports() {
@@ -658,7 +446,7 @@ impl Dataplane for OvsDataplane {
         &'a self,
         plan: &'a EndpointPlan,
         container_id: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             if self.db.port(&plan.host_if).is_none() {
                 return Ok(());
@@ -672,17 +460,15 @@ impl Dataplane for OvsDataplane {
                 .ensure_port(&spec)
                 .await
                 .map(drop)
-                .map_err(|e| format!("OVS port {}: {e}", plan.host_if))
+                .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))
         })
     }
 
-    fn sync_arp<'a>(
-        &'a self,
-        entries: &'a [ArpEntry],
-    ) -> BoxFuture<'a, Result<(usize, usize), String>> {
+    fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>> {
         Box::pin(async move {
-            let err =
-                |e: ovs_ffi::Error| format!("ARP proxy flows on bridge {}: {e}", self.cfg.bridge);
+            let err = |e: ovs_ffi::Error| {
+                DataplaneError::ovs(format!("ARP proxy flows on bridge {}", self.cfg.bridge), e)
+            };
             self.sync_flows_counted(COOKIE_ARP, self.arp_flows(entries))
                 .await
                 .map_err(err)

@@ -1,27 +1,14 @@
-//! Typed records over the [`Store`] and their key layout (the same keys go under
-//! `--etcd-prefix` in etcd):
-//!
-//! ```text
-//! spaces/<address-space>        guard bumped by every pool create/release (overlap checks)
-//! pools/<pool-id>               PoolRecord
-//! addrs/<pool-id>/<ip-hex>      AddrRecord (one per held address)
-//! blocks/<pool-id>/<index-hex>  BlockRecord: which addresses of a block are held, and the
-//!                               host with affinity to it (kept in step with addrs/)
-//! hosts/<host-id>               HostRecord, put with the host's lease (there while it lives)
-//! networks/<network-id>         NetworkRecord
-//! vlans/<nnnn>                  network id holding the VLAN
-//! endpoints/<endpoint-id>       EndpointRecord
-//! ```
+//! The records the store holds, and their keys. Typed fields serialize to the exact text
+//! earlier releases stored, so stored data needs no migration.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{KeyValue, Store, StoreError, StoreResult};
+use crate::ipnet::{Ipv4If, Ipv4Net};
+use crate::mac::Mac;
+use crate::store::{StoreError, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolRecord {
@@ -50,6 +37,15 @@ pub struct PoolRecord {
 }
 
 impl PoolRecord {
+    /// The pool's subnet. (Stored as text; a bad one names this record and field.)
+    pub fn network(&self) -> StoreResult<Ipv4Net> {
+        self.subnet.parse().map_err(|message| StoreError::BadField {
+            key: pool_key(&self.id),
+            field: "subnet",
+            message,
+        })
+    }
+
     /// The hosts using the pool (see `hosts`).
     pub fn users(&self) -> BTreeSet<String> {
         if self.hosts.is_empty() {
@@ -123,10 +119,9 @@ pub struct NetworkRecord {
     pub vlan_auto: bool,
     pub mtu: u32,
     #[serde(default)]
-    pub subnet: Option<String>,
-    /// Plain IP.
+    pub subnet: Option<Ipv4Net>,
     #[serde(default)]
-    pub gateway: Option<String>,
+    pub gateway: Option<Ipv4Addr>,
     #[serde(default)]
     pub pool_id: Option<String>,
     pub host_id: String,
@@ -191,9 +186,8 @@ pub struct EndpointRecord {
     pub id: String,
     pub network_id: String,
     pub host_id: String,
-    /// CIDR.
-    pub address: String,
-    pub mac: String,
+    pub address: Ipv4If,
+    pub mac: Mac,
     pub host_if: String,
     pub container_if: String,
     pub vlan: u16,
@@ -236,113 +230,4 @@ pub fn block_key(pool_id: &str, index: u32) -> String {
 }
 pub fn host_key(host: &str) -> String {
     format!("hosts/{host}")
-}
-
-/// The store plus this host's identity, with typed reads.
-#[derive(Clone)]
-pub struct State {
-    pub store: Arc<dyn Store>,
-    pub host_id: String,
-    /// This host's current lease (0 until the host agent has one).
-    lease: Arc<AtomicI64>,
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records always serialize")
-}
-
-pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> StoreResult<T> {
-    serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
-        key: kv.key.clone(),
-        message: e.to_string(),
-    })
-}
-
-impl State {
-    pub fn new(store: Arc<dyn Store>, host_id: impl Into<String>) -> Self {
-        Self {
-            store,
-            host_id: host_id.into(),
-            lease: Arc::new(AtomicI64::new(0)),
-        }
-    }
-
-    pub fn lease(&self) -> i64 {
-        self.lease.load(Ordering::Relaxed)
-    }
-
-    pub fn set_lease(&self, lease: i64) {
-        self.lease.store(lease, Ordering::Relaxed);
-    }
-
-    /// The record and its mod_revision.
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<(T, i64)>> {
-        match self.store.get(key)? {
-            Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
-            None => Ok(None),
-        }
-    }
-
-    pub fn list<T: DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<T>> {
-        self.store.range(prefix)?.iter().map(decode).collect()
-    }
-
-    pub fn network(&self, id: &str) -> StoreResult<Option<NetworkRecord>> {
-        Ok(self.get(&network_key(id))?.map(|(n, _)| n))
-    }
-
-    pub fn networks(&self) -> StoreResult<Vec<NetworkRecord>> {
-        self.list("networks/")
-    }
-
-    pub fn endpoint(&self, id: &str) -> StoreResult<Option<EndpointRecord>> {
-        Ok(self.get(&endpoint_key(id))?.map(|(e, _)| e))
-    }
-
-    pub fn endpoints(&self) -> StoreResult<Vec<EndpointRecord>> {
-        self.list("endpoints/")
-    }
-
-    pub fn pools(&self) -> StoreResult<Vec<PoolRecord>> {
-        self.list("pools/")
-    }
-
-    pub fn pool(&self, id: &str) -> StoreResult<Option<PoolRecord>> {
-        Ok(self.get(&pool_key(id))?.map(|(p, _)| p))
-    }
-
-    pub fn addresses(&self, pool_id: &str) -> StoreResult<Vec<AddrRecord>> {
-        self.list(&addr_prefix(pool_id))
-    }
-}
-
-/// Short form of a Docker ID, as `docker network ls` shows it.
-pub fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
-
-/// A random hex id (from the kernel's generator).
-pub fn random_id(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let filled = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
-    if filled.is_err() {
-        // Fallback: time and pid; ids only need to be unique, not secret.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-            ^ u128::from(std::process::id());
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (seed >> ((i % 16) * 8)) as u8;
-        }
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
 }

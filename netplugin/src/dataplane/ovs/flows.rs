@@ -1,0 +1,238 @@
+//! Our OpenFlow state beyond the base flow: the ARP proxy (answered by OVS itself) and the
+//! rate limits (meters, and the flows that send packets through them), each kept exactly in
+//! step with the endpoints under its own cookie.
+
+use super::*;
+
+/// The ARP proxy's table: requests arrive there tagged with their port's VLAN.
+const ARP_TABLE: u8 = 1;
+/// Where a rate-limited sender's packets go next, for the receiver's meter.
+const QOS_TABLE: u8 = 2;
+
+/// Meter ids follow the port's ofport: stable while the port exists, nothing to allocate.
+pub(super) fn egress_meter(ofport: u32) -> u32 {
+    ofport * 2
+}
+pub(super) fn ingress_meter(ofport: u32) -> u32 {
+    ofport * 2 + 1
+}
+
+impl OvsDataplane {
+    /// The ARP proxy. An access port's packets carry no VLAN in OpenFlow (the tag is NORMAL's
+    /// business), so table 0 tags this host's ARP requests with their port's VLAN and sends them
+    /// to table 1, which answers known (VLAN, address) pairs back out of the port and hands the
+    /// rest, untagged again, to NORMAL. A port's own address goes to NORMAL too (gratuitous ARP).
+    pub(super) fn arp_flows(&self, entries: &[ArpEntry]) -> Vec<Flow> {
+        let mut flows = Vec::new();
+        let mut answered = BTreeSet::new();
+        let mut local_vlans = BTreeSet::new();
+        for e in entries {
+            if let Some(ofport) = e.local_port.as_deref().and_then(|p| self.ofport(p)) {
+                local_vlans.insert(e.vlan);
+                flows.push(
+                    Flow::new(0, 100)
+                        .cookie(COOKIE_ARP)
+                        .matching(Match::new().in_port(ofport).arp().arp_op(1))
+                        .actions(vec![
+                            Action::PushVlan(0x8100),
+                            Action::SetField(SetField::VlanVid(e.vlan)),
+                        ])
+                        .goto_table(ARP_TABLE),
+                );
+                flows.push(
+                    Flow::new(ARP_TABLE, 110)
+                        .cookie(COOKIE_ARP)
+                        .matching(
+                            Match::new()
+                                .in_port(ofport)
+                                .vlan_vid(e.vlan)
+                                .arp()
+                                .arp_op(1)
+                                .arp_tpa(e.ip),
+                        )
+                        .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
+                );
+            }
+            // Two networks never share a VLAN, so a (VLAN, address) pair has one owner.
+            if !answered.insert((e.vlan, e.ip)) {
+                continue;
+            }
+            let mac = Mac(e.mac);
+            flows.push(
+                Flow::new(ARP_TABLE, 100)
+                    .cookie(COOKIE_ARP)
+                    .matching(Match::new().vlan_vid(e.vlan).arp().arp_op(1).arp_tpa(e.ip))
+                    .actions(
+                        [
+                            Action::arp_reply(mac, e.ip),
+                            vec![Action::PopVlan, Action::Output(Port::InPort)],
+                        ]
+                        .concat(),
+                    ),
+            );
+        }
+        // Unknown addresses: back to NORMAL untagged (pop_vlan needs a VLAN match, hence one
+        // flow per VLAN with a local port).
+        for vlan in local_vlans {
+            flows.push(
+                Flow::new(ARP_TABLE, 0)
+                    .cookie(COOKIE_ARP)
+                    .matching(Match::new().vlan_vid(vlan))
+                    .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
+            );
+        }
+        flows
+    }
+
+    /// Rate limits as meters and flows. One flow can use one meter, so a limited sender's
+    /// packets are metered in table 0 and go on to table 2, where the receiver's meter applies;
+    /// packets from unlimited senders meet the receiver's meter in table 0. Only unicast to
+    /// the container's MAC counts as its ingress.
+    pub(super) fn qos_plan(&self, plans: &[EndpointPlan]) -> (Vec<Flow>, Vec<Meter>) {
+        let (mut flows, mut meters) = (Vec::new(), Vec::new());
+        for plan in plans {
+            let limits = plan.limits;
+            if limits.is_unlimited() {
+                continue;
+            }
+            let Some(ofport) = self.ofport(&plan.host_if) else {
+                continue;
+            };
+            if let Some(rate) = limits.egress_kbps {
+                let id = egress_meter(ofport);
+                meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
+                flows.push(
+                    Flow::new(0, 50)
+                        .cookie(COOKIE_QOS)
+                        .matching(Match::new().in_port(ofport))
+                        .meter(id)
+                        .goto_table(QOS_TABLE),
+                );
+            }
+            if let Some(rate) = limits.ingress_kbps {
+                let id = ingress_meter(ofport);
+                meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
+                for (table, priority) in [(0, 40), (QOS_TABLE, 50)] {
+                    flows.push(
+                        Flow::new(table, priority)
+                            .cookie(COOKIE_QOS)
+                            .matching(Match::new().eth_dst(Mac(plan.mac)))
+                            .meter(id)
+                            .actions(vec![Action::Output(Port::Normal)]),
+                    );
+                }
+            }
+        }
+        if !flows.is_empty() {
+            flows.push(
+                Flow::new(QOS_TABLE, 0)
+                    .cookie(COOKIE_QOS)
+                    .actions(vec![Action::Output(Port::Normal)]),
+            );
+        }
+        (flows, meters)
+    }
+
+    /// Brings meters and rate-limit flows to `plans`; returns how many changes it made.
+    pub(super) async fn sync_qos(&self, plans: &[EndpointPlan]) -> DpResult<usize> {
+        let err = |e: ovs_ffi::Error| {
+            DataplaneError::ovs(format!("rate limits on bridge {}", self.cfg.bridge), e)
+        };
+        let (flows, meters) = self.qos_plan(plans);
+        let have_meters = self.of.meter_configs(None).await.map_err(err)?;
+        let mut changes = 0;
+        for m in &meters {
+            match have_meters.iter().find(|h| h.id == m.id) {
+                Some(h) if h == m => {}
+                Some(_) => {
+                    self.of.modify_meter(m).await.map_err(err)?;
+                    changes += 1;
+                }
+                None => {
+                    self.of.add_meter(m).await.map_err(err)?;
+                    changes += 1;
+                }
+            }
+        }
+        let (added, removed) = self
+            .sync_flows_counted(COOKIE_QOS, flows)
+            .await
+            .map_err(err)?;
+        changes += added + removed;
+        self.record_drops(plans).await;
+        // The bridge is ours, so every meter on it is: those no port needs go.
+        for h in have_meters
+            .iter()
+            .filter(|h| !meters.iter().any(|m| m.id == h.id))
+        {
+            self.of.delete_meter(h.id).await.map_err(err)?;
+            changes += 1;
+        }
+        Ok(changes)
+    }
+
+    /// Reads the meters' drop counters for the metrics (a failure only leaves them stale).
+    pub(super) async fn record_drops(&self, plans: &[EndpointPlan]) {
+        let Ok(stats) = self.of.meter_stats(None).await else {
+            return;
+        };
+        let mut drops = Vec::new();
+        for plan in plans {
+            let Some(ofport) = self.ofport(&plan.host_if) else {
+                continue;
+            };
+            for (direction, id) in [
+                ("egress", egress_meter(ofport)),
+                ("ingress", ingress_meter(ofport)),
+            ] {
+                if let Some(st) = stats.iter().find(|st| st.id == id) {
+                    drops.push(RateLimitDrops {
+                        endpoint_id: plan.endpoint_id.clone(),
+                        direction,
+                        packets: st.bands.iter().map(|(packets, _)| packets).sum(),
+                    });
+                }
+            }
+        }
+        *self.drops.lock().unwrap_or_else(|e| e.into_inner()) = drops;
+    }
+
+    /// Makes the flows with `cookie` exactly `want`: one dump, then only the differences.
+    /// Returns (added, removed).
+    pub(super) async fn sync_flows_counted(
+        &self,
+        cookie: u64,
+        want: Vec<Flow>,
+    ) -> Result<(usize, usize), ovs_ffi::Error> {
+        let want: BTreeMap<String, Flow> = want.into_iter().map(|f| (f.to_ofctl(), f)).collect();
+        let have = self
+            .of
+            .dump_flows(&FlowFilter {
+                cookie,
+                cookie_mask: u64::MAX,
+                ..Default::default()
+            })
+            .await?;
+        let have_text: BTreeSet<String> = have.iter().map(|f| f.flow.to_ofctl()).collect();
+        let mut mods: Vec<FlowMod> = have
+            .iter()
+            .filter(|f| !want.contains_key(&f.flow.to_ofctl()))
+            .map(|f| FlowMod::DeleteStrict {
+                table: f.flow.table,
+                priority: f.flow.priority,
+                matches: f.flow.matches.clone(),
+            })
+            .collect();
+        let removed = mods.len();
+        mods.extend(
+            want.iter()
+                .filter(|(text, _)| !have_text.contains(*text))
+                .map(|(_, f)| FlowMod::Add(f.clone())),
+        );
+        let added = mods.len() - removed;
+        if !mods.is_empty() {
+            self.of.flow_mods(&mods).await?;
+        }
+        Ok((added, removed))
+    }
+}

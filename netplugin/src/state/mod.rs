@@ -1,0 +1,165 @@
+//! Typed records over the [`Store`] and their key layout (the same keys go under
+//! `--etcd-prefix` in etcd):
+//!
+//! ```text
+//! spaces/<address-space>        guard bumped by every pool create/release (overlap checks)
+//! pools/<pool-id>               PoolRecord
+//! addrs/<pool-id>/<ip-hex>      AddrRecord (one per held address)
+//! blocks/<pool-id>/<index-hex>  BlockRecord: which addresses of a block are held, and the
+//!                               host with affinity to it (kept in step with addrs/)
+//! hosts/<host-id>               HostRecord, put with the host's lease (there while it lives)
+//! networks/<network-id>         NetworkRecord
+//! vlans/<nnnn>                  network id holding the VLAN
+//! endpoints/<endpoint-id>       EndpointRecord
+//! ```
+//!
+//! [`State`] is the store plus this host's identity: typed reads here, and the named
+//! transactions in `txn.rs`, the only writes; `records.rs`: what is stored.
+
+mod records;
+#[cfg(test)]
+mod tests;
+mod txn;
+
+pub use records::*;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use plugin_transport::blocking::{run_blocking, BlockingError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{NetError, NetResult};
+use crate::store::{KeyValue, Store, StoreError, StoreResult};
+
+/// The store plus this host's identity, with typed reads.
+#[derive(Clone)]
+pub struct State {
+    pub store: Arc<dyn Store>,
+    pub host_id: String,
+    /// This host's current lease (0 until the host agent has one).
+    lease: Arc<AtomicI64>,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records always serialize")
+}
+
+pub fn decode<T: DeserializeOwned>(kv: &KeyValue) -> StoreResult<T> {
+    serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
+        key: kv.key.clone(),
+        message: e.to_string(),
+    })
+}
+
+impl State {
+    pub fn new(store: Arc<dyn Store>, host_id: impl Into<String>) -> Self {
+        Self {
+            store,
+            host_id: host_id.into(),
+            lease: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    pub fn lease(&self) -> i64 {
+        self.lease.load(Ordering::Relaxed)
+    }
+
+    pub fn set_lease(&self, lease: i64) {
+        self.lease.store(lease, Ordering::Relaxed);
+    }
+
+    /// The record and its mod_revision.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<(T, i64)>> {
+        match self.store.get(key)? {
+            Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, prefix: &str) -> StoreResult<Vec<T>> {
+        self.store.range(prefix)?.iter().map(decode).collect()
+    }
+
+    pub fn network(&self, id: &str) -> StoreResult<Option<NetworkRecord>> {
+        Ok(self.get(&network_key(id))?.map(|(n, _)| n))
+    }
+
+    pub fn networks(&self) -> StoreResult<Vec<NetworkRecord>> {
+        self.list("networks/")
+    }
+
+    pub fn endpoint(&self, id: &str) -> StoreResult<Option<EndpointRecord>> {
+        Ok(self.get(&endpoint_key(id))?.map(|(e, _)| e))
+    }
+
+    pub fn endpoints(&self) -> StoreResult<Vec<EndpointRecord>> {
+        self.list("endpoints/")
+    }
+
+    pub fn pools(&self) -> StoreResult<Vec<PoolRecord>> {
+        self.list("pools/")
+    }
+
+    pub fn pool(&self, id: &str) -> StoreResult<Option<PoolRecord>> {
+        Ok(self.get(&pool_key(id))?.map(|(p, _)| p))
+    }
+
+    pub fn addresses(&self, pool_id: &str) -> StoreResult<Vec<AddrRecord>> {
+        self.list(&addr_prefix(pool_id))
+    }
+}
+
+/// Bound on one store operation (the embedded store answers in ms; etcd may hang).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a store operation on a blocking thread, bounded by [`STORE_TIMEOUT`].
+pub async fn store_op<T, F>(what: &str, f: F) -> NetResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> NetResult<T> + Send + 'static,
+{
+    match run_blocking(Some(STORE_TIMEOUT), f).await {
+        Ok(r) => r,
+        Err(e @ BlockingError::Worker(_)) => {
+            Err(NetError::Store(StoreError::Backend(format!("{what}: {e}"))))
+        }
+        Err(BlockingError::TimedOut { after }) => Err(NetError::Timeout {
+            what: format!("state store ({what})"),
+            secs: after.as_secs(),
+        }),
+    }
+}
+
+/// Short form of a Docker ID, as `docker network ls` shows it.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A random hex id (from the kernel's generator).
+pub fn random_id(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    if filled.is_err() {
+        // Fallback: time and pid; ids only need to be unique, not secret.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ u128::from(std::process::id());
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
