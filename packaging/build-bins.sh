@@ -33,8 +33,9 @@ CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER="$PWD/packaging/zig-linker.sh" \
 for bin in volplugin netplugin; do
     f="target/$TRIPLE/release/$bin"
     # Strip only what was not stripped yet (a no-op build must not rewrite the files).
-    if [ -n "$(objdump -h "$f" | awk '$2 == ".symtab" || $2 ~ /^\.debug/')" ]; then
-        strip --strip-all -o "$f.stripped" "$f" && mv "$f.stripped" "$f"
+    # .comment too (the linkers' version strings), as Debian's dh_strip does.
+    if [ -n "$(objdump -h "$f" | awk '$2 == ".symtab" || $2 == ".comment" || $2 ~ /^\.debug/')" ]; then
+        strip --strip-all -R .comment -o "$f.stripped" "$f" && mv "$f.stripped" "$f"
     fi
 done
 MAX_GLIBC=$GLIBC bash packaging/check-glibc.sh "target/$TRIPLE/release/volplugin" "target/$TRIPLE/release/netplugin"
