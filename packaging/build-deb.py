@@ -115,6 +115,8 @@ def main():
     ap.add_argument("--version", help="upstream version (default: [workspace.package] version)")
     ap.add_argument("--target", help="target triple the binaries were built for")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "deb"))
+    ap.add_argument("--compress", default="xz", choices=["xz", "gzip"],
+                    help="payload compression (tests use gzip: faster, same contents)")
     args = ap.parse_args()
 
     rpm = load(f"packaging/rpm/{args.bin}.toml")
@@ -190,7 +192,7 @@ def main():
 
         os.makedirs(args.out, exist_ok=True)
         out = os.path.join(args.out, f"{name}_{full_version}_amd64.deb")
-        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", tmp, out],
+        subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{args.compress}", "--build", tmp, out],
                        check=True, stdout=subprocess.DEVNULL)
         print(out)
 
