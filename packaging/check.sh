@@ -6,7 +6,8 @@
 #   3. .debs (build-deb.sh), lintian
 #   4. systemd-analyze verify on every unit (verify-units.sh)
 #   5. install / socket-activated start / upgrade / remove of the .debs (test-deb.sh)
-#   6. managed-plugin bundles + their static checks (managed/build.sh)
+#   6. managed-plugin bundles + their static checks (managed/build.sh), and volplugin run from
+#      the berth-vol rootfs creating, mounting and removing volumes (managed/smoke-rootfs.sh)
 # Needs root and Debian 12 with the build deps of scripts/install-deps.sh; installs the few
 # packaging tools it needs (rpm, rpmlint, lintian from Debian; ziglang + cargo-zigbuild from PyPI;
 # cargo-generate-rpm from crates.io) when missing. Exits non-zero when any step fails; prints the
@@ -67,6 +68,7 @@ run "lintian" lint_deb
 run "systemd-analyze verify" bash packaging/verify-units.sh target/deb/*.deb
 run "deb install / socket activation / upgrade / remove (test-deb.sh)" bash packaging/test-deb.sh
 run "managed-plugin bundles + static checks" bash packaging/managed/build.sh
+run "berth-vol bundle rootfs runs volumes (smoke-rootfs.sh)" bash packaging/managed/smoke-rootfs.sh
 
 echo
 echo "######## packaging/check.sh summary"
