@@ -86,7 +86,8 @@ if [ "${1:-}" = "--inner" ]; then
     exit
 fi
 
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")
+cd "$(dirname "$self")/.."
 repo=$PWD
 rev=${1:-HEAD}
 cache=/var/cache/berth-fresh
@@ -95,6 +96,8 @@ stamp() { printf '[fresh-root +%4ds] %s\n' $((SECONDS - t0)) "$*"; }
 die() { stamp "FAILED: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (mmdebstrap, chroot, namespaces)"
+[ -x /root/.cargo/bin/cargo ] && [ -d /root/.rustup/toolchains ] ||
+    die "no Rust toolchain in rustup's layout (/root/.rustup, /root/.cargo/bin) on this machine"
 sha=$(git -C "$repo" rev-parse --verify --quiet "$rev^{commit}") || die "no such revision: $rev"
 
 need=()
@@ -176,6 +179,7 @@ timeout --kill-after=30 900 unshare --mount --propagation private \
     --quiet bookworm "$root" "${mirrors[@]}" >"$work/mmdebstrap.log" 2>&1 ||
     { tail -30 "$work/mmdebstrap.log"; die "mmdebstrap"; }
 stamp "root built: $(du -sh --one-file-system "$root" | cut -f1)"
+t_root=$((SECONDS - t0))
 # This machine's own CA certificates (a site's TLS-intercepting egress proxy, for example) are
 # part of its network, like its apt sources: without them no HTTPS registry can be reached.
 if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
@@ -188,7 +192,11 @@ git clone --quiet --no-checkout --no-hardlinks "$repo" "$root/root/berth"
 git -C "$root/root/berth" checkout --quiet --detach "$sha"
 [ ! -e "$root/root/berth/target" ] || die "the clone has a target/"
 mkdir -p "$root/root/.rustup" "$root/root/.cargo/bin" "$root/root/.cargo/registry"
-cp /root/.cargo/env "$root/root/.cargo/env"
+if [ -f /root/.cargo/env ]; then
+    cp /root/.cargo/env "$root/root/.cargo/env"
+else # what rustup's installer writes
+    printf '#!/bin/sh\ncase ":${PATH}:" in\n    *:"$HOME/.cargo/bin":*) ;;\n    *) export PATH="$HOME/.cargo/bin:$PATH" ;;\nesac\n' >"$root/root/.cargo/env"
+fi
 for f in .profile .bashrc; do printf '\n. "$HOME/.cargo/env"\n' >>"$root/root/$f"; done
 
 # ---- 3. The registries' proxy: only this machine's apt hosts and crates.io. ----
@@ -232,16 +240,20 @@ pids+=($!)
 # ---- 4. The README's first command, in the root, in its own namespaces. ----
 stamp "in the root: bash scripts/demo.sh; bash scripts/demo.sh stop"
 t_demo=$SECONDS
+t_demo_at=$((SECONDS - t0))
 unshare --mount --net --pid --fork --kill-child --propagation private \
-    bash "$repo/scripts/fresh-root.sh" --inner "$work" "$cache" \
-    > >(while IFS= read -r l; do printf '[fresh-root +%4ds] | %s\n' $((SECONDS - t0)) "$l"; done) 2>&1 &
+    bash "$self" --inner "$work" "$cache" \
+    > >(while IFS= read -r l; do printf '[fresh-root +%4ds] | %s\n' $((SECONDS - t0)) "$l" | tee -a "$work/demo.log"; done) 2>&1 &
 inner=$!
 rc=0
 wait "$inner" || rc=$?
 inner=
 sleep 0.5 # let the prefixing reader drain
 cat "$work/demo.rc" "$work/stop.rc" 2>/dev/null || true
-stamp "demo in the root took $((SECONDS - t_demo)) s"
+at() { grep -m1 -F -- "$1" "$work/demo.log" 2>/dev/null | sed -E 's/^\[fresh-root \+ *([0-9]+)s\].*/\1/'; }
+t_deps=$(at 'install-deps: ok'); t_built=$(at '== starting'); t_shown=$(at 'Stop what the demo started')
+span() { if [ -n "$1" ] && [ -n "$2" ]; then echo "$(($2 - $1)) s"; else echo "did not finish"; fi; }
+stamp "phases: root $t_root s; install-deps $(span "$t_demo_at" "$t_deps"); release build $(span "$t_deps" "$t_built"); demo $(span "$t_built" "$t_shown"); all in the root $((SECONDS - t_demo)) s"
 if [ "$rc" -ne 0 ]; then
     for f in "$work"/{containerd,dockerd,volplugin,netplugin,ovs}.log; do
         [ -s "$f" ] && { echo "--- tail of ${f##*/}"; tail -20 "$f"; }
