@@ -250,7 +250,7 @@ wait "$inner" || rc=$?
 inner=
 sleep 0.5 # let the prefixing reader drain
 cat "$work/demo.rc" "$work/stop.rc" 2>/dev/null || true
-at() { grep -m1 -F -- "$1" "$work/demo.log" 2>/dev/null | sed -E 's/^\[fresh-root \+ *([0-9]+)s\].*/\1/'; }
+at() { grep -m1 -F -- "$1" "$work/demo.log" 2>/dev/null | sed -E 's/^\[fresh-root \+ *([0-9]+)s\].*/\1/' || true; }
 t_deps=$(at 'install-deps: ok'); t_built=$(at '== starting'); t_shown=$(at 'Stop what the demo started')
 span() { if [ -n "$1" ] && [ -n "$2" ]; then echo "$(($2 - $1)) s"; else echo "did not finish"; fi; }
 stamp "phases: root $t_root s; install-deps $(span "$t_demo_at" "$t_deps"); release build $(span "$t_deps" "$t_built"); demo $(span "$t_built" "$t_shown"); all in the root $((SECONDS - t_demo)) s"
