@@ -22,3 +22,5 @@ echo "== cargo test"
 # One test binary at a time: the end-to-end suites share /run/docker/plugins and the machine
 # has two cores.
 cargo test --workspace --no-fail-fast -- --test-threads=2
+echo "== fresh Debian 12 root: the README's first command from nothing"
+bash scripts/fresh-root.sh
