@@ -31,6 +31,7 @@ for p in rpm rpmlint lintian systemd curl init-system-helpers xfsprogs e2fsprogs
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing ${need_apt[*]}"
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 

@@ -23,7 +23,7 @@
 #
 # Caches, in /var/cache/berth-fresh (kept between runs where the machine keeps them):
 #   apt/             downloaded .debs (mmdebstrap's and install-deps.sh's), pruned to the last run's set
-#   cargo-registry/  the root's ~/.cargo/registry (crates.io index + crate sources). Not the host's
+#   cargo-registry/  the root's ~/.cargo/registry (registry index + crate sources). Not the host's
 #                    ~/.cargo/registry itself: cargo's lock for it lives in the host's ~/.cargo and
 #                    other builds use it concurrently.
 # Never a target/: the build starts from none. The root itself is built anew on every run.
@@ -32,7 +32,7 @@
 # Open vSwitch with the netdev datapath and the plugins cannot meet the host's or the test
 # suite's; everything in it dies with the namespace). Its network namespace has only `lo`: the
 # package registries are reached through an HTTP proxy (tinyproxy on the host's loopback, allowing
-# only the hosts of this machine's apt sources and crates.io) that a UNIX socket brings into the
+# only the hosts of this machine's apt sources and cargo registry) that a UNIX socket brings into the
 # namespace as 127.0.0.1:3128 (http_proxy/https_proxy, as a newcomer behind a proxy would set them).
 # This machine's apt sources, Acquire:: options and local CA certificates go into the root: they
 # describe this site's network, not the project.
@@ -199,10 +199,21 @@ else # what rustup's installer writes
 fi
 for f in .profile .bashrc; do printf '\n. "$HOME/.cargo/env"\n' >>"$root/root/$f"; done
 
-# ---- 3. The registries' proxy: only this machine's apt hosts and crates.io. ----
+# ---- 3. The registries' proxy: only this machine's apt hosts and cargo registry hosts. ----
+# Both lists come from this machine's own configuration, never from literals here: the apt
+# sources, and the cargo registry the host's cargo already uses (its index directories are named
+# after the index host; each index's config.json names its download and API hosts).
 hosts=$(grep -hoE '(https?)://[^/[:space:]]+' "${mirrors[@]}" | sed -E 's#^https?://##' | sort -u)
+cargo_hosts=$(
+    for d in /root/.cargo/registry/index/*/; do
+        [ -d "$d" ] || continue
+        basename "$d" | sed -E 's/-[0-9a-f]{16}$//'
+        [ -f "$d/config.json" ] && grep -oE 'https?://[^/":]+' "$d/config.json" | sed -E 's#^https?://##'
+    done | sort -u
+)
+[ -n "$cargo_hosts" ] || die "no cargo registry index under /root/.cargo/registry/index: run a cargo build on this machine once first"
 {
-    for h in $hosts crates.io index.crates.io static.crates.io; do
+    for h in $hosts $cargo_hosts; do
         printf '^%s$\n' "${h//./\\.}"
     done
 } >"$work/proxy-allow"

@@ -22,5 +22,7 @@ echo "== cargo test"
 # One test binary at a time: the end-to-end suites share /run/docker/plugins and the machine
 # has two cores.
 cargo test --workspace --no-fail-fast -- --test-threads=2
+echo "== packaging: EL 8/9 binaries, RPMs, debs, lints, units, install/upgrade/remove, managed-plugin bundles"
+bash packaging/check.sh
 echo "== fresh Debian 12 root: the README's first command from nothing"
 bash scripts/fresh-root.sh
