@@ -109,6 +109,7 @@ async fn arp_responder_answers_arping() {
 /// Enters `ns` on the current thread (namespaces are per thread) so new sockets live there.
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+    // SAFETY: setns switches only this thread's namespace; `f` is open for the whole call.
     let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }
