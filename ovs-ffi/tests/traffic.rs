@@ -1,6 +1,10 @@
 //! Real traffic through a private OVS (netdev datapath), between network namespaces the test
 //! creates with addresses that exist only there: an ARP responder flow answers arping, and a
 //! meter measurably limits TCP.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is how a test reports failure"
+)]
 
 mod common;
 

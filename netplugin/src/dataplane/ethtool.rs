@@ -27,6 +27,7 @@ pub fn tx_checksum_off(ifname: &str) -> io::Result<()> {
             format!("interface name {ifname:?} must be 1..=15 bytes"),
         ));
     }
+    // SAFETY: socket(2) takes only integer arguments; its result is checked just below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
