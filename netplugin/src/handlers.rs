@@ -18,15 +18,14 @@ fn ok<T>(r: Result<T, NetError>) -> Result<T, PluginError> {
     r.map_err(PluginError::from)
 }
 
-/// Adds a POST handler that gets the service.
-macro_rules! route {
-    ($router:expr, $svc:expr, $path:literal, |$s:ident, $req:ident : $ty:ty| $body:block) => {{
-        let svc = $svc.clone();
-        $router.post_json($path, move |$req: $ty| {
-            let $s = svc.clone();
-            async move $body
-        })
-    }};
+/// A Docker JSON handler that gets the one shared service with each request.
+fn json<Req, Resp, F, Fut>(svc: &Arc<Service>, f: F) -> impl Fn(Req) -> Fut + Send + Sync + 'static
+where
+    F: Fn(Arc<Service>, Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, PluginError>> + Send + 'static,
+{
+    let svc = svc.clone();
+    move |req| f(svc.clone(), req)
 }
 
 pub fn plugin_router(svc: Arc<Service>) -> Router {
@@ -55,37 +54,37 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
             })
         });
     // ---- network driver ----
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/NetworkDriver.CreateNetwork",
-        |s, req: CreateNetworkRequest| { ok(s.create_network(req).await).map(|_| EmptyReply {}) }
+        json(&svc, |s, req: CreateNetworkRequest| async move {
+            ok(s.create_network(req).await).map(|_| EmptyReply {})
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/NetworkDriver.DeleteNetwork",
-        |s, req: NetworkIdRequest| {
+        json(&svc, |s, req: NetworkIdRequest| async move {
             ok(s.delete_network(&req.network_id).await).map(|_| EmptyReply {})
-        }
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/NetworkDriver.CreateEndpoint",
-        |s, req: CreateEndpointRequest| { ok(s.create_endpoint(req).await) }
+        json(&svc, |s, req: CreateEndpointRequest| async move {
+            ok(s.create_endpoint(req).await)
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/NetworkDriver.DeleteEndpoint",
-        |s, req: EndpointRequest| {
+        json(&svc, |s, req: EndpointRequest| async move {
             ok(s.delete_endpoint(&req.network_id, &req.endpoint_id).await).map(|_| EmptyReply {})
-        }
+        }),
     );
-    let r = route!(r, svc, "/NetworkDriver.Join", |s, req: JoinRequest| {
-        ok(s.join(req).await)
-    });
+    let r = r.post_json(
+        "/NetworkDriver.Join",
+        json(
+            &svc,
+            |s, req: JoinRequest| async move { ok(s.join(req).await) },
+        ),
+    );
     let r = r
         .post_json("/NetworkDriver.Leave", |_: EndpointRequest| async {
             Ok(EmptyReply {})
@@ -115,44 +114,38 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
             Ok(EmptyReply {})
         });
     // ---- IPAM (works without OVS) ----
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/IpamDriver.RequestPool",
-        |s, req: RequestPoolRequest| {
+        json(&svc, |s, req: RequestPoolRequest| async move {
             let (id, pool) = ok(s.request_pool(req).await)?;
             Ok(RequestPoolResponse {
                 pool_id: id,
                 pool,
                 data: BTreeMap::new(),
             })
-        }
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/IpamDriver.ReleasePool",
-        |s, req: PoolIdRequest| { ok(s.release_pool(req.pool_id).await).map(|_| EmptyReply {}) }
+        json(&svc, |s, req: PoolIdRequest| async move {
+            ok(s.release_pool(req.pool_id).await).map(|_| EmptyReply {})
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/IpamDriver.RequestAddress",
-        |s, req: RequestAddressRequest| {
+        json(&svc, |s, req: RequestAddressRequest| async move {
             let address = ok(s.request_address(req).await)?;
             Ok(RequestAddressResponse {
                 address,
                 data: BTreeMap::new(),
             })
-        }
+        }),
     );
-    route!(
-        r,
-        svc,
+    r.post_json(
         "/IpamDriver.ReleaseAddress",
-        |s, req: ReleaseAddressRequest| {
+        json(&svc, |s, req: ReleaseAddressRequest| async move {
             ok(s.release_address(req.pool_id, req.address).await).map(|_| EmptyReply {})
-        }
+        }),
     )
 }
 

@@ -43,8 +43,20 @@ where
     }
 }
 
+/// A Docker JSON handler that gets the one shared service with each request.
+fn json<Req, Resp, F, Fut>(
+    svc: &Arc<VolumeService>,
+    f: F,
+) -> impl Fn(Req) -> Fut + Send + Sync + 'static
+where
+    F: Fn(Arc<VolumeService>, Req) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Resp, PluginError>> + Send + 'static,
+{
+    let svc = svc.clone();
+    move |req| f(svc.clone(), req)
+}
+
 pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
-    let s = svc.clone();
     let router = Router::new()
         .post_json("/Plugin.Activate", |_: Empty| async {
             Ok(ActivateResponse {
@@ -56,28 +68,26 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
                 capabilities: Capabilities { scope: "local" },
             })
         })
-        .post_json("/VolumeDriver.Create", move |req: CreateRequest| {
-            let s = s.clone();
-            async move {
+        .post_json(
+            "/VolumeDriver.Create",
+            json(&svc, |s, req: CreateRequest| async move {
                 let name = req.name.clone();
                 let opts = req.opts.unwrap_or_default();
                 blocking("create", &name, SLOW_OP, move || s.create(&req.name, &opts)).await?;
                 Ok(ErrOnly::default())
-            }
-        });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Remove", move |req: NameRequest| {
-        let s = s.clone();
-        async move {
+            }),
+        );
+    let router = router.post_json(
+        "/VolumeDriver.Remove",
+        json(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             blocking("remove", &name, FAST_OP, move || s.remove(&req.name)).await?;
             Ok(ErrOnly::default())
-        }
-    });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Mount", move |req: MountRequest| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    let router = router.post_json(
+        "/VolumeDriver.Mount",
+        json(&svc, |s, req: MountRequest| async move {
             let name = req.name.clone();
             let target =
                 blocking("mount", &name, SLOW_OP, move || s.mount(&req.name, &req.id)).await?;
@@ -85,36 +95,33 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
                 mountpoint: target.display().to_string(),
                 err: String::new(),
             })
-        }
-    });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Unmount", move |req: MountRequest| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    let router = router.post_json(
+        "/VolumeDriver.Unmount",
+        json(&svc, |s, req: MountRequest| async move {
             let name = req.name.clone();
             blocking("unmount", &name, FAST_OP, move || {
                 s.unmount(&req.name, &req.id)
             })
             .await?;
             Ok(ErrOnly::default())
-        }
-    });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Path", move |req: NameRequest| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    let router = router.post_json(
+        "/VolumeDriver.Path",
+        json(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             let path = blocking("path", &name, FAST_OP, move || s.path(&req.name)).await?;
             Ok(MountpointResponse {
                 mountpoint: display(path.as_deref()),
                 err: String::new(),
             })
-        }
-    });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Get", move |req: NameRequest| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    let router = router.post_json(
+        "/VolumeDriver.Get",
+        json(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             let info = blocking("get", &name, FAST_OP, move || s.get(&req.name)).await?;
             Ok(GetResponse {
@@ -126,12 +133,11 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
                 },
                 err: String::new(),
             })
-        }
-    });
-    let s = svc;
-    router.post_json("/VolumeDriver.List", move |_: Empty| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    router.post_json(
+        "/VolumeDriver.List",
+        json(&svc, |s, _: Empty| async move {
             let names = blocking("list", "volumes", FAST_OP, move || s.names()).await?;
             let volumes = names
                 .into_iter()
@@ -146,8 +152,8 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
                 volumes,
                 err: String::new(),
             })
-        }
-    })
+        }),
+    )
 }
 
 /// Parses `{"write_bps": "4M", "read_iops": "max", ...}`: only the keys given change.
