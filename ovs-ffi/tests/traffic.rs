@@ -53,7 +53,7 @@ async fn plug(lab: &Lab, port: &str, addr: &str) -> (Netns, u32) {
     lab.ovs.ns.exec(&["ip", "link", "set", port, "up"]);
     ns.exec(&["ip", "addr", "add", addr, "dev", "eth0"]);
     ns.exec(&["ip", "link", "set", "eth0", "up"]);
-    // netdev datapath: TCP stalls with TX checksum offload on veths (see DESIGN.md).
+    // netdev datapath: TCP stalls with TX checksum offload on veths (docs/design.md, Network datapath).
     lab.ovs.ns.exec(&["ethtool", "-K", port, "tx", "off"]);
     ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
     lab.db

@@ -13,7 +13,7 @@ use crate::protocol::*;
 use crate::service::{display, LimitsChange, VolumeService};
 use crate::throttle::LimitsChanged;
 
-/// Docker waits 2 min for Create and Mount and 1 min for the rest (protocols.md §1); answer
+/// Docker waits 2 min for Create and Mount and 1 min for the rest (docs/protocols.md §1); answer
 /// well before, so the user sees our error rather than Docker's timeout.
 const SLOW_OP: Duration = Duration::from_secs(100);
 const FAST_OP: Duration = Duration::from_secs(50);

@@ -1,5 +1,5 @@
 //! TX checksum offload off (`ethtool -K IF tx off`) through the SIOCETHTOOL ioctl: on the
-//! netdev datapath TCP stalls on veths otherwise (DESIGN.md).
+//! netdev datapath TCP stalls on veths otherwise (docs/design.md, Network datapath).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
