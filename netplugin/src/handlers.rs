@@ -2,11 +2,11 @@
 //! translate between the protocol and calls on [`Service`]; the rules live there.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use http::Method;
 use plugin_transport::docker::DockerClient;
+use plugin_transport::router::with;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
 use crate::error::NetError;
@@ -16,16 +16,6 @@ use crate::protocol::*;
 
 fn ok<T>(r: Result<T, NetError>) -> Result<T, PluginError> {
     r.map_err(PluginError::from)
-}
-
-/// A Docker JSON handler that gets the one shared service with each request.
-fn json<Req, Resp, F, Fut>(svc: &Arc<Service>, f: F) -> impl Fn(Req) -> Fut + Send + Sync + 'static
-where
-    F: Fn(Arc<Service>, Req) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Resp, PluginError>> + Send + 'static,
-{
-    let svc = svc.clone();
-    move |req| f(svc.clone(), req)
 }
 
 pub fn plugin_router(svc: Arc<Service>) -> Router {
@@ -56,31 +46,31 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
     // ---- network driver ----
     let r = r.post_json(
         "/NetworkDriver.CreateNetwork",
-        json(&svc, |s, req: CreateNetworkRequest| async move {
+        with(&svc, |s, req: CreateNetworkRequest| async move {
             ok(s.create_network(req).await).map(|_| EmptyReply {})
         }),
     );
     let r = r.post_json(
         "/NetworkDriver.DeleteNetwork",
-        json(&svc, |s, req: NetworkIdRequest| async move {
+        with(&svc, |s, req: NetworkIdRequest| async move {
             ok(s.delete_network(&req.network_id).await).map(|_| EmptyReply {})
         }),
     );
     let r = r.post_json(
         "/NetworkDriver.CreateEndpoint",
-        json(&svc, |s, req: CreateEndpointRequest| async move {
+        with(&svc, |s, req: CreateEndpointRequest| async move {
             ok(s.create_endpoint(req).await)
         }),
     );
     let r = r.post_json(
         "/NetworkDriver.DeleteEndpoint",
-        json(&svc, |s, req: EndpointRequest| async move {
+        with(&svc, |s, req: EndpointRequest| async move {
             ok(s.delete_endpoint(&req.network_id, &req.endpoint_id).await).map(|_| EmptyReply {})
         }),
     );
     let r = r.post_json(
         "/NetworkDriver.Join",
-        json(
+        with(
             &svc,
             |s, req: JoinRequest| async move { ok(s.join(req).await) },
         ),
@@ -116,7 +106,7 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
     // ---- IPAM (works without OVS) ----
     let r = r.post_json(
         "/IpamDriver.RequestPool",
-        json(&svc, |s, req: RequestPoolRequest| async move {
+        with(&svc, |s, req: RequestPoolRequest| async move {
             let (id, pool) = ok(s.request_pool(req).await)?;
             Ok(RequestPoolResponse {
                 pool_id: id,
@@ -127,13 +117,13 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
     );
     let r = r.post_json(
         "/IpamDriver.ReleasePool",
-        json(&svc, |s, req: PoolIdRequest| async move {
+        with(&svc, |s, req: PoolIdRequest| async move {
             ok(s.release_pool(req.pool_id).await).map(|_| EmptyReply {})
         }),
     );
     let r = r.post_json(
         "/IpamDriver.RequestAddress",
-        json(&svc, |s, req: RequestAddressRequest| async move {
+        with(&svc, |s, req: RequestAddressRequest| async move {
             let address = ok(s.request_address(req).await)?;
             Ok(RequestAddressResponse {
                 address,
@@ -143,7 +133,7 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
     );
     r.post_json(
         "/IpamDriver.ReleaseAddress",
-        json(&svc, |s, req: ReleaseAddressRequest| async move {
+        with(&svc, |s, req: ReleaseAddressRequest| async move {
             ok(s.release_address(req.pool_id, req.address).await).map(|_| EmptyReply {})
         }),
     )
@@ -163,16 +153,6 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
     })
 }
 
-/// A handler that gets the one shared service with each request.
-fn with<F, Fut>(svc: &Arc<Service>, f: F) -> impl Fn(Request) -> Fut + Send + Sync + 'static
-where
-    F: Fn(Arc<Service>, Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Reply> + Send + 'static,
-{
-    let svc = svc.clone();
-    move |req| f(svc.clone(), req)
-}
-
 /// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
 /// `/stats`, `/hosts`, `/audit`; `POST /reconcile`, `/hosts/reclaim`,
 /// `/addresses/reserve|unreserve|release`, `/endpoints/release`.
@@ -187,7 +167,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route(
             Method::GET,
             "/endpoints",
-            with(&svc, |s, req| async move {
+            with(&svc, |s, req: Request| async move {
                 reply(s.admin_endpoints(query_param(&req, "network")).await)
             }),
         )
@@ -199,7 +179,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route_prefix(
             Method::GET,
             "/pools/",
-            with(&svc, |s, req| async move {
+            with(&svc, |s, req: Request| async move {
                 let key = req.path.trim_start_matches("/pools/").replace("%2F", "/");
                 reply(s.admin_pool(key).await)
             }),
@@ -222,7 +202,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route(
             Method::POST,
             "/hosts/reclaim",
-            with(&svc, |s, req| async move {
+            with(&svc, |s, req: Request| async move {
                 match body_of::<ReclaimBody>(&req) {
                     Ok(b) => reply(s.reclaim_host(b.host, b.force).await),
                     Err(e) => Reply::error(&PluginError::from(e)),
@@ -237,7 +217,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route(
             Method::POST,
             "/endpoints/release",
-            with(&svc, move |s, req| {
+            with(&svc, move |s, req: Request| {
                 let docker = docker.clone();
                 async move {
                     match body_of::<ReleaseEndpointBody>(&req) {
@@ -253,7 +233,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route_prefix(
             Method::POST,
             "/addresses/",
-            with(&svc, |s, req| async move {
+            with(&svc, |s, req: Request| async move {
                 match body_of::<AddressBody>(&req) {
                     Ok(b) => {
                         let action = req.path.trim_start_matches("/addresses/").to_string();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 use plugin_transport::blocking::{run_blocking, BlockingError};
+use plugin_transport::router::with;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
 use crate::error::VolError;
@@ -43,19 +44,6 @@ where
     }
 }
 
-/// A Docker JSON handler that gets the one shared service with each request.
-fn json<Req, Resp, F, Fut>(
-    svc: &Arc<VolumeService>,
-    f: F,
-) -> impl Fn(Req) -> Fut + Send + Sync + 'static
-where
-    F: Fn(Arc<VolumeService>, Req) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Resp, PluginError>> + Send + 'static,
-{
-    let svc = svc.clone();
-    move |req| f(svc.clone(), req)
-}
-
 pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     let router = Router::new()
         .post_json("/Plugin.Activate", |_: Empty| async {
@@ -70,7 +58,7 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
         })
         .post_json(
             "/VolumeDriver.Create",
-            json(&svc, |s, req: CreateRequest| async move {
+            with(&svc, |s, req: CreateRequest| async move {
                 let name = req.name.clone();
                 let opts = req.opts.unwrap_or_default();
                 blocking("create", &name, SLOW_OP, move || s.create(&req.name, &opts)).await?;
@@ -79,7 +67,7 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
         );
     let router = router.post_json(
         "/VolumeDriver.Remove",
-        json(&svc, |s, req: NameRequest| async move {
+        with(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             blocking("remove", &name, FAST_OP, move || s.remove(&req.name)).await?;
             Ok(ErrOnly::default())
@@ -87,7 +75,7 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     let router = router.post_json(
         "/VolumeDriver.Mount",
-        json(&svc, |s, req: MountRequest| async move {
+        with(&svc, |s, req: MountRequest| async move {
             let name = req.name.clone();
             let target =
                 blocking("mount", &name, SLOW_OP, move || s.mount(&req.name, &req.id)).await?;
@@ -99,7 +87,7 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     let router = router.post_json(
         "/VolumeDriver.Unmount",
-        json(&svc, |s, req: MountRequest| async move {
+        with(&svc, |s, req: MountRequest| async move {
             let name = req.name.clone();
             blocking("unmount", &name, FAST_OP, move || {
                 s.unmount(&req.name, &req.id)
@@ -110,7 +98,7 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     let router = router.post_json(
         "/VolumeDriver.Path",
-        json(&svc, |s, req: NameRequest| async move {
+        with(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             let path = blocking("path", &name, FAST_OP, move || s.path(&req.name)).await?;
             Ok(MountpointResponse {
@@ -121,7 +109,7 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     let router = router.post_json(
         "/VolumeDriver.Get",
-        json(&svc, |s, req: NameRequest| async move {
+        with(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             let info = blocking("get", &name, FAST_OP, move || s.get(&req.name)).await?;
             Ok(GetResponse {
@@ -137,7 +125,7 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     router.post_json(
         "/VolumeDriver.List",
-        json(&svc, |s, _: Empty| async move {
+        with(&svc, |s, _: Empty| async move {
             let names = blocking("list", "volumes", FAST_OP, move || s.names()).await?;
             let volumes = names
                 .into_iter()
@@ -182,63 +170,66 @@ fn parse_limits_change(body: &[u8]) -> Result<LimitsChange, PluginError> {
 /// The admin socket: `GET /volumes`, `GET /volumes/NAME`, `POST /volumes/NAME/limits`.
 /// Limit changes are passed on to the throttler, which rewrites the running containers' cgroups.
 pub fn admin_router(svc: Arc<VolumeService>, limits_changed: LimitsChanged) -> Router {
-    let s = svc.clone();
-    let set = svc.clone();
     Router::new()
-        .route_prefix(Method::POST, "/volumes/", move |req: Request| {
-            let s = set.clone();
-            let limits_changed = limits_changed.clone();
-            async move {
-                let Some(name) = req
-                    .path
-                    .strip_prefix("/volumes/")
-                    .and_then(|p| p.strip_suffix("/limits"))
-                else {
-                    return Reply::error(&PluginError::not_found(format!(
-                        "unknown endpoint POST {}",
-                        req.path
-                    )));
-                };
-                let name = name.to_string();
-                let change = match parse_limits_change(&req.body) {
-                    Ok(change) => change,
-                    Err(e) => return Reply::error(&e),
-                };
-                let shown = name.clone();
-                let volume = name.clone();
-                match blocking("set-limits", &shown, FAST_OP, move || {
-                    s.set_limits(&volume, &change)
-                })
-                .await
-                {
-                    Ok(info) => {
-                        let _ = limits_changed.send(name);
-                        Reply::json(&info)
+        .route_prefix(
+            Method::POST,
+            "/volumes/",
+            with(&svc, move |s, req: Request| {
+                let limits_changed = limits_changed.clone();
+                async move {
+                    let Some(name) = req
+                        .path
+                        .strip_prefix("/volumes/")
+                        .and_then(|p| p.strip_suffix("/limits"))
+                    else {
+                        return Reply::error(&PluginError::not_found(format!(
+                            "unknown endpoint POST {}",
+                            req.path
+                        )));
+                    };
+                    let name = name.to_string();
+                    let change = match parse_limits_change(&req.body) {
+                        Ok(change) => change,
+                        Err(e) => return Reply::error(&e),
+                    };
+                    let shown = name.clone();
+                    let volume = name.clone();
+                    match blocking("set-limits", &shown, FAST_OP, move || {
+                        s.set_limits(&volume, &change)
+                    })
+                    .await
+                    {
+                        Ok(info) => {
+                            let _ = limits_changed.send(name);
+                            Reply::json(&info)
+                        }
+                        Err(e) => Reply::error(&e),
                     }
-                    Err(e) => Reply::error(&e),
                 }
-            }
-        })
-        .route(Method::GET, "/volumes", move |_req: Request| {
-            let s = s.clone();
-            async move {
+            }),
+        )
+        .route(
+            Method::GET,
+            "/volumes",
+            with(&svc, |s, _req: Request| async move {
                 match blocking("list", "volumes", FAST_OP, move || s.list()).await {
                     Ok(list) => Reply::json(&list),
                     Err(e) => Reply::error(&e),
                 }
-            }
-        })
-        .route_prefix(Method::GET, "/volumes/", move |req: Request| {
-            let s = svc.clone();
-            async move {
+            }),
+        )
+        .route_prefix(
+            Method::GET,
+            "/volumes/",
+            with(&svc, |s, req: Request| async move {
                 let name = req.path.trim_start_matches("/volumes/").to_string();
                 let shown = name.clone();
                 match blocking("inspect", &shown, FAST_OP, move || s.get(&name)).await {
                     Ok(info) => Reply::json(&info),
                     Err(e) => Reply::error(&e),
                 }
-            }
-        })
+            }),
+        )
 }
 
 #[cfg(test)]
