@@ -47,6 +47,8 @@ impl Daemon {
             .process_group(0);
         // The harness blocks SIGTERM/SIGINT in its own threads to handle them itself; a child
         // must not inherit that mask, or it could never be stopped gracefully.
+        // SAFETY: the pre_exec closure only calls sigprocmask (async-signal-safe) between fork
+        // and exec, and allocates nothing.
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {

@@ -467,7 +467,10 @@ mod guest {
         integration::vm::guest::vg_state_and_pool(VG, POOL, "1500m", "16m", None)?;
         // A daemon with a missing pool refuses to start, naming it.
         g.pool = "nopool".into();
-        let err = g.start().unwrap_err().to_string();
+        let err = g
+            .start()
+            .expect_err("a daemon whose pool is missing must refuse to start")
+            .to_string();
         ensure!(
             err.contains("nopool") && err.contains("does not exist"),
             "{err}"

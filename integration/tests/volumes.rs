@@ -706,6 +706,8 @@ fn socket_activation(c: &Ctx) -> Result<()> {
         .arg(&vol.bin)
         .arg(&vol.state_dir)
         .arg(&vol.admin_socket);
+    // SAFETY: the closure only calls dup2/fcntl (async-signal-safe) between fork and exec, on
+    // an fd the parent keeps open until the child has started.
     unsafe {
         cmd.pre_exec(move || {
             // dup2 onto itself keeps close-on-exec set: clear it explicitly in that case.

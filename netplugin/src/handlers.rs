@@ -2,11 +2,11 @@
 //! translate between the protocol and calls on [`Service`]; the rules live there.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use http::Method;
 use plugin_transport::docker::DockerClient;
+use plugin_transport::router::with;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
 use crate::error::NetError;
@@ -16,17 +16,6 @@ use crate::protocol::*;
 
 fn ok<T>(r: Result<T, NetError>) -> Result<T, PluginError> {
     r.map_err(PluginError::from)
-}
-
-/// Adds a POST handler that gets the service.
-macro_rules! route {
-    ($router:expr, $svc:expr, $path:literal, |$s:ident, $req:ident : $ty:ty| $body:block) => {{
-        let svc = $svc.clone();
-        $router.post_json($path, move |$req: $ty| {
-            let $s = svc.clone();
-            async move $body
-        })
-    }};
 }
 
 pub fn plugin_router(svc: Arc<Service>) -> Router {
@@ -55,37 +44,37 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
             })
         });
     // ---- network driver ----
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/NetworkDriver.CreateNetwork",
-        |s, req: CreateNetworkRequest| { ok(s.create_network(req).await).map(|_| EmptyReply {}) }
+        with(&svc, |s, req: CreateNetworkRequest| async move {
+            ok(s.create_network(req).await).map(|_| EmptyReply {})
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/NetworkDriver.DeleteNetwork",
-        |s, req: NetworkIdRequest| {
+        with(&svc, |s, req: NetworkIdRequest| async move {
             ok(s.delete_network(&req.network_id).await).map(|_| EmptyReply {})
-        }
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/NetworkDriver.CreateEndpoint",
-        |s, req: CreateEndpointRequest| { ok(s.create_endpoint(req).await) }
+        with(&svc, |s, req: CreateEndpointRequest| async move {
+            ok(s.create_endpoint(req).await)
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/NetworkDriver.DeleteEndpoint",
-        |s, req: EndpointRequest| {
+        with(&svc, |s, req: EndpointRequest| async move {
             ok(s.delete_endpoint(&req.network_id, &req.endpoint_id).await).map(|_| EmptyReply {})
-        }
+        }),
     );
-    let r = route!(r, svc, "/NetworkDriver.Join", |s, req: JoinRequest| {
-        ok(s.join(req).await)
-    });
+    let r = r.post_json(
+        "/NetworkDriver.Join",
+        with(
+            &svc,
+            |s, req: JoinRequest| async move { ok(s.join(req).await) },
+        ),
+    );
     let r = r
         .post_json("/NetworkDriver.Leave", |_: EndpointRequest| async {
             Ok(EmptyReply {})
@@ -115,44 +104,38 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
             Ok(EmptyReply {})
         });
     // ---- IPAM (works without OVS) ----
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/IpamDriver.RequestPool",
-        |s, req: RequestPoolRequest| {
+        with(&svc, |s, req: RequestPoolRequest| async move {
             let (id, pool) = ok(s.request_pool(req).await)?;
             Ok(RequestPoolResponse {
                 pool_id: id,
                 pool,
                 data: BTreeMap::new(),
             })
-        }
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/IpamDriver.ReleasePool",
-        |s, req: PoolIdRequest| { ok(s.release_pool(req.pool_id).await).map(|_| EmptyReply {}) }
+        with(&svc, |s, req: PoolIdRequest| async move {
+            ok(s.release_pool(req.pool_id).await).map(|_| EmptyReply {})
+        }),
     );
-    let r = route!(
-        r,
-        svc,
+    let r = r.post_json(
         "/IpamDriver.RequestAddress",
-        |s, req: RequestAddressRequest| {
+        with(&svc, |s, req: RequestAddressRequest| async move {
             let address = ok(s.request_address(req).await)?;
             Ok(RequestAddressResponse {
                 address,
                 data: BTreeMap::new(),
             })
-        }
+        }),
     );
-    route!(
-        r,
-        svc,
+    r.post_json(
         "/IpamDriver.ReleaseAddress",
-        |s, req: ReleaseAddressRequest| {
+        with(&svc, |s, req: ReleaseAddressRequest| async move {
             ok(s.release_address(req.pool_id, req.address).await).map(|_| EmptyReply {})
-        }
+        }),
     )
 }
 
@@ -170,16 +153,6 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
     })
 }
 
-/// A handler that gets the one shared service with each request.
-fn with<F, Fut>(svc: &Arc<Service>, f: F) -> impl Fn(Request) -> Fut + Send + Sync + 'static
-where
-    F: Fn(Arc<Service>, Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Reply> + Send + 'static,
-{
-    let svc = svc.clone();
-    move |req| f(svc.clone(), req)
-}
-
 /// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
 /// `/stats`, `/hosts`, `/audit`; `POST /reconcile`, `/hosts/reclaim`,
 /// `/addresses/reserve|unreserve|release`, `/endpoints/release`.
@@ -194,7 +167,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route(
             Method::GET,
             "/endpoints",
-            with(&svc, |s, req| async move {
+            with(&svc, |s, req: Request| async move {
                 reply(s.admin_endpoints(query_param(&req, "network")).await)
             }),
         )
@@ -206,7 +179,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route_prefix(
             Method::GET,
             "/pools/",
-            with(&svc, |s, req| async move {
+            with(&svc, |s, req: Request| async move {
                 let key = req.path.trim_start_matches("/pools/").replace("%2F", "/");
                 reply(s.admin_pool(key).await)
             }),
@@ -229,7 +202,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route(
             Method::POST,
             "/hosts/reclaim",
-            with(&svc, |s, req| async move {
+            with(&svc, |s, req: Request| async move {
                 match body_of::<ReclaimBody>(&req) {
                     Ok(b) => reply(s.reclaim_host(b.host, b.force).await),
                     Err(e) => Reply::error(&PluginError::from(e)),
@@ -244,7 +217,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route(
             Method::POST,
             "/endpoints/release",
-            with(&svc, move |s, req| {
+            with(&svc, move |s, req: Request| {
                 let docker = docker.clone();
                 async move {
                     match body_of::<ReleaseEndpointBody>(&req) {
@@ -260,7 +233,7 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route_prefix(
             Method::POST,
             "/addresses/",
-            with(&svc, |s, req| async move {
+            with(&svc, |s, req: Request| async move {
                 match body_of::<AddressBody>(&req) {
                     Ok(b) => {
                         let action = req.path.trim_start_matches("/addresses/").to_string();

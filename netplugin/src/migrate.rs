@@ -11,7 +11,7 @@ use crate::error::NetError;
 use crate::ipam::{Ipam, IpamConfig};
 use crate::ipnet::Ipv4Net;
 use crate::state::{decode, PoolRecord, State};
-use crate::store::{Compare, KeyValue, Op, Store, StoreError, Txn};
+use crate::store::{KeyValue, Store, StoreError};
 
 /// Records per transaction: well within etcd's default limit of operations per txn.
 const CHUNK: usize = 50;
@@ -129,19 +129,9 @@ pub fn migrate(
     // Pools last: no other host allocates in a pool before its addresses are all there.
     todo.sort_by_key(|kv| (kv.key.starts_with("pools/"), kv.key.clone()));
     let mut copied: BTreeMap<String, usize> = BTreeMap::new();
+    let state = State::new(target.clone(), "migrate");
     for chunk in todo.chunks(CHUNK) {
-        let done = target.txn(Txn {
-            compare: chunk
-                .iter()
-                .map(|kv| Compare::Version(kv.key.clone(), 0))
-                .collect(),
-            success: chunk
-                .iter()
-                .map(|kv| Op::put(kv.key.clone(), kv.value.clone()))
-                .collect(),
-            failure: vec![],
-        })?;
-        if !done.succeeded {
+        if !state.import_records(chunk)? {
             return Err(MigrateError::ConcurrentWrite);
         }
         for kv in chunk {
@@ -150,7 +140,7 @@ pub fn migrate(
         }
     }
     // Pools from a release without block records get them now, before any host allocates.
-    let ipam = Ipam::new(State::new(target.clone(), "migrate"), IpamConfig::default());
+    let ipam = Ipam::new(state, IpamConfig::default());
     for kv in target.range("pools/")? {
         let pool: PoolRecord = decode(&kv)?;
         if !pool.blocks {
@@ -176,6 +166,7 @@ pub fn migrate(
 mod tests {
     use super::*;
     use crate::store::memory::MemStore;
+    use crate::store::{Op, Txn};
 
     const PREFIX: &str = "/berth/v1/";
 

@@ -1,4 +1,4 @@
-//! Docker's NetworkDriver and IpamDriver messages (protocols.md §2-3), apart from the logic.
+//! Docker's NetworkDriver and IpamDriver messages (docs/protocols.md §2–3), apart from the logic.
 //! Unknown fields are ignored, missing ones default, `null` maps are empty.
 
 use std::collections::BTreeMap;

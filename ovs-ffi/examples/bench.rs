@@ -5,6 +5,10 @@
 //! Defaults: 1000 port add+delete and 10000 flow_mods. Needs root and openvswitch-switch.
 //! Ports are added without waiting for ovs-vswitchd on both sides (ovs-vsctl --no-wait), so
 //! both measure the same database work.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a benchmark run by hand: a panic is an acceptable failure report"
+)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -1,4 +1,8 @@
 //! OpenFlow client against a real ovs-vswitchd, checked with ovs-ofctl dump-flows / dump-meters.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is how a test reports failure"
+)]
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! OVSDB client against a real ovsdb-server + ovs-vswitchd, checked with ovs-vsctl.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is how a test reports failure"
+)]
 
 mod common;
 

@@ -1,6 +1,10 @@
 //! Real traffic through a private OVS (netdev datapath), between network namespaces the test
 //! creates with addresses that exist only there: an ARP responder flow answers arping, and a
 //! meter measurably limits TCP.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is how a test reports failure"
+)]
 
 mod common;
 
@@ -49,7 +53,7 @@ async fn plug(lab: &Lab, port: &str, addr: &str) -> (Netns, u32) {
     lab.ovs.ns.exec(&["ip", "link", "set", port, "up"]);
     ns.exec(&["ip", "addr", "add", addr, "dev", "eth0"]);
     ns.exec(&["ip", "link", "set", "eth0", "up"]);
-    // netdev datapath: TCP stalls with TX checksum offload on veths (see DESIGN.md).
+    // netdev datapath: TCP stalls with TX checksum offload on veths (docs/design.md, Network datapath).
     lab.ovs.ns.exec(&["ethtool", "-K", port, "tx", "off"]);
     ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
     lab.db
@@ -109,6 +113,7 @@ async fn arp_responder_answers_arping() {
 /// Enters `ns` on the current thread (namespaces are per thread) so new sockets live there.
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
+    // SAFETY: setns switches only this thread's namespace; `f` is open for the whole call.
     let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }

@@ -49,7 +49,7 @@ impl PluginError {
     }
 
     /// Docker's error body. Both keys are set: the volume and network clients read `Err`, the
-    /// IPAM client reads `Error` (protocols.md §1); each ignores the other.
+    /// IPAM client reads `Error` (docs/protocols.md §1); each ignores the other.
     pub fn to_body(&self) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({ "Err": self.message, "Error": self.message }))
             .expect("a JSON object of two strings always serializes")

@@ -116,8 +116,12 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<(Listener, SocketFile), Liste
     }
     // Bind with a restrictive umask so the socket is never reachable with wider permissions,
     // not even between bind and chmod.
+    // SAFETY: umask(2) takes a plain mode, cannot fail and touches no memory of ours. It is
+    // process-wide: a file another thread creates in this window gets the narrower mask, which
+    // errs on the safe side; it is restored right after the bind.
     let old = unsafe { libc::umask(0o177) };
     let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above; restores the mask read by the first call.
     unsafe { libc::umask(old) };
     let std_listener = bound.map_err(io_err(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
@@ -171,11 +175,17 @@ pub fn systemd_listener() -> Result<Option<Listener>, ListenError> {
     }
     let fd = SD_LISTEN_FDS_START;
     // Check it really is a listening UNIX stream socket before taking ownership of it.
+    // SAFETY: `libc::stat` is a plain C struct of integers, for which all-zero bytes are a
+    // valid value.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is a valid, exclusively borrowed `libc::stat` for the kernel to fill; an
+    // fd that is not open only makes fstat return -1 (EBADF), which is checked.
     if unsafe { libc::fstat(fd, &mut stat) } != 0 || (stat.st_mode & libc::S_IFMT) != libc::S_IFSOCK
     {
         return Err(ListenError::Activation(format!("fd {fd} is not a socket")));
     }
+    // SAFETY: fcntl(F_SETFD) on an fd fstat just showed is open only sets its close-on-exec
+    // flag; it passes no pointers.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: systemd hands this fd to us alone, and it was checked to be a socket.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };

@@ -70,6 +70,17 @@ pub const JSON: &str = "application/vnd.docker.plugins.v1.2+json";
 type BoxFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 type Handler = Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>;
 
+/// A handler that gets the router's one shared state (a daemon's service) with each request,
+/// for [`Router::post_json`] and [`Router::route`]: `.post_json(path, with(&svc, |s, req| ..))`.
+pub fn with<S, A, F, Fut>(state: &Arc<S>, f: F) -> impl Fn(A) -> Fut + Send + Sync + 'static
+where
+    S: Send + Sync + ?Sized + 'static,
+    F: Fn(Arc<S>, A) -> Fut + Send + Sync + 'static,
+{
+    let state = state.clone();
+    move |arg| f(state.clone(), arg)
+}
+
 /// Routes by method and exact path; a prefix route (`/volumes/` + name) serves admin resources.
 #[derive(Clone, Default)]
 pub struct Router {

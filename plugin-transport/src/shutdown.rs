@@ -8,7 +8,12 @@ use tracing::info;
 /// them (test runners, some supervisors) would otherwise never see SIGTERM: the mask is
 /// inherited across exec. Call first thing in main, before any thread exists.
 pub fn unblock_stop_signals() {
+    // SAFETY: `sigset_t` is a plain C bit array; all-zero bytes are a valid (empty) set, and
+    // sigemptyset below initialises it properly anyway.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: every call gets a pointer to the local, initialised `set` and valid signal
+    // numbers; pthread_sigmask may take a null pointer for the old mask (POSIX). None of them
+    // keeps the pointer past the call.
     unsafe {
         libc::sigemptyset(&mut set);
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {

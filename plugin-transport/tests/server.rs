@@ -1,4 +1,8 @@
 //! The server on a real UNIX socket, spoken to with raw HTTP/1.1 bytes as dockerd sends them.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a panic is how a test reports failure"
+)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

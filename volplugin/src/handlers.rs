@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 use plugin_transport::blocking::{run_blocking, BlockingError};
+use plugin_transport::router::with;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
 use crate::error::VolError;
@@ -13,7 +14,7 @@ use crate::protocol::*;
 use crate::service::{display, LimitsChange, VolumeService};
 use crate::throttle::LimitsChanged;
 
-/// Docker waits 2 min for Create and Mount and 1 min for the rest (protocols.md §1); answer
+/// Docker waits 2 min for Create and Mount and 1 min for the rest (docs/protocols.md §1); answer
 /// well before, so the user sees our error rather than Docker's timeout.
 const SLOW_OP: Duration = Duration::from_secs(100);
 const FAST_OP: Duration = Duration::from_secs(50);
@@ -44,7 +45,6 @@ where
 }
 
 pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
-    let s = svc.clone();
     let router = Router::new()
         .post_json("/Plugin.Activate", |_: Empty| async {
             Ok(ActivateResponse {
@@ -56,28 +56,26 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
                 capabilities: Capabilities { scope: "local" },
             })
         })
-        .post_json("/VolumeDriver.Create", move |req: CreateRequest| {
-            let s = s.clone();
-            async move {
+        .post_json(
+            "/VolumeDriver.Create",
+            with(&svc, |s, req: CreateRequest| async move {
                 let name = req.name.clone();
                 let opts = req.opts.unwrap_or_default();
                 blocking("create", &name, SLOW_OP, move || s.create(&req.name, &opts)).await?;
                 Ok(ErrOnly::default())
-            }
-        });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Remove", move |req: NameRequest| {
-        let s = s.clone();
-        async move {
+            }),
+        );
+    let router = router.post_json(
+        "/VolumeDriver.Remove",
+        with(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             blocking("remove", &name, FAST_OP, move || s.remove(&req.name)).await?;
             Ok(ErrOnly::default())
-        }
-    });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Mount", move |req: MountRequest| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    let router = router.post_json(
+        "/VolumeDriver.Mount",
+        with(&svc, |s, req: MountRequest| async move {
             let name = req.name.clone();
             let target =
                 blocking("mount", &name, SLOW_OP, move || s.mount(&req.name, &req.id)).await?;
@@ -85,36 +83,33 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
                 mountpoint: target.display().to_string(),
                 err: String::new(),
             })
-        }
-    });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Unmount", move |req: MountRequest| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    let router = router.post_json(
+        "/VolumeDriver.Unmount",
+        with(&svc, |s, req: MountRequest| async move {
             let name = req.name.clone();
             blocking("unmount", &name, FAST_OP, move || {
                 s.unmount(&req.name, &req.id)
             })
             .await?;
             Ok(ErrOnly::default())
-        }
-    });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Path", move |req: NameRequest| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    let router = router.post_json(
+        "/VolumeDriver.Path",
+        with(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             let path = blocking("path", &name, FAST_OP, move || s.path(&req.name)).await?;
             Ok(MountpointResponse {
                 mountpoint: display(path.as_deref()),
                 err: String::new(),
             })
-        }
-    });
-    let s = svc.clone();
-    let router = router.post_json("/VolumeDriver.Get", move |req: NameRequest| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    let router = router.post_json(
+        "/VolumeDriver.Get",
+        with(&svc, |s, req: NameRequest| async move {
             let name = req.name.clone();
             let info = blocking("get", &name, FAST_OP, move || s.get(&req.name)).await?;
             Ok(GetResponse {
@@ -126,12 +121,11 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
                 },
                 err: String::new(),
             })
-        }
-    });
-    let s = svc;
-    router.post_json("/VolumeDriver.List", move |_: Empty| {
-        let s = s.clone();
-        async move {
+        }),
+    );
+    router.post_json(
+        "/VolumeDriver.List",
+        with(&svc, |s, _: Empty| async move {
             let names = blocking("list", "volumes", FAST_OP, move || s.names()).await?;
             let volumes = names
                 .into_iter()
@@ -146,8 +140,8 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
                 volumes,
                 err: String::new(),
             })
-        }
-    })
+        }),
+    )
 }
 
 /// Parses `{"write_bps": "4M", "read_iops": "max", ...}`: only the keys given change.
@@ -176,63 +170,66 @@ fn parse_limits_change(body: &[u8]) -> Result<LimitsChange, PluginError> {
 /// The admin socket: `GET /volumes`, `GET /volumes/NAME`, `POST /volumes/NAME/limits`.
 /// Limit changes are passed on to the throttler, which rewrites the running containers' cgroups.
 pub fn admin_router(svc: Arc<VolumeService>, limits_changed: LimitsChanged) -> Router {
-    let s = svc.clone();
-    let set = svc.clone();
     Router::new()
-        .route_prefix(Method::POST, "/volumes/", move |req: Request| {
-            let s = set.clone();
-            let limits_changed = limits_changed.clone();
-            async move {
-                let Some(name) = req
-                    .path
-                    .strip_prefix("/volumes/")
-                    .and_then(|p| p.strip_suffix("/limits"))
-                else {
-                    return Reply::error(&PluginError::not_found(format!(
-                        "unknown endpoint POST {}",
-                        req.path
-                    )));
-                };
-                let name = name.to_string();
-                let change = match parse_limits_change(&req.body) {
-                    Ok(change) => change,
-                    Err(e) => return Reply::error(&e),
-                };
-                let shown = name.clone();
-                let volume = name.clone();
-                match blocking("set-limits", &shown, FAST_OP, move || {
-                    s.set_limits(&volume, &change)
-                })
-                .await
-                {
-                    Ok(info) => {
-                        let _ = limits_changed.send(name);
-                        Reply::json(&info)
+        .route_prefix(
+            Method::POST,
+            "/volumes/",
+            with(&svc, move |s, req: Request| {
+                let limits_changed = limits_changed.clone();
+                async move {
+                    let Some(name) = req
+                        .path
+                        .strip_prefix("/volumes/")
+                        .and_then(|p| p.strip_suffix("/limits"))
+                    else {
+                        return Reply::error(&PluginError::not_found(format!(
+                            "unknown endpoint POST {}",
+                            req.path
+                        )));
+                    };
+                    let name = name.to_string();
+                    let change = match parse_limits_change(&req.body) {
+                        Ok(change) => change,
+                        Err(e) => return Reply::error(&e),
+                    };
+                    let shown = name.clone();
+                    let volume = name.clone();
+                    match blocking("set-limits", &shown, FAST_OP, move || {
+                        s.set_limits(&volume, &change)
+                    })
+                    .await
+                    {
+                        Ok(info) => {
+                            let _ = limits_changed.send(name);
+                            Reply::json(&info)
+                        }
+                        Err(e) => Reply::error(&e),
                     }
-                    Err(e) => Reply::error(&e),
                 }
-            }
-        })
-        .route(Method::GET, "/volumes", move |_req: Request| {
-            let s = s.clone();
-            async move {
+            }),
+        )
+        .route(
+            Method::GET,
+            "/volumes",
+            with(&svc, |s, _req: Request| async move {
                 match blocking("list", "volumes", FAST_OP, move || s.list()).await {
                     Ok(list) => Reply::json(&list),
                     Err(e) => Reply::error(&e),
                 }
-            }
-        })
-        .route_prefix(Method::GET, "/volumes/", move |req: Request| {
-            let s = svc.clone();
-            async move {
+            }),
+        )
+        .route_prefix(
+            Method::GET,
+            "/volumes/",
+            with(&svc, |s, req: Request| async move {
                 let name = req.path.trim_start_matches("/volumes/").to_string();
                 let shown = name.clone();
                 match blocking("inspect", &shown, FAST_OP, move || s.get(&name)).await {
                     Ok(info) => Reply::json(&info),
                     Err(e) => Reply::error(&e),
                 }
-            }
-        })
+            }),
+        )
 }
 
 #[cfg(test)]

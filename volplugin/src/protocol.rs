@@ -1,4 +1,4 @@
-//! Docker's VolumeDriver wire types (protocols.md §4). No logic here.
+//! Docker's VolumeDriver wire types (docs/protocols.md §4). No logic here.
 
 use std::collections::BTreeMap;
 

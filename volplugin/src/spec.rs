@@ -8,8 +8,8 @@ use crate::error::VolError;
 
 pub const NAME_MAX: usize = 128;
 
-/// DESIGN.md: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`. Names become file names and mount points,
-/// so nothing else (no `/`, no leading `.`) may pass.
+/// `^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$` (docs/design.md, Errors input and safety). Names become
+/// file names and mount points, so nothing else (no `/`, no leading `.`) may pass.
 pub fn validate_name(name: &str) -> Result<(), VolError> {
     let bad = |why: &str| VolError::InvalidName {
         name: name.chars().take(160).collect(),

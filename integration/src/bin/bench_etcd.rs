@@ -1,4 +1,4 @@
-//! Benchmark of netplugin's fleet allocator (etcd issue §8), all in one run against a real
+//! Benchmark of netplugin's fleet allocator (docs/testing.md, Benchmarks), all in one run against a real
 //! 3-member etcd cluster on loopback (Debian's etcd-server 3.4, data on /dev/shm):
 //!
 //! - raw etcd: 8 threads, each with its own client (netplugin's `EtcdStore`, the same client

@@ -9,7 +9,7 @@
 //!   snapshots are metadata only).
 //! - Direct IO (1 MiB blocks) on a mounted volume against a plain linear LV of the same VG
 //!   with the same filesystem (goal >= 0.95). The pool's chunk size decides it: `--chunk-size`
-//!   (default 512k, what the README recommends; 64k is LVM's default).
+//!   (default 512k, what the README and docs/volumes.md recommend; 64k is LVM's default).
 //!
 //! Run (root): `cargo run --release -p integration --bin bench_lvm [-- --rounds N] [--chunk-size 64k]`.
 //! Figures are printed and written to `<target>/lvm-guest/bench_lvm.json`.

@@ -1,4 +1,4 @@
-//! Benchmark of netplugin (issue §8), all in one run on this machine:
+//! Benchmark of netplugin (docs/testing.md, Benchmarks), all in one run on this machine:
 //!
 //! - median `docker run --rm --network X berth-test/busybox true` with berth-net, Docker's
 //!   built-in `bridge` (a user-defined bridge network; this dockerd runs with iptables off) and

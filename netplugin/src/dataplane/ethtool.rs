@@ -1,5 +1,5 @@
 //! TX checksum offload off (`ethtool -K IF tx off`) through the SIOCETHTOOL ioctl: on the
-//! netdev datapath TCP stalls on veths otherwise (DESIGN.md).
+//! netdev datapath TCP stalls on veths otherwise (docs/design.md, Network datapath).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -27,6 +27,7 @@ pub fn tx_checksum_off(ifname: &str) -> io::Result<()> {
             format!("interface name {ifname:?} must be 1..=15 bytes"),
         ));
     }
+    // SAFETY: socket(2) takes only integer arguments; its result is checked just below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());

@@ -1,4 +1,8 @@
 //! A datapath that only records, for unit tests of the handlers.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fake: a poisoned lock means a test already panicked"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -16,7 +16,7 @@ use std::pin::Pin;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Interface names: `vb`/`tb` + 10 hex of the endpoint id (DESIGN.md), within 15 bytes.
+/// Interface names: `vb`/`tb` + 10 hex of the endpoint id (docs/design.md, Names), within 15 bytes.
 pub fn host_if_name(endpoint_id: &str) -> String {
     format!("vb{}", hex10(endpoint_id))
 }

@@ -99,6 +99,7 @@ impl Msg {
 }
 
 fn socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes only integer arguments; its result is checked just below.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
@@ -115,6 +116,8 @@ fn socket() -> io::Result<OwnedFd> {
         tv_sec: TIMEOUT.as_secs() as libc::time_t,
         tv_usec: 0,
     };
+    // SAFETY: `tv` is a live `timeval` on this stack and the length passed is its size; the
+    // kernel copies it during the call and keeps no pointer.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -133,8 +136,12 @@ fn socket() -> io::Result<OwnedFd> {
 /// Sends one request and waits for its ack; a kernel error comes back as `io::Error`.
 fn request(msg: Vec<u8>) -> io::Result<()> {
     let fd = socket()?;
+    // SAFETY: `sockaddr_nl` is a plain C struct of integers; all-zero is a valid value (and
+    // the kernel's address: pid 0, no groups).
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `msg` and `addr` are alive for the call and the lengths passed are exactly
+    // theirs; sendto only reads them.
     let sent = unsafe {
         libc::sendto(
             fd.as_raw_fd(),
@@ -150,6 +157,8 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
     }
     let mut buf = vec![0u8; 16384];
     loop {
+        // SAFETY: `buf` is an exclusively borrowed, initialised buffer of `buf.len()` bytes; the
+        // kernel writes at most that many and `n` is checked before slicing.
         let n = unsafe {
             libc::recv(
                 fd.as_raw_fd(),
@@ -198,6 +207,7 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
 /// The interface index of `name`, or `None` when there is no such link here.
 pub fn index(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which only reads it.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
 }

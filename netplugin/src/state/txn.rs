@@ -276,4 +276,24 @@ impl State {
             failure: vec![],
         })
     }
+
+    /// Writes records copied unchanged from another store (`store migrate`), each only if
+    /// its key is absent here. `false`: another writer created one of them meanwhile, and
+    /// nothing was written.
+    pub fn import_records(&self, records: &[&KeyValue]) -> StoreResult<bool> {
+        Ok(self
+            .store
+            .txn(Txn {
+                compare: records
+                    .iter()
+                    .map(|kv| Compare::Version(kv.key.clone(), 0))
+                    .collect(),
+                success: records
+                    .iter()
+                    .map(|kv| Op::put(kv.key.clone(), kv.value.clone()))
+                    .collect(),
+                failure: vec![],
+            })?
+            .succeeded)
+    }
 }

@@ -1,6 +1,10 @@
 //! The contract every [`Store`] implementation meets: the embedded and in-memory stores run
 //! it in unit tests, the etcd store against a real cluster in the integration suite. Panics
 //! (with the failed expectation) on the first violation. Uses keys under `a/` and `b/`.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test suite: a panic is how it reports a violated contract"
+)]
 
 use std::time::{Duration, Instant};
 

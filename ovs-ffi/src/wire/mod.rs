@@ -15,7 +15,9 @@
     non_snake_case,
     dead_code,
     unsafe_op_in_unsafe_fn,
-    clippy::all
+    clippy::all,
+    // bindgen's output: its unsafe accessors are its own, regenerated, never edited here.
+    clippy::undocumented_unsafe_blocks
 )]
 pub(crate) mod sys;
 

@@ -335,6 +335,7 @@ fn stop(child: Option<Child>) {
     if let Some(mut c) = child {
         let pid = c.id() as i32;
         // SIGTERM first so the daemon removes its sockets and pidfiles; SIGKILL if it hangs.
+        // SAFETY: kill takes plain integers; `pid` is our own child, not yet reaped.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(5) {

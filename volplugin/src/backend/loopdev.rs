@@ -79,6 +79,7 @@ pub fn attach(image: &Path) -> Result<LoopDevice, BackendError> {
         File::open("/dev/loop-control").map_err(BackendError::io("open /dev/loop-control"))?;
     // Another process can take the free device between GET_FREE and CONFIGURE: retry.
     for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument; `control` is an open fd we own.
         let index = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
         if index < 0 {
             return Err(last_os_error("LOOP_CTL_GET_FREE".into()));
@@ -136,12 +137,16 @@ pub fn attach(image: &Path) -> Result<LoopDevice, BackendError> {
 }
 
 fn configure(dev: &File, backing: &File, image: &Path, flags: u32) -> std::io::Result<()> {
+    // SAFETY: LoopConfig is a repr(C) struct of integers and byte arrays: all-zero is a valid
+    // value, and the one the kernel expects for every field we do not set.
     let mut config: LoopConfig = unsafe { std::mem::zeroed() };
     config.fd = backing.as_raw_fd() as u32;
     config.info.lo_flags = flags;
     let name = image.as_os_str().as_encoded_bytes();
     let n = name.len().min(LO_NAME_SIZE - 1);
     config.info.lo_file_name[..n].copy_from_slice(&name[..n]);
+    // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which LoopConfig mirrors field for
+    // field; the pointer is to a live local the kernel only reads during the call.
     let rc = unsafe {
         libc::ioctl(
             dev.as_raw_fd(),
@@ -159,6 +164,7 @@ fn make_node(path: &Path, index: u32) -> Result<(), BackendError> {
     let dev = libc::makedev(7, index);
     let c =
         std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in /dev/loopN");
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
     if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o660, dev) } != 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EEXIST) {
@@ -178,6 +184,7 @@ pub fn detach(path: &Path) -> Result<(), BackendError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(BackendError::io(format!("open {}", path.display()))(e)),
     };
+    // SAFETY: LOOP_CLR_FD takes no pointer argument; `dev` is an open fd we own.
     if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD as _, 0) } < 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::ENXIO) {

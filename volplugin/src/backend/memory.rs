@@ -1,5 +1,9 @@
 //! The simulator: volumes as records in memory, with failures that tests can inject at any
 //! step, so the service's rollback and resume logic is tested without root.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fake: a poisoned lock means a test already panicked"
+)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

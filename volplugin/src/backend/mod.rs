@@ -13,6 +13,7 @@ pub mod fsops;
 pub mod loopdev;
 pub mod loopfile;
 pub mod lvm;
+#[cfg(test)]
 pub mod memory;
 pub mod mountinfo;
 
