@@ -34,7 +34,7 @@ use crate::config::{embedded_store, AdminArgs, Config, Net, ServeArgs, StoreChoi
 #[derive(Parser, Debug)]
 #[command(
     name = "netplugin",
-    version,
+    version = plugin_transport::version!(),
     about = "Berth network + IPAM Docker plugin on Open vSwitch VLAN ports"
 )]
 enum Command {
@@ -141,4 +141,16 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
 fn cli_is_well_formed() {
     use clap::CommandFactory;
     Command::command().debug_assert();
+}
+
+#[test]
+fn version_names_the_crate_version_and_the_git_revision() {
+    use clap::CommandFactory;
+    let version = Command::command().render_version();
+    let rev = env!("BERTH_BUILD_GIT_REV");
+    assert!(!rev.is_empty());
+    assert_eq!(
+        version.trim_end(),
+        format!("netplugin {} (git {rev})", env!("CARGO_PKG_VERSION"))
+    );
 }

@@ -25,7 +25,7 @@ use crate::config::{BackendChoice, Config, ServeArgs, Vol};
 #[derive(Parser, Debug)]
 #[command(
     name = "volplugin",
-    version,
+    version = plugin_transport::version!(),
     about = "Berth volume plugin for Docker: sized volumes on loop files or LVM thin LVs"
 )]
 enum Command {
@@ -125,4 +125,16 @@ fn open_backend(choice: &BackendChoice) -> anyhow::Result<Arc<dyn Backend>> {
 fn cli_is_well_formed() {
     use clap::CommandFactory;
     Command::command().debug_assert();
+}
+
+#[test]
+fn version_names_the_crate_version_and_the_git_revision() {
+    use clap::CommandFactory;
+    let version = Command::command().render_version();
+    let rev = env!("BERTH_BUILD_GIT_REV");
+    assert!(!rev.is_empty());
+    assert_eq!(
+        version.trim_end(),
+        format!("volplugin {} (git {rev})", env!("CARGO_PKG_VERSION"))
+    );
 }
