@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod error;
+pub mod generate;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
