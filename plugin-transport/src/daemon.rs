@@ -92,7 +92,9 @@ where
     let matches = cli.get_matches_mut();
     if let Some((SUBCOMMAND, sub)) = matches.subcommand() {
         let generate = Generate::from_matches(sub).unwrap_or_else(|e| e.format(&mut cli).exit());
-        return Ok(generate.run(C::command()).map_err(DaemonError::Generate)?);
+        return generate
+            .run(C::command())
+            .map_err(|e| DaemonError::Generate(e).into());
     }
     let command = C::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cli).exit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
