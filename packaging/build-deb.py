@@ -36,6 +36,18 @@ def load(path):
         return tomllib.load(f)
 
 
+# Destinations that differ on Debian: zsh completions shipped by packages go to
+# vendor-completions (Debian's zsh has it in $fpath; site-functions is EL's and Fedora's).
+DEB_DEST = {"/usr/share/zsh/site-functions/": "/usr/share/zsh/vendor-completions/"}
+
+
+def deb_dest(dest):
+    for rpm_dir, deb_dir in DEB_DEST.items():
+        if dest.startswith(rpm_dir):
+            return deb_dir + dest[len(rpm_dir):]
+    return dest
+
+
 def expand_assets(assets, target):
     """(source path, dest path, mode, is_conffile) for every file, as cargo-generate-rpm does."""
     out = []
@@ -126,7 +138,8 @@ def main():
     name = rpm["name"]
     maintainer = deb.get("maintainer", "Berth maintainers <berth@example.invalid>")
 
-    files = expand_assets(rpm["assets"], args.target)
+    files = [(src, deb_dest(dest), mode, config)
+             for src, dest, mode, config in expand_assets(rpm["assets"], args.target)]
     with tempfile.TemporaryDirectory(prefix="berth-deb-") as tmp:
         os.chmod(tmp, 0o755)
         for src, dest, mode, _ in files:

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIPLE=x86_64-unknown-linux-gnu
 [ -x "target/$TRIPLE/release/netplugin" ] && [ -x "target/$TRIPLE/release/volplugin" ] \
+    && [ -f target/pkg-gen/netplugin/man/netplugin.1.gz ] && [ -f target/pkg-gen/volplugin/man/volplugin.1.gz ] \
     || bash packaging/build-bins.sh
 version=()
 [ $# -ge 1 ] && version=(--version "$1")

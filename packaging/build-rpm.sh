@@ -10,6 +10,7 @@ CGR_VERSION=0.21.1
 for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do [ -d "$d" ] && export PATH="$d:$PATH"; done
 command -v cargo-generate-rpm >/dev/null || cargo install --locked --version "$CGR_VERSION" cargo-generate-rpm
 [ -x "target/$TRIPLE/release/netplugin" ] && [ -x "target/$TRIPLE/release/volplugin" ] \
+    && [ -f target/pkg-gen/netplugin/man/netplugin.1.gz ] && [ -f target/pkg-gen/volplugin/man/volplugin.1.gz ] \
     || bash packaging/build-bins.sh
 set_version=()
 [ $# -ge 1 ] && set_version=(--set-metadata "version = \"$1\"")

@@ -56,6 +56,12 @@ for pkg in berth-netplugin berth-volplugin; do
              "/usr/share/doc/$pkg/README.md" "/usr/share/doc/$pkg/copyright"; do
         check "file $f" grep -qx "$f" "$S/list"
     done
+    for f in "/usr/share/man/man1/${BIN[$pkg]}.1.gz" "/usr/share/man/man1/${BIN[$pkg]}-serve.1.gz" \
+             "/usr/share/bash-completion/completions/${BIN[$pkg]}" "/usr/share/zsh/site-functions/_${BIN[$pkg]}" \
+             "/usr/share/fish/vendor_completions.d/${BIN[$pkg]}.fish"; do
+        check "file $f" grep -qx "$f" "$S/list"
+    done
+    check "man pages flagged %doc" grep -qE "^d +-rw-r--r-- /usr/share/man/man1/${BIN[$pkg]}.1.gz$" "$S/flags"
     check "postinstall enables the socket" grep -q "systemctl enable ${UNIT[$pkg]}.socket" "$S/scripts"
     check "preuninstall disables on erase" grep -q "disable ${UNIT[$pkg]}.service ${UNIT[$pkg]}.socket" "$S/scripts"
     check "postuninstall try-restarts the service on upgrade" grep -q "try-restart ${UNIT[$pkg]}.service" "$S/scripts"
@@ -88,9 +94,12 @@ check "rpm --root -i (V1)" rpmi "$A" -i "$V1DIR"/berth-netplugin-[0-9]*.rpm "$V1
 for pkg in berth-netplugin berth-volplugin; do
     b=${BIN[$pkg]} u=${UNIT[$pkg]}
     for f in /usr/bin/$b /usr/lib/systemd/system/$u.socket /usr/lib/systemd/system/$u.service \
-             /etc/berth/$b.toml /usr/share/doc/$pkg/README.md /usr/share/doc/$pkg/docs/volumes.md; do
+             /etc/berth/$b.toml /usr/share/doc/$pkg/README.md /usr/share/doc/$pkg/docs/volumes.md \
+             /usr/share/man/man1/$b.1.gz /usr/share/bash-completion/completions/$b \
+             /usr/share/zsh/site-functions/_$b /usr/share/fish/vendor_completions.d/$b.fish; do
         check "A: $f installed" test -f "$A$f"
     done
+    check "A: $b.1.gz is gzip and roff (.TH)" bash -c "gzip -t '$A/usr/share/man/man1/$b.1.gz' && zcat '$A/usr/share/man/man1/$b.1.gz' | grep -q '^\.TH $b 1'"
     check "A: %post enabled $u.socket" test -L "$A/etc/systemd/system/sockets.target.wants/$u.socket"
     check "A: the service itself not enabled (socket activation)" test ! -e "$A/etc/systemd/system/multi-user.target.wants/$u.service"
 done
@@ -103,7 +112,7 @@ check "A: edited config kept, no .rpmnew/.rpmsave" bash -c "grep -q '# local edi
 check "A: socket still enabled after the upgrade" test -L "$A/etc/systemd/system/sockets.target.wants/berth-vol.socket"
 check "rpm --root -e" rpmi "$A" -e berth-netplugin berth-volplugin
 check "A: %preun disabled the sockets" bash -c "! ls '$A'/etc/systemd/system/sockets.target.wants/berth-* 2>/dev/null"
-left=$(cd "$A" && find usr etc -path '*berth*' ! -path etc/berth ! -name '*.rpmsave' 2>/dev/null)
+left=$(cd "$A" && find usr etc \( -path '*berth*' -o -name '*netplugin*' -o -name '*volplugin*' \) ! -path etc/berth ! -name '*.rpmsave' 2>/dev/null)
 check "A: no packaged file or directory left${left:+: $left}" test -z "$left"
 check "A: the edited config saved as .rpmsave (rpm's rule for modified config), alone in /etc/berth" \
     test "$(ls -A "$A/etc/berth")" = volplugin.toml.rpmsave

@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::client::ClientError;
 use crate::config::{merge_with_file, ConfigError};
+use crate::generate::{Generate, SUBCOMMAND};
 use crate::listen::{bind_tcp, bind_unix, plugin_listener, ListenError, SocketFile};
 use crate::logging::LogFormat;
 use crate::metrics::Metrics;
@@ -57,6 +58,8 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("--socket-mode {0:?} is not an octal mode like 0600")]
     SocketMode(String),
+    #[error("writing man pages or completions")]
+    Generate(#[source] std::io::Error),
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("installing signal handlers")]
@@ -75,7 +78,8 @@ pub enum DaemonError {
 
 /// A binary's `main`: parses the command line into `C` and runs `run` on it in a tokio
 /// runtime. Stop signals are unblocked first, before any thread exists (see
-/// [`crate::shutdown::unblock_stop_signals`]).
+/// [`crate::shutdown::unblock_stop_signals`]). The hidden `generate` subcommand (man pages
+/// and completions of `C`, [`crate::generate`]) is handled here, without a runtime.
 pub fn main<C, F, Fut, E>(run: F) -> Result<(), E>
 where
     C: clap::Parser,
@@ -84,7 +88,15 @@ where
     E: From<DaemonError>,
 {
     crate::shutdown::unblock_stop_signals();
-    let command = C::parse();
+    let mut cli = C::command().subcommand(Generate::command());
+    let matches = cli.get_matches_mut();
+    if let Some((SUBCOMMAND, sub)) = matches.subcommand() {
+        let generate = Generate::from_matches(sub).unwrap_or_else(|e| e.format(&mut cli).exit());
+        return generate
+            .run(C::command())
+            .map_err(|e| DaemonError::Generate(e).into());
+    }
+    let command = C::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cli).exit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
