@@ -567,7 +567,7 @@ fn append_marker(path: &Path, what: &str) -> std::io::Result<()> {
 /// Lays out a rootfs: /bin/busybox (copied from the host's busybox-static) plus a symlink per
 /// applet of `busybox --list`, /sbin, /usr/bin, /usr/sbin pointing at /bin, and minimal
 /// /etc/passwd and /etc/group (root, nobody).
-fn build_busybox_rootfs(rootfs: &Path) -> Result<()> {
+pub fn build_busybox_rootfs(rootfs: &Path) -> Result<()> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
         .map(Path::new)

@@ -4,6 +4,8 @@
 //!   ([`procs::wait_until`]), commands with time limits.
 //! - [`docker`]: a private containerd + dockerd per test suite ([`docker::DockerEnv`]) with the
 //!   `berth-test/busybox:latest` image, isolated from any system Docker.
+//! - [`lab`]: the fleet lab: three hosts (own network + mount namespaces, dockerd, OVS,
+//!   netplugin, volplugin), a trunk switch and etcd on this one machine.
 //! - [`harness`]: a runner for `harness = false` test targets that share one expensive context
 //!   and need guaranteed teardown ([`harness::run`]), and [`harness::require_root_and_tools`].
 //!
@@ -14,6 +16,7 @@ pub mod docker;
 pub mod etcd;
 pub mod harness;
 pub mod iomeasure;
+pub mod lab;
 pub mod netplugin;
 pub mod ovs;
 pub mod plugins;

@@ -1,0 +1,903 @@
+//! The fleet end to end (issue 13 §2), in the lab of `integration::lab`: three hosts (each its
+//! own network + mount namespace with OVS, netplugin `--store etcd`, volplugin, containerd and
+//! dockerd), a trunk switch (OVS in a namespace) and a 3-member etcd cluster. Traffic only flows
+//! inside the lab's namespaces: hosts and etcd on 198.18.0.0/24, containers on 198.19.x.0/24.
+//! Needs root, docker.io, containerd, runc, busybox-static, openvswitch-switch, etcd-server,
+//! iproute2, ethtool and util-linux.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use integration::lab::{n_packets, Host, Lab, LabOptions};
+use integration::procs::{run_with_timeout, wait_until};
+use integration::{harness, TEST_IMAGE};
+use serde_json::Value;
+
+/// The network every host has: same subnet, same VLAN.
+const N1: &str = "n1";
+const N1_SUBNET: &str = "198.19.1.0/24";
+const N1_VLAN: u16 = 101;
+/// netplugin's `--release-leaked-after` in the lab: short, so the test sees the sweep act.
+const LEAK_GRACE: &str = "2s";
+
+struct Ctx {
+    lab: Lab,
+}
+
+fn setup() -> Result<Ctx> {
+    let lab = Lab::start(LabOptions {
+        netplugin_args: [
+            "--reconcile-interval",
+            "0.5",
+            "--docker-sync-interval",
+            "0.5",
+            "--release-leaked-after",
+            LEAK_GRACE,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..LabOptions::default()
+    })?;
+    let c = Ctx { lab };
+    for h in c.hosts() {
+        create_net(h, N1, N1_SUBNET, N1_VLAN, &[])?;
+    }
+    Ok(c)
+}
+
+impl Ctx {
+    fn h(&self, name: &str) -> &Host {
+        self.lab.host(name)
+    }
+
+    fn hosts(&self) -> &[Host] {
+        &self.lab.hosts
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+fn create_net(h: &Host, name: &str, subnet: &str, vlan: u16, extra: &[&str]) -> Result<String> {
+    let vlan = format!("vlan={vlan}");
+    let mut args = vec![
+        "network",
+        "create",
+        "-d",
+        "berth-net",
+        "--ipam-driver",
+        "berth-net",
+        "--subnet",
+        subnet,
+        "-o",
+        &vlan,
+    ];
+    args.extend_from_slice(extra);
+    args.push(name);
+    h.ok(&args)
+}
+
+/// A long-running busybox container.
+fn sleeper(h: &Host, name: &str, net: &str, extra: &[&str]) -> Result<String> {
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        net,
+        "--stop-timeout",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    args.extend([TEST_IMAGE, "sleep", "3600"]);
+    h.ok(&args)
+}
+
+fn inspect_net(h: &Host, name: &str, net: &str, field: &str) -> Result<String> {
+    let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}");
+    let v = h.ok(&["inspect", "-f", &f, name])?;
+    ensure!(
+        !v.is_empty() && v != "<no value>",
+        "host {}: {name} has no {field} on {net}",
+        h.name
+    );
+    Ok(v)
+}
+
+fn ip(h: &Host, name: &str) -> Result<String> {
+    inspect_net(h, name, N1, "IPAddress")
+}
+
+fn pid(h: &Host, name: &str) -> Result<u32> {
+    Ok(h.ok(&["inspect", "-f", "{{.State.Pid}}", name])?.parse()?)
+}
+
+/// Parsed `X packets transmitted, Y packets received`.
+fn ping_counts(out: &str) -> Option<(u32, u32)> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok());
+    Some((nums.next()?, nums.next()?))
+}
+
+/// busybox ping from inside the network namespace of `pid`: its whole output.
+fn ping_raw(pid: u32, ip: &str, args: &[&str], limit: Duration) -> Result<String> {
+    let mut c = std::process::Command::new("nsenter");
+    c.args(["-t", &pid.to_string(), "-n", "busybox", "ping"])
+        .args(args)
+        .arg(ip);
+    let out = run_with_timeout(c, None, limit)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `count` pings at `interval` from the container `from` on `h`: (sent, received).
+fn ping(h: &Host, from: &str, ip: &str, count: u32, interval: &str) -> Result<(u32, u32)> {
+    let out = ping_raw(
+        pid(h, from)?,
+        ip,
+        &["-c", &count.to_string(), "-i", interval, "-W", "1"],
+        Duration::from_secs(u64::from(count) + 20),
+    )?;
+    ping_counts(&out).ok_or_else(|| anyhow!("ping output not understood: {out}"))
+}
+
+/// Sends `bytes` over TCP from inside the network namespace of `pid` (a thread that setns'd),
+/// shutting the socket down cleanly so nothing is dropped.
+fn tcp_send_from(pid: u32, to: SocketAddr, bytes: usize) -> Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || -> Result<()> {
+        // SAFETY: setns on this thread only; the fd is valid for the call.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .with_context(|| format!("connect {to}"))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let chunk = vec![0x5au8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow!("sender thread panicked"))?
+}
+
+/// TCP from container `from` on `hf` to `to` on `ht` (busybox nc receiving, a clean sender in
+/// `from`'s namespace); returns Mbit/s as the receiver counted the bytes.
+fn tcp_transfer(
+    hf: &Host,
+    from: &str,
+    ht: &Host,
+    to: &str,
+    to_ip: &str,
+    bytes: usize,
+) -> Result<f64> {
+    ht.ok(&[
+        "exec",
+        "-d",
+        to,
+        "sh",
+        "-c",
+        "rm -f /tmp/got; nc -l -p 5001 | wc -c > /tmp/got",
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    tcp_send_from(pid(hf, from)?, format!("{to_ip}:5001").parse()?, bytes)?;
+    let mut got = String::new();
+    let done = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+        got = ht.ok(&["exec", to, "cat", "/tmp/got"]).unwrap_or_default();
+        !got.is_empty()
+    });
+    ensure!(
+        done && got.trim() == bytes.to_string(),
+        "{from} → {to}: received {got:?} of {bytes} bytes"
+    );
+    Ok(bytes as f64 * 8.0 / 1e6 / t0.elapsed().as_secs_f64())
+}
+
+/// busybox arping in container `from` on `h`: the MACs that answered (lower case, as Docker
+/// prints them) and the output.
+fn arping(h: &Host, from: &str, ip: &str, count: u32) -> Result<(Vec<String>, String)> {
+    let out = h.ok(&[
+        "exec",
+        from,
+        "sh",
+        "-c",
+        &format!("arping -c {count} -w 3 -I eth0 {ip}; echo rc=$?"),
+    ])?;
+    // "Unicast reply from 198.19.1.11 [2:b7:c6:13:1:b] 0.311ms" (leading zeros dropped).
+    let macs = out
+        .lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| {
+            let mac = l.split('[').nth(1)?.split(']').next()?;
+            let octets: Vec<String> = mac
+                .split(':')
+                .filter_map(|o| u8::from_str_radix(o, 16).ok())
+                .map(|o| format!("{o:02x}"))
+                .collect();
+            (octets.len() == 6).then(|| octets.join(":"))
+        })
+        .collect();
+    Ok((macs, out))
+}
+
+/// `n_packets` of host `h`'s ARP proxy answer for `ip` (table 1, priority 100), if installed.
+fn arp_answers(h: &Host, ip: &str) -> Result<Option<u64>> {
+    let dump = h.ofctl("dump-flows", &[&format!("table=1,arp,arp_tpa={ip}")])?;
+    Ok(dump
+        .lines()
+        .any(|l| l.contains("priority=100") && l.contains("IN_PORT"))
+        .then(|| n_packets(&dump, &["priority=100", "IN_PORT"])))
+}
+
+/// `n_packets` of the switch's counting flow for ARP requests asking for `ip`.
+fn switch_arp_requests(c: &Ctx, ip: &str) -> Result<u64> {
+    let dump = c
+        .lab
+        .switch()
+        .ofctl("dump-flows", &[&format!("arp,arp_tpa={ip}")])?;
+    Ok(n_packets(&dump, &["priority=10"]))
+}
+
+/// Every address of `subnet` held in the store, with the host holding it.
+fn pool_addresses(h: &Host, subnet: &str) -> Result<BTreeMap<String, String>> {
+    let pool = h.netplugin_json(&["pool", "show", subnet])?;
+    Ok(pool["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["address"].as_str().unwrap_or_default().to_string(),
+                format!(
+                    "{} ({})",
+                    a["host"].as_str().unwrap_or_default(),
+                    a["held_by"].as_str().unwrap_or_default()
+                ),
+            )
+        })
+        .collect())
+}
+
+fn held_by(h: &Host, subnet: &str, ip: &str) -> Result<Option<String>> {
+    Ok(pool_addresses(h, subnet)?.remove(ip))
+}
+
+fn ports(h: &Host) -> Result<BTreeSet<String>> {
+    Ok(h.vsctl(&["list-ports", integration::lab::BRIDGE])?
+        .lines()
+        .filter(|l| l.starts_with("vb"))
+        .map(str::to_string)
+        .collect())
+}
+
+fn endpoint_ids_of(h: &Host, host_id: &str) -> Result<BTreeSet<String>> {
+    Ok(h.netplugin_json(&["endpoint", "ls"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["host_id"] == host_id)
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// The long-lived containers later tests talk to: x on a, y on b, z on c (on n1), created or
+/// re-created when missing or not running (each test can run alone).
+fn base(c: &Ctx) -> Result<()> {
+    for (h, name) in [(c.h("a"), "xa"), (c.h("b"), "yb"), (c.h("c"), "zc")] {
+        let running = h.ok(&["inspect", "-f", "{{.State.Running}}", name]);
+        if !running.is_ok_and(|r| r == "true") {
+            rm(h, &[name]);
+            sleeper(h, name, N1, &[])?;
+        }
+    }
+    Ok(())
+}
+
+fn rm(h: &Host, names: &[&str]) {
+    for chunk in names.chunks(30) {
+        let mut args = vec!["rm", "-f"];
+        args.extend_from_slice(chunk);
+        let _ = h.ok(&args);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. One pool, no collisions, 60 containers at once.
+
+fn t_one_pool_no_collisions(c: &Ctx) -> Result<()> {
+    // The network created on every host is one pool in etcd, used by all three.
+    let pools = c.h("a").netplugin_json(&["pool", "ls"])?;
+    let ours: Vec<&Value> = pools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["subnet"] == N1_SUBNET)
+        .collect();
+    ensure!(ours.len() == 1, "pools for {N1_SUBNET}: {pools}");
+    let hosts: BTreeSet<&str> = ours[0]["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    ensure!(
+        hosts == BTreeSet::from(["host-a", "host-b", "host-c"]),
+        "pool used by {hosts:?}"
+    );
+    for h in c.hosts() {
+        let nets = h.netplugin_json(&["network", "ls"])?;
+        ensure!(
+            nets.as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["subnet"] == N1_SUBNET
+                    && n["vlan"] == N1_VLAN
+                    && n["pool"] == ours[0]["id"]),
+            "host {}: {nets}",
+            h.name
+        );
+    }
+    let before = pool_addresses(c.h("a"), N1_SUBNET)?;
+
+    // 20 containers on each host, 4 `docker run` at a time per host: 12 at once.
+    const PER_HOST: usize = 20;
+    let t0 = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let mut handles = Vec::new();
+        for h in c.hosts() {
+            for t in 0..4 {
+                handles.push(s.spawn(move || -> Result<()> {
+                    for i in (t..PER_HOST).step_by(4) {
+                        sleeper(h, &format!("f{}{i}", h.name), N1, &[])?;
+                    }
+                    Ok(())
+                }));
+            }
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow!("thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    println!(
+        "    {} containers started on 3 hosts in {:.1}s",
+        3 * PER_HOST,
+        t0.elapsed().as_secs_f64()
+    );
+    // Every address once, held in the store by the host that runs the container.
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let held = pool_addresses(c.h("b"), N1_SUBNET)?;
+    for h in c.hosts() {
+        let names: Vec<String> = (0..PER_HOST).map(|i| format!("f{}{i}", h.name)).collect();
+        let mut args = vec![
+            "inspect",
+            "-f",
+            "{{.Name}} {{(index .NetworkSettings.Networks \"n1\").IPAddress}}",
+        ];
+        args.extend(names.iter().map(String::as_str));
+        for line in h.ok(&args)?.lines() {
+            let (name, addr) = line.split_once(' ').context("inspect line")?;
+            if let Some(other) = seen.insert(addr.to_string(), format!("{}{name}", h.name)) {
+                bail!("{addr} given twice: {other} and {}{name}", h.name);
+            }
+            let holder = held.get(addr).cloned().unwrap_or_default();
+            ensure!(
+                holder.starts_with(&h.host_id),
+                "{addr} of {name} on {} is held by {holder:?} in the store",
+                h.name
+            );
+        }
+    }
+    ensure!(seen.len() == 3 * PER_HOST, "{} addresses", seen.len());
+    std::thread::scope(|s| {
+        for h in c.hosts() {
+            s.spawn(move || {
+                let names: Vec<String> = (0..PER_HOST).map(|i| format!("f{}{i}", h.name)).collect();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                rm(h, &refs);
+            });
+        }
+    });
+    let mut after = BTreeMap::new();
+    let back = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        after = pool_addresses(c.h("c"), N1_SUBNET).unwrap_or_default();
+        after == before
+    });
+    ensure!(
+        back,
+        "addresses left after removal: before {before:?}, after {after:?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Across the trunk: ping and TCP.
+
+fn t_cross_host_ping_and_tcp(c: &Ctx) -> Result<()> {
+    let (a, b, hc) = (c.h("a"), c.h("b"), c.h("c"));
+    base(c)?;
+    let (xa, yb, zc) = (ip(a, "xa")?, ip(b, "yb")?, ip(hc, "zc")?);
+    for (h, from, to) in [(a, "xa", &yb), (b, "yb", &zc), (hc, "zc", &xa)] {
+        let (s, r) = ping(h, from, to, 3, "0.2")?;
+        ensure!(r == s, "ping {from} on {} → {to}: {r}/{s}", h.name);
+    }
+    const SIZE: usize = 8 << 20;
+    let mbit = tcp_transfer(a, "xa", b, "yb", &yb, SIZE)?;
+    println!(
+        "    TCP x (host a) → y (host b): {} MiB at {mbit:.0} Mbit/s",
+        SIZE >> 20
+    );
+    // It went over the trunk: the switch learned both MACs on their hosts' ports.
+    let sw = c.lab.switch();
+    let mac_x = inspect_net(a, "xa", N1, "MacAddress")?;
+    let mac_y = inspect_net(b, "yb", N1, "MacAddress")?;
+    ensure!(
+        sw.port_of_mac(N1_VLAN, &mac_x)?.as_deref() == Some("t-a")
+            && sw.port_of_mac(N1_VLAN, &mac_y)?.as_deref() == Some("t-b"),
+        "switch MAC table: {}",
+        sw.fdb()?
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. VLAN isolation across hosts.
+
+fn t_vlan_isolation(c: &Ctx) -> Result<()> {
+    let (a, hc) = (c.h("a"), c.h("c"));
+    base(c)?;
+    create_net(a, "n2", "198.19.2.0/24", 102, &[])?;
+    create_net(hc, "n2", "198.19.2.0/24", 102, &[])?;
+    sleeper(hc, "vc", "n2", &["--cap-add", "NET_ADMIN"])?;
+    sleeper(a, "wa", "n2", &[])?;
+    // Control: VLAN 102 itself crosses the trunk.
+    let wa = inspect_net(a, "wa", "n2", "IPAddress")?;
+    let (s, r) = ping(hc, "vc", &wa, 2, "0.2")?;
+    ensure!(r == s, "same-VLAN control ping v (c) → w (a): {r}/{s}");
+    // v takes an address in n1's subnet: nothing of n1 answers, on any host.
+    hc.ok(&[
+        "exec",
+        "vc",
+        "ip",
+        "addr",
+        "add",
+        "198.19.1.200/24",
+        "dev",
+        "eth0",
+    ])?;
+    for (h, name) in [(a, "xa"), (c.h("b"), "yb"), (hc, "zc")] {
+        let target = ip(h, name)?;
+        let (s, r) = ping(hc, "vc", &target, 2, "0.2")?;
+        ensure!(
+            r == 0,
+            "VLAN 102 reached {name} on host {} ({target}): {r}/{s}",
+            h.name
+        );
+        let (macs, out) = arping(hc, "vc", &target, 2)?;
+        ensure!(
+            macs.is_empty(),
+            "ARP crossed VLANs to {name} on {}: {out}",
+            h.name
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A database moves from host a to host b with its address.
+
+const DB_IP: &str = "198.19.1.50";
+
+fn db_args() -> Vec<&'static str> {
+    // Like current Docker on IPv4-only networks: no IPv6 chatter teaches the switch anything.
+    vec![
+        "--ip",
+        DB_IP,
+        "--sysctl",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "--sysctl",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ]
+}
+
+fn t_move_database(c: &Ctx) -> Result<()> {
+    let (a, b, hc) = (c.h("a"), c.h("b"), c.h("c"));
+    base(c)?;
+    sleeper(a, "db", N1, &db_args())?;
+    let mac_a = inspect_net(a, "db", N1, "MacAddress")?;
+    // The client on host c talks to it.
+    let (s, r) = ping(hc, "zc", DB_IP, 3, "0.2")?;
+    ensure!(r == s, "client z (c) → db on a: {r}/{s}");
+    // While a holds the address, b may not take it; the error names host a.
+    let mut args = vec!["run", "-d", "--name", "db-early", "--network", N1];
+    args.extend(db_args());
+    args.extend([TEST_IMAGE, "sleep", "3600"]);
+    let e = b.fails(&args)?;
+    rm(b, &["db-early"]);
+    ensure!(
+        e.contains(DB_IP) && e.contains("already in use") && e.contains("host-a"),
+        "--ip {DB_IP} on b while a holds it: {e}"
+    );
+    // Move: removed on a, started on b with the same address.
+    a.ok(&["rm", "-f", "db"])?;
+    sleeper(b, "db", N1, &db_args())?;
+    let started = Instant::now();
+    let mac_b = inspect_net(b, "db", N1, "MacAddress")?;
+    ensure!(
+        mac_a == mac_b,
+        "MAC changed with the move: {mac_a} → {mac_b}"
+    );
+    // The client, with its ARP cache as it is, pings every 50 ms.
+    let zpid = pid(hc, "zc")?;
+    let ping_started = started.elapsed();
+    let out = ping_raw(
+        zpid,
+        DB_IP,
+        &["-c", "60", "-i", "0.05", "-W", "1"],
+        Duration::from_secs(20),
+    )?;
+    let first_seq = out
+        .lines()
+        .find(|l| l.contains("bytes from"))
+        .and_then(|l| l.split("seq=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<u32>().ok());
+    let (sent, got) = ping_counts(&out).unwrap_or((0, 0));
+    let sw = c.lab.switch();
+    let where_now = sw.port_of_mac(N1_VLAN, &mac_b).unwrap_or(None);
+    let Some(seq) = first_seq else {
+        bail!(
+            "the moved database never answered the client on c ({got}/{sent} pings over 3 s); \
+             the trunk switch has its MAC {mac_b} on {where_now:?} (it runs on b, port t-b): \
+             nothing announced the move"
+        );
+    };
+    let reachable_after = ping_started + Duration::from_millis(50 * u64::from(seq));
+    println!(
+        "    db reachable from c {:.0} ms after `docker run` on b returned ({got}/{sent} pings)",
+        reachable_after.as_secs_f64() * 1000.0
+    );
+    ensure!(
+        reachable_after <= Duration::from_secs(1),
+        "the moved database answered only after {reachable_after:?} (switch: MAC on {where_now:?})"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. ARP proxy across hosts.
+
+fn t_arp_proxy_across_hosts(c: &Ctx) -> Result<()> {
+    let (a, hc) = (c.h("a"), c.h("c"));
+    base(c)?;
+    let xa = ip(a, "xa")?;
+    let mac_x = inspect_net(a, "xa", N1, "MacAddress")?;
+    const ROUTER: &str = "198.19.1.254";
+    let sw = c.lab.switch();
+    // Counting flows on the switch: ARP requests for x's address and for the router's.
+    for tpa in [xa.as_str(), ROUTER] {
+        sw.ofctl(
+            "add-flow",
+            &[&format!(
+                "priority=10,arp,arp_op=1,arp_tpa={tpa},actions=NORMAL"
+            )],
+        )?;
+    }
+    c.lab.attach_peer("rt", N1_VLAN, &format!("{ROUTER}/24"))?;
+    let res = (|| -> Result<()> {
+        // Host c's OVS knows x (on host a) from the store.
+        let ready = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            arp_answers(hc, &xa).is_ok_and(|n| n.is_some())
+        });
+        ensure!(ready, "host c has no ARP answer for x ({xa}) on host a");
+        let answered0 = arp_answers(hc, &xa)?.unwrap_or(0);
+        let trunk0 = switch_arp_requests(c, &xa)?;
+        let (macs, out) = arping(hc, "zc", &xa, 3)?;
+        ensure!(
+            macs.len() == 3 && macs.iter().all(|m| *m == mac_x),
+            "z (c) asked for x ({xa}, {mac_x}): {out}"
+        );
+        let answered = arp_answers(hc, &xa)?.unwrap_or(0) - answered0;
+        let on_trunk = switch_arp_requests(c, &xa)? - trunk0;
+        ensure!(
+            answered == 3 && on_trunk == 0,
+            "host c's OVS answered {answered} of 3; {on_trunk} requests reached the trunk"
+        );
+        // An address nobody in the fleet holds (a router on the trunk) still gets through.
+        let trunk0 = switch_arp_requests(c, ROUTER)?;
+        let (macs, out) = arping(hc, "zc", ROUTER, 2)?;
+        ensure!(
+            !macs.is_empty(),
+            "the router on the trunk did not answer ARP: {out}"
+        );
+        ensure!(
+            switch_arp_requests(c, ROUTER)? > trunk0,
+            "no request for {ROUTER} on the trunk"
+        );
+        let (s, r) = ping(hc, "zc", ROUTER, 2, "0.2")?;
+        ensure!(r == s, "z → router: {r}/{s}");
+        Ok(())
+    })();
+    let _ = sw.ofctl(
+        "del-flows",
+        &[
+            "--strict",
+            &format!("priority=10,arp,arp_op=1,arp_tpa={xa}"),
+        ],
+    );
+    let _ = sw.ofctl(
+        "del-flows",
+        &[
+            "--strict",
+            &format!("priority=10,arp,arp_op=1,arp_tpa={ROUTER}"),
+        ],
+    );
+    c.lab.remove_peer("rt")?;
+    res
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A host dies.
+
+fn t_host_death(c: &Ctx) -> Result<()> {
+    let (a, b, hc) = (c.h("a"), c.h("b"), c.h("c"));
+    base(c)?;
+    sleeper(a, "d1", N1, &[])?;
+    sleeper(a, "d2", N1, &[])?;
+    let d1 = ip(a, "d1")?;
+    let dead_ports: BTreeSet<String> = ["d1", "d2"]
+        .iter()
+        .map(|n| inspect_net(a, n, N1, "EndpointID").map(|e| format!("vb{}", &e[..10])))
+        .collect::<Result<_>>()?;
+    let others_before: BTreeSet<String> = endpoint_ids_of(b, "host-b")?
+        .union(&endpoint_ids_of(b, "host-c")?)
+        .cloned()
+        .collect();
+    let (b_ports, c_ports) = (ports(b)?, ports(hc)?);
+
+    a.kill9_all()?;
+    let killed = Instant::now();
+    // Its addresses stay its own while its lease lives ...
+    let mut args = vec!["run", "-d", "--name", "t6", "--network", N1, "--ip", &d1];
+    args.extend([TEST_IMAGE, "sleep", "3600"]);
+    let e = b.fails(&args)?;
+    rm(b, &["t6"]);
+    ensure!(e.contains("host-a"), "--ip {d1} of dead host a, on b: {e}");
+    let e = b
+        .netplugin_text(&["pool", "reclaim", "--host", "host-a"])
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    ensure!(
+        e.contains("is alive"),
+        "reclaim of host-a {:.1}s after its death was not refused: {e:?}",
+        killed.elapsed().as_secs_f64()
+    );
+    // ... and after it expired, until they are reclaimed.
+    let gone = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        b.netplugin_json(&["host", "ls"]).is_ok_and(|v| {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .any(|h| h["host"] == "host-a" && h["alive"] == false)
+        })
+    });
+    ensure!(gone, "host-a's lease still alive 30 s after its death");
+    println!(
+        "    host a's lease gone {:.1}s after kill -9",
+        killed.elapsed().as_secs_f64()
+    );
+    let e = b.fails(&args)?;
+    rm(b, &["t6"]);
+    ensure!(
+        e.contains("host-a"),
+        "--ip {d1} after the lease expired, before reclaim: {e}"
+    );
+    let out = b.netplugin_text(&["pool", "reclaim", "--host", "host-a"])?;
+    println!("    reclaim: {}", out.lines().next().unwrap_or_default());
+    sleeper(b, "e1", N1, &["--ip", &d1])?;
+    let (s, r) = ping(hc, "zc", &d1, 2, "0.2")?;
+    ensure!(r == s, "z (c) → e1 (b) at {d1}: {r}/{s}");
+
+    // Host a comes back: it cleans up its own dead endpoints and nothing else.
+    let t = Instant::now();
+    a.start_all()?;
+    println!("    host a back in {:.1}s", t.elapsed().as_secs_f64());
+    let mut left = BTreeSet::new();
+    let clean = wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+        left = ports(a)
+            .unwrap_or_default()
+            .intersection(&dead_ports)
+            .cloned()
+            .collect();
+        left.is_empty()
+    });
+    ensure!(clean, "dead endpoints' ports still on host a: {left:?}");
+    // dockerd on a removes its dead containers' endpoints: b's hold on d1 stays.
+    let _ = a.ok(&["rm", "-f", "d1", "d2"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let holder = held_by(b, N1_SUBNET, &d1)?.unwrap_or_default();
+    ensure!(
+        holder.starts_with("host-b"),
+        "{d1} now held by {holder:?}, not host-b's e1"
+    );
+    let (s, r) = ping(hc, "zc", &d1, 2, "0.2")?;
+    ensure!(r == s, "e1 lost its network when a came back: {r}/{s}");
+    let others_after: BTreeSet<String> = endpoint_ids_of(b, "host-b")?
+        .union(&endpoint_ids_of(b, "host-c")?)
+        .cloned()
+        .collect();
+    ensure!(
+        others_before.is_subset(&others_after),
+        "endpoints of b/c lost: {:?}",
+        others_before.difference(&others_after).collect::<Vec<_>>()
+    );
+    ensure!(
+        b_ports.is_subset(&ports(b)?) && c_ports.is_subset(&ports(hc)?),
+        "ports of b/c lost"
+    );
+    // Host a works again.
+    base(c)?;
+    let (s, r) = ping(a, "xa", &ip(b, "yb")?, 2, "0.2")?;
+    ensure!(r == s, "x on the revived host a → y: {r}/{s}");
+    rm(b, &["e1"]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Leaked endpoints, rate limits and the ARP proxy in etcd mode with three hosts.
+
+/// An endpoint Docker does not know (as if dockerd forgot it): IPAM + CreateEndpoint on `h`'s
+/// plugin socket. Returns its id.
+fn leak_endpoint(h: &Host, ip: &str, salt: u64) -> Result<String> {
+    let network_id = h.ok(&["network", "inspect", "-f", "{{.Id}}", N1])?;
+    let pool = h.netplugin_json(&["pool", "show", N1_SUBNET])?;
+    let pool_id = pool["id"].as_str().context("pool id")?.to_string();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    let seed = (nanos ^ salt).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let id = format!("{seed:016x}{:016x}{seed:016x}{:016x}", !seed, salt);
+    let (s, v) = h.net_call(
+        "IpamDriver.RequestAddress",
+        Some(&format!(
+            r#"{{"PoolID":"{pool_id}","Address":"{ip}","Options":{{}}}}"#
+        )),
+    )?;
+    ensure!(s == 200, "RequestAddress {ip}: {v}");
+    let (s, v) = h.net_call(
+        "NetworkDriver.CreateEndpoint",
+        Some(&format!(
+            r#"{{"NetworkID":"{network_id}","EndpointID":"{id}","Interface":{{"Address":"{}","AddressIPv6":"","MacAddress":""}},"Options":{{}}}}"#,
+            v["Address"].as_str().unwrap_or_default()
+        )),
+    )?;
+    ensure!(s == 200, "CreateEndpoint: {v}");
+    Ok(id)
+}
+
+fn t_leaks_rates_arp_in_etcd_mode(c: &Ctx) -> Result<()> {
+    let (a, b, hc) = (c.h("a"), c.h("b"), c.h("c"));
+    base(c)?;
+    // Leaked endpoints: on demand on a; another host's is refused; automatically on b.
+    let leak = leak_endpoint(a, "198.19.1.201", 1)?;
+    let out = a.netplugin_text(&["endpoint", "release", &leak[..12]])?;
+    ensure!(
+        out.contains("198.19.1.201") && out.contains("released"),
+        "{out}"
+    );
+    ensure!(
+        held_by(c.h("c"), N1_SUBNET, "198.19.1.201")?.is_none(),
+        "address still held"
+    );
+    let leak = leak_endpoint(b, "198.19.1.202", 2)?;
+    let e = hc
+        .netplugin_text(&["endpoint", "release", &leak[..12]])
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    ensure!(e.contains("host-b"), "c released b's endpoint: {e:?}");
+    let port = format!("vb{}", &leak[..10]);
+    let t = Instant::now();
+    let gone = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        held_by(a, N1_SUBNET, "198.19.1.202").is_ok_and(|h| h.is_none())
+            && ports(b).is_ok_and(|p| !p.contains(&port))
+    });
+    ensure!(gone, "b's leaked endpoint {port} still there after 30 s");
+    println!(
+        "    leaked endpoint on b released after {:.1}s (grace {LEAK_GRACE})",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Rate limits on a network of two hosts: 20 Mbit/s across the trunk.
+    create_net(a, "n6", "198.19.6.0/24", 106, &["-o", "rate=20M"])?;
+    create_net(b, "n6", "198.19.6.0/24", 106, &["-o", "rate=20M"])?;
+    sleeper(a, "r1", "n6", &[])?;
+    sleeper(b, "r2", "n6", &[])?;
+    for h in [a, b] {
+        let meters = h.ofctl("dump-meters", &[])?;
+        let n = meters.lines().filter(|l| l.contains("meter=")).count();
+        ensure!(
+            n == 2 && meters.contains("rate=20000"),
+            "host {}: {meters}",
+            h.name
+        );
+    }
+    let bytes = 12 << 20;
+    let limited = tcp_transfer(
+        a,
+        "r1",
+        b,
+        "r2",
+        &inspect_net(b, "r2", "n6", "IPAddress")?,
+        bytes,
+    )?;
+    let bits = (bytes * 8) as f64 / 1e6;
+    let ceiling = bits / ((bits - 16.0) / 20.0);
+    println!("    TCP r1 (a) → r2 (b) at rate=20M: {limited:.1} Mbit/s (at most {ceiling:.1})");
+    ensure!(
+        (8.0..=ceiling * 1.15).contains(&limited),
+        "TCP across hosts at rate=20M went at {limited:.1} Mbit/s"
+    );
+    rm(a, &["r1"]);
+    rm(b, &["r2"]);
+
+    // ARP proxy: an endpoint made on a is answered on c, and forgotten when it goes.
+    sleeper(a, "qa", N1, &[])?;
+    let t = Instant::now();
+    let qa = ip(a, "qa")?;
+    let learned = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        [b, hc]
+            .iter()
+            .all(|h| arp_answers(h, &qa).is_ok_and(|n| n.is_some()))
+    });
+    ensure!(learned, "b and c do not answer ARP for q ({qa}) on a");
+    println!(
+        "    q's address answered by b's and c's OVS {:.0} ms after its start",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    rm(a, &["qa"]);
+    let forgotten = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        [b, hc]
+            .iter()
+            .all(|h| arp_answers(h, &qa).is_ok_and(|n| n.is_none()))
+    });
+    ensure!(forgotten, "ARP answers for removed q ({qa}) remain");
+    Ok(())
+}
+
+fn main() {
+    harness::run(
+        "fleet",
+        setup,
+        &[
+            (
+                "one_pool_no_collisions_60_containers",
+                t_one_pool_no_collisions,
+            ),
+            ("cross_host_ping_and_tcp", t_cross_host_ping_and_tcp),
+            ("vlan_isolation_across_hosts", t_vlan_isolation),
+            ("move_database_keeps_address", t_move_database),
+            ("arp_proxy_across_hosts", t_arp_proxy_across_hosts),
+            ("host_death_and_return", t_host_death),
+            (
+                "leaks_rates_arp_in_etcd_mode",
+                t_leaks_rates_arp_in_etcd_mode,
+            ),
+        ],
+    );
+}
