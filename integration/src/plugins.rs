@@ -24,6 +24,25 @@ pub fn binary(package: &str) -> Result<PathBuf> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
         .args(["build", "--quiet", "-p", package, "--bin", package]);
+    // What cargo sets for the running test (CARGO_MANIFEST_DIR, CARGO_PKG_*, OUT_DIR, ...) must
+    // not reach this build: some build scripts (ring's) rerun when these change, so the test's
+    // values would rebuild them here and the next `cargo test` would rebuild them back.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        let keep = [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_",
+            "CARGO_PROFILE_",
+            "CARGO_REGISTRIES_",
+            "CARGO_NET_",
+            "CARGO_INCREMENTAL",
+            "CARGO_TERM_",
+        ];
+        if (k.starts_with("CARGO_") && !keep.iter().any(|p| k.starts_with(p))) || k == "OUT_DIR" {
+            cmd.env_remove(k.as_ref());
+        }
+    }
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
     }
