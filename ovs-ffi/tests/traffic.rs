@@ -110,6 +110,46 @@ async fn arp_responder_answers_arping() {
         .is_err());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gratuitous_arp_packet_out_teaches_mac_learning() {
+    let lab = lab().await;
+    let (_n1, p1) = plug(&lab, "vbgo1", "10.250.2.2/24").await;
+    let (_n2, _p2) = plug(&lab, "vbgo2", "10.250.2.3/24").await;
+    lab.of
+        .add_flow(&Flow::new(0, 0).actions(vec![Action::Output(Port::Normal)]))
+        .await
+        .unwrap();
+    for (i, v) in [OfVersion::V1_3, OfVersion::V1_5].into_iter().enumerate() {
+        let cfg = OfConfig {
+            versions: vec![v],
+            timeout: Duration::from_secs(10),
+        };
+        let of = OfClient::connect(lab.ovs.mgmt("br0"), cfg).await.unwrap();
+        let mac = Mac([0x02, 0xbe, 0x27, 0, 0, 0x10 + i as u8]);
+        of.packet_out(
+            p1,
+            &[Action::Output(Port::Normal)],
+            &gratuitous_arp(mac, Ipv4Addr::new(10, 250, 2, 9)),
+        )
+        .await
+        .unwrap();
+        // NORMAL learned the announced MAC on the port the frame came "in" on.
+        let mut c = std::process::Command::new("ovs-appctl");
+        c.arg("-t")
+            .arg(lab.ovs.path("ovs-vswitchd.ctl"))
+            .args(["fdb/show", "br0"]);
+        let fdb = common::run(&mut c);
+        let want = format!("{mac}");
+        assert!(
+            fdb.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 3 && f[0] == p1.to_string() && f[2] == want
+            }),
+            "{v:?}: {want} not learned on port {p1}:\n{fdb}"
+        );
+    }
+}
+
 /// Enters `ns` on the current thread (namespaces are per thread) so new sockets live there.
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");

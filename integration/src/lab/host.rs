@@ -547,6 +547,7 @@ pub fn start_ovsdb(node: &Node, ovs_dir: &Path) -> Result<Daemon> {
     c.arg(&db)
         .arg("--remote=punix:/var/run/openvswitch/db.sock")
         .arg("--unixctl=/var/run/openvswitch/ovsdb-server.ctl")
+        .arg("--pidfile")
         .args(["-vconsole:off", "-vfile:info"])
         .arg(format!(
             "--log-file={}",
@@ -577,6 +578,7 @@ pub fn start_vswitchd(node: &Node, ovs_dir: &Path) -> Result<Daemon> {
     ovs_env(node, ovs_dir, &mut c);
     c.arg("unix:/var/run/openvswitch/db.sock")
         .arg("--unixctl=/var/run/openvswitch/ovs-vswitchd.ctl")
+        .arg("--pidfile")
         .arg("-vconsole:off")
         .arg(format!(
             "--log-file={}",

@@ -274,6 +274,30 @@ impl OfClient {
         .map(|_| ())
     }
 
+    /// Sends the Ethernet frame `data` into the switch as if it had arrived on `in_port`,
+    /// through `actions` (with `Output(Port::Normal)` it is learned from and forwarded like a
+    /// received frame: a gratuitous ARP announces a MAC's new port to every switch on the
+    /// way). Returns once the switch has processed it (a barrier follows).
+    pub async fn packet_out(&self, in_port: u32, actions: &[Action], data: &[u8]) -> Result<()> {
+        self.run(|v, xid| {
+            let first = xid();
+            let mut bytes = codec::packet_out(v, first, in_port, actions, data)?;
+            let last = xid();
+            bytes.extend(codec::simple(v, wire::OFPT_BARRIER_REQUEST, last, &[]));
+            Ok((
+                (),
+                Some(Req {
+                    bytes,
+                    first_xid: first,
+                    last_xid: last,
+                    wait: Wait::Reply(wire::OFPT_BARRIER_REPLY),
+                }),
+            ))
+        })
+        .await
+        .map(|_| ())
+    }
+
     pub async fn add_flow(&self, flow: &Flow) -> Result<()> {
         self.flow_mods(&[FlowMod::Add(flow.clone())]).await
     }

@@ -782,6 +782,40 @@ pub(crate) fn flow_mod(v: OfVersion, xid: u32, fm: &FlowMod) -> crate::Result<Ve
     Ok(w.buf)
 }
 
+/// OFPT_PACKET_OUT: the Ethernet frame `data` enters the pipeline as if received on `in_port`
+/// and goes through `actions` (OpenFlow 1.3/1.4 carry the port in the message, 1.5 in a match).
+pub(crate) fn packet_out(
+    v: OfVersion,
+    xid: u32,
+    in_port: u32,
+    actions: &[Action],
+    data: &[u8],
+) -> crate::Result<Vec<u8>> {
+    let mut w = Writer::new();
+    header(&mut w, v.wire(), wire::OFPT_PACKET_OUT, xid);
+    let len_at = if v == OfVersion::V1_5 {
+        let b = w.reserve(sz!(ofp15_packet_out));
+        w.set_u32(b + off!(ofp15_packet_out.buffer_id), wire::OFP_NO_BUFFER);
+        put_match(&mut w, &Match::new().in_port(in_port))?;
+        b + off!(ofp15_packet_out.actions_len)
+    } else {
+        let b = w.reserve(sz!(ofp11_packet_out));
+        w.set_u32(b + off!(ofp11_packet_out.buffer_id), wire::OFP_NO_BUFFER);
+        w.set_u32(b + off!(ofp11_packet_out.in_port), in_port);
+        b + off!(ofp11_packet_out.actions_len)
+    };
+    let start = w.len();
+    for a in actions {
+        put_action(&mut w, v, a)?;
+    }
+    let alen = u16::try_from(w.len() - start)
+        .map_err(|_| crate::Error::invalid("packet_out actions", "longer than 65535 bytes"))?;
+    w.set_u16(len_at, alen);
+    w.put(data);
+    finish(&mut w, 0)?;
+    Ok(w.buf)
+}
+
 pub(crate) fn multipart_request(v: OfVersion, xid: u32, mp_type: u16, body: &[u8]) -> Vec<u8> {
     let mut w = Writer::new();
     header(&mut w, v.wire(), wire::OFPT_MULTIPART_REQUEST, xid);
@@ -1270,6 +1304,29 @@ mod tests {
         assert!(put_match(&mut Writer::new(), &m).is_err());
         let m = Match::new().ipv4_src(Ipv4Addr::new(1, 2, 3, 4), 33);
         assert!(put_match(&mut Writer::new(), &m).is_err());
+    }
+
+    #[test]
+    fn packet_out_layout() {
+        let frame = gratuitous_arp(Mac([2, 0xb7, 1, 2, 3, 4]), Ipv4Addr::new(1, 2, 3, 4));
+        assert_eq!(frame.len(), 60);
+        assert_eq!(&frame[12..14], &[0x08, 0x06]);
+        assert_eq!(&frame[28..32], &[1, 2, 3, 4]);
+        assert_eq!(&frame[38..42], &[1, 2, 3, 4]);
+        let actions = [Action::Output(Port::Normal)];
+        // 1.3: header, buffer_id, in_port, actions_len + pad, one 16-byte output action, data.
+        let m = packet_out(OfVersion::V1_3, 7, 5, &actions, &frame).unwrap();
+        assert_eq!(m.len(), 8 + 16 + 16 + 60);
+        assert_eq!(m[1], wire::OFPT_PACKET_OUT);
+        assert_eq!(&m[8..12], &[0xff; 4]);
+        assert_eq!(&m[12..16], &[0, 0, 0, 5]);
+        assert_eq!(&m[16..18], &[0, 16]);
+        assert_eq!(&m[40..], &frame[..]);
+        // 1.5: header, buffer_id, actions_len + pad, a match (in_port), the action, data.
+        let m = packet_out(OfVersion::V1_5, 7, 5, &actions, &frame).unwrap();
+        assert_eq!(&m[12..14], &[0, 16]);
+        assert_eq!(&m[m.len() - 60..], &frame[..]);
+        assert_eq!(usize::from(u16::from_be_bytes([m[2], m[3]])), m.len());
     }
 
     #[test]

@@ -569,6 +569,24 @@ impl Action {
     }
 }
 
+/// A gratuitous ARP (a broadcast request from `mac` for its own `ip`), padded to the 60-byte
+/// Ethernet minimum: sent in with [`OfClient::packet_out`](super::OfClient::packet_out) on a
+/// port, it teaches every learning switch on the way that `mac` is now behind that port.
+pub fn gratuitous_arp(mac: Mac, ip: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    // htype Ethernet, ptype IPv4, hlen 6, plen 4, op request.
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&ip.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&ip.octets());
+    f.resize(60, 0);
+    f
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -76,6 +76,7 @@ pub(crate) const OFPT_ECHO_REQUEST: u8 = 2;
 pub(crate) const OFPT_ECHO_REPLY: u8 = 3;
 pub(crate) const OFPT_EXPERIMENTER: u8 = 4;
 pub(crate) const OFPT_FEATURES_REQUEST: u8 = 5;
+pub(crate) const OFPT_PACKET_OUT: u8 = 13;
 pub(crate) const OFPT_FLOW_MOD: u8 = 14;
 pub(crate) const OFPT_MULTIPART_REQUEST: u8 = 18;
 pub(crate) const OFPT_MULTIPART_REPLY: u8 = 19;
