@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks: each figure is printed next to its baseline measured in the same run.
-#   bash scripts/bench.sh volumes|io|network|etcd|ovs|lvm [-- extra args, e.g. --cycles 100 --size 10G]
+#   bash scripts/bench.sh volumes|io|network|etcd|ovs|lvm|fleet [-- extra args, e.g. --cycles 100 --size 10G]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -15,5 +15,6 @@ case "$which" in
     lvm) cargo run --release --quiet -p integration --bin bench_lvm -- "$@" ;;
     io) cargo run --release --quiet -p integration --bin bench_io -- "$@" ;;
     etcd) cargo run --release --quiet -p integration --bin bench_etcd -- "$@" ;;
-    *) echo "bench.sh: unknown benchmark $which (available: volumes, io, network, etcd, ovs, lvm)" >&2; exit 2 ;;
+    fleet) cargo run --release --quiet -p integration --bin bench_fleet -- "$@" ;;
+    *) echo "bench.sh: unknown benchmark $which (available: volumes, io, network, etcd, ovs, lvm, fleet)" >&2; exit 2 ;;
 esac

@@ -6,14 +6,12 @@
 //! iproute2, ethtool and util-linux.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use integration::lab::traffic::{first_reply_seq, ping_counts, ping_raw, tcp_transfer};
 use integration::lab::{n_packets, Host, Lab, LabOptions};
-use integration::procs::{run_with_timeout, wait_until};
+use integration::procs::wait_until;
 use integration::{harness, TEST_IMAGE};
 use serde_json::Value;
 
@@ -82,60 +80,20 @@ fn create_net(h: &Host, name: &str, subnet: &str, vlan: u16, extra: &[&str]) -> 
     h.ok(&args)
 }
 
-/// A long-running busybox container.
 fn sleeper(h: &Host, name: &str, net: &str, extra: &[&str]) -> Result<String> {
-    let mut args = vec![
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        net,
-        "--stop-timeout",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    args.extend([TEST_IMAGE, "sleep", "3600"]);
-    h.ok(&args)
+    h.sleeper(name, net, extra)
 }
 
 fn inspect_net(h: &Host, name: &str, net: &str, field: &str) -> Result<String> {
-    let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}");
-    let v = h.ok(&["inspect", "-f", &f, name])?;
-    ensure!(
-        !v.is_empty() && v != "<no value>",
-        "host {}: {name} has no {field} on {net}",
-        h.name
-    );
-    Ok(v)
+    h.container_net(name, net, field)
 }
 
 fn ip(h: &Host, name: &str) -> Result<String> {
-    inspect_net(h, name, N1, "IPAddress")
+    h.container_net(name, N1, "IPAddress")
 }
 
 fn pid(h: &Host, name: &str) -> Result<u32> {
-    Ok(h.ok(&["inspect", "-f", "{{.State.Pid}}", name])?.parse()?)
-}
-
-/// Parsed `X packets transmitted, Y packets received`.
-fn ping_counts(out: &str) -> Option<(u32, u32)> {
-    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut nums = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok());
-    Some((nums.next()?, nums.next()?))
-}
-
-/// busybox ping from inside the network namespace of `pid`: its whole output.
-fn ping_raw(pid: u32, ip: &str, args: &[&str], limit: Duration) -> Result<String> {
-    let mut c = std::process::Command::new("nsenter");
-    c.args(["-t", &pid.to_string(), "-n", "busybox", "ping"])
-        .args(args)
-        .arg(ip);
-    let out = run_with_timeout(c, None, limit)?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    h.container_pid(name)
 }
 
 /// `count` pings at `interval` from the container `from` on `h`: (sent, received).
@@ -147,64 +105,6 @@ fn ping(h: &Host, from: &str, ip: &str, count: u32, interval: &str) -> Result<(u
         Duration::from_secs(u64::from(count) + 20),
     )?;
     ping_counts(&out).ok_or_else(|| anyhow!("ping output not understood: {out}"))
-}
-
-/// Sends `bytes` over TCP from inside the network namespace of `pid` (a thread that setns'd),
-/// shutting the socket down cleanly so nothing is dropped.
-fn tcp_send_from(pid: u32, to: SocketAddr, bytes: usize) -> Result<()> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::spawn(move || -> Result<()> {
-        // SAFETY: setns on this thread only; the fd is valid for the call.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-            .with_context(|| format!("connect {to}"))?;
-        s.set_write_timeout(Some(Duration::from_secs(30)))?;
-        let chunk = vec![0x5au8; 64 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            s.write_all(&chunk[..n])?;
-            left -= n;
-        }
-        s.shutdown(std::net::Shutdown::Write)?;
-        Ok(())
-    })
-    .join()
-    .map_err(|_| anyhow!("sender thread panicked"))?
-}
-
-/// TCP from container `from` on `hf` to `to` on `ht` (busybox nc receiving, a clean sender in
-/// `from`'s namespace); returns Mbit/s as the receiver counted the bytes.
-fn tcp_transfer(
-    hf: &Host,
-    from: &str,
-    ht: &Host,
-    to: &str,
-    to_ip: &str,
-    bytes: usize,
-) -> Result<f64> {
-    ht.ok(&[
-        "exec",
-        "-d",
-        to,
-        "sh",
-        "-c",
-        "rm -f /tmp/got; nc -l -p 5001 | wc -c > /tmp/got",
-    ])?;
-    std::thread::sleep(Duration::from_millis(300));
-    let t0 = Instant::now();
-    tcp_send_from(pid(hf, from)?, format!("{to_ip}:5001").parse()?, bytes)?;
-    let mut got = String::new();
-    let done = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
-        got = ht.ok(&["exec", to, "cat", "/tmp/got"]).unwrap_or_default();
-        !got.is_empty()
-    });
-    ensure!(
-        done && got.trim() == bytes.to_string(),
-        "{from} → {to}: received {got:?} of {bytes} bytes"
-    );
-    Ok(bytes as f64 * 8.0 / 1e6 / t0.elapsed().as_secs_f64())
 }
 
 /// busybox arping in container `from` on `h`: the MACs that answered (lower case, as Docker
@@ -550,12 +450,7 @@ fn t_move_database(c: &Ctx) -> Result<()> {
         &["-c", "60", "-i", "0.05", "-W", "1"],
         Duration::from_secs(20),
     )?;
-    let first_seq = out
-        .lines()
-        .find(|l| l.contains("bytes from"))
-        .and_then(|l| l.split("seq=").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse::<u32>().ok());
+    let first_seq = first_reply_seq(&out);
     let (sent, got) = ping_counts(&out).unwrap_or((0, 0));
     let sw = c.lab.switch();
     let where_now = sw.port_of_mac(N1_VLAN, &mac_b).unwrap_or(None);

@@ -482,6 +482,41 @@ impl Host {
         Ok(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 
+    /// `docker run -d --name NAME --network NET EXTRA busybox sleep 3600`: its id.
+    pub fn sleeper(&self, name: &str, net: &str, extra: &[&str]) -> Result<String> {
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--stop-timeout",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        args.extend([crate::TEST_IMAGE, "sleep", "3600"]);
+        self.ok(&args)
+    }
+
+    /// A field of container `name`'s endpoint on `net` (`IPAddress`, `MacAddress`,
+    /// `EndpointID`, ...).
+    pub fn container_net(&self, name: &str, net: &str, field: &str) -> Result<String> {
+        let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").{field}}}}}");
+        let v = self.ok(&["inspect", "-f", &f, name])?;
+        if v.is_empty() || v == "<no value>" {
+            bail!("host {}: {name} has no {field} on {net}", self.name);
+        }
+        Ok(v)
+    }
+
+    /// The pid of container `name`'s process (in this machine's pid namespace).
+    pub fn container_pid(&self, name: &str) -> Result<u32> {
+        Ok(self
+            .ok(&["inspect", "-f", "{{.State.Pid}}", name])?
+            .parse()?)
+    }
+
     /// `netplugin ARGS --admin-socket <this host's>`: its stdout, or an error with its stderr.
     pub fn netplugin_text(&self, args: &[&str]) -> Result<String> {
         let mut c = Command::new(&self.bins.netplugin);
