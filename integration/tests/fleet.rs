@@ -28,9 +28,9 @@ struct Ctx {
 
 fn setup() -> Result<Ctx> {
     let lab = Lab::start(LabOptions {
+        // The reconcile interval stays netplugin's default (2 s): how fast hosts learn of each
+        // other's endpoints must not rest on it.
         netplugin_args: [
-            "--reconcile-interval",
-            "0.5",
             "--docker-sync-interval",
             "0.5",
             "--release-leaked-after",
@@ -764,27 +764,41 @@ fn t_leaks_rates_arp_in_etcd_mode(c: &Ctx) -> Result<()> {
     rm(a, &["r1"]);
     rm(b, &["r2"]);
 
-    // ARP proxy: an endpoint made on a is answered on c, and forgotten when it goes.
-    sleeper(a, "qa", N1, &[])?;
-    let t = Instant::now();
-    let qa = ip(a, "qa")?;
-    let learned = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        [b, hc]
-            .iter()
-            .all(|h| arp_answers(h, &qa).is_ok_and(|n| n.is_some()))
-    });
-    ensure!(learned, "b and c do not answer ARP for q ({qa}) on a");
+    // ARP proxy: endpoints made on a are answered on b and c within a second (five of them,
+    // so that a lucky phase of the hosts' periodic passes cannot make this pass), and
+    // forgotten when they go.
+    let mut worst = Duration::ZERO;
+    for i in 0..5 {
+        let name = format!("q{i}");
+        sleeper(a, &name, N1, &[])?;
+        let t = Instant::now();
+        let qa = ip(a, &name)?;
+        let learned = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            [b, hc]
+                .iter()
+                .all(|h| arp_answers(h, &qa).is_ok_and(|n| n.is_some()))
+        });
+        worst = worst.max(t.elapsed());
+        ensure!(learned, "b and c do not answer ARP for {name} ({qa}) on a");
+        rm(a, &[&name]);
+        let forgotten = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            [b, hc]
+                .iter()
+                .all(|h| arp_answers(h, &qa).is_ok_and(|n| n.is_none()))
+        });
+        ensure!(forgotten, "ARP answers for removed {name} ({qa}) remain");
+    }
     println!(
-        "    q's address answered by b's and c's OVS {:.0} ms after its start",
-        t.elapsed().as_secs_f64() * 1000.0
+        "    endpoints on a answered by b's and c's OVS at most {:.0} ms after their start",
+        worst.as_secs_f64() * 1000.0
     );
-    rm(a, &["qa"]);
-    let forgotten = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        [b, hc]
-            .iter()
-            .all(|h| arp_answers(h, &qa).is_ok_and(|n| n.is_none()))
-    });
-    ensure!(forgotten, "ARP answers for removed q ({qa}) remain");
+    // The figure's goal is 200 ms; a second leaves room for a loaded machine.
+    ensure!(
+        worst <= Duration::from_secs(1),
+        "b and c answered ARP for an endpoint on a only {:.0} ms after its start: hosts learn \
+         of other hosts' endpoints only at their next reconcile pass",
+        worst.as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 

@@ -57,13 +57,8 @@ fn up() -> Result<()> {
             bail!("a lab is already up in {} (lab down first)", dir.display());
         }
     }
-    let lab = Lab::start(LabOptions {
-        netplugin_args: ["--reconcile-interval", "0.5", "--docker-sync-interval", "1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        ..LabOptions::default()
-    })?;
+    // netplugin with its defaults, as on a real fleet host.
+    let lab = Lab::start(LabOptions::default())?;
     let mut env = lab.describe();
     env += &format!(
         "NETPLUGIN_BIN={}\n",

@@ -76,14 +76,25 @@ pub fn tcp_transfer(
     to_ip: &str,
     bytes: usize,
 ) -> Result<f64> {
-    ht.ok(&[
+    // runc exec right after a container start sometimes fails on a loaded machine ("runc did
+    // not terminate successfully"): a few tries.
+    let listen = [
         "exec",
         "-d",
         to,
         "sh",
         "-c",
         "rm -f /tmp/got; nc -l -p 5001 | wc -c > /tmp/got",
-    ])?;
+    ];
+    let mut res = ht.ok(&listen);
+    for _ in 0..3 {
+        if res.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        res = ht.ok(&listen);
+    }
+    res?;
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     tcp_send_from(
