@@ -410,7 +410,11 @@ impl Ipam {
     }
 
     /// IpamDriver.ReleaseAddress; unknown pools and addresses are fine. A shared network's
-    /// gateway stays while other hosts use the pool.
+    /// gateway stays while other hosts use the pool. An address another host holds is not
+    /// this host's to release: Docker only releases what it asked this host's plugin for, so
+    /// such a record means this host's hold ended while it was away (`pool reclaim` after its
+    /// death) and another host has taken the address since; freeing it would hand out an
+    /// address in use.
     pub fn release_address(&self, pool_id: &str, address: &str) -> NetResult<()> {
         require_id("PoolID", pool_id)?;
         let ip = parse_addr(address).map_err(|e| NetError::invalid(format!("Address {e}")))?;
@@ -418,6 +422,15 @@ impl Ipam {
             return Ok(());
         };
         let rec: AddrRecord = decode(&kv)?;
+        if rec.kind == AddrKind::Address && rec.host_id != self.state.host_id {
+            tracing::info!(
+                pool = pool_id,
+                address = %ip,
+                holder = %rec.host_id,
+                "ReleaseAddress for an address another host holds now: left as it is"
+            );
+            return Ok(());
+        }
         if rec.kind == AddrKind::Gateway {
             if let Some(pool) = self.state.pool(pool_id)? {
                 let users = pool.users();

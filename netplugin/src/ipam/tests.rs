@@ -296,7 +296,23 @@ fn concurrent_hosts_property() {
         assert_eq!(hosts[0].state.addresses(&pool).unwrap().len(), 254);
         for a in hosts[0].state.addresses(&pool).unwrap() {
             if a.kind == AddrKind::Address {
-                hosts[1]
+                // Released by the host holding it; any other host's release leaves it.
+                let holder = hosts.iter().find(|h| h.state.host_id == a.host_id).unwrap();
+                let other = hosts.iter().find(|h| h.state.host_id != a.host_id).unwrap();
+                other
+                    .release_address(&pool, &a.address.to_string())
+                    .unwrap();
+                assert!(
+                    other
+                        .state
+                        .addresses(&pool)
+                        .unwrap()
+                        .iter()
+                        .any(|b| b.address == a.address),
+                    "{} released by a host that does not hold it",
+                    a.address
+                );
+                holder
                     .release_address(&pool, &a.address.to_string())
                     .unwrap();
             }
@@ -364,4 +380,42 @@ fn blocks_built_for_old_pools_and_geometry() {
         assert_ne!(a, "10.231.5.7/24");
     }
     assert!(crate::fleet::audit(&i.state).unwrap().problems.is_empty());
+}
+
+/// Issue 13: a host whose hold ended while it was away (reclaimed after its death) and whose
+/// address another host took since must not free that address when its Docker comes back and
+/// releases the dead container's address: that would hand out an address in use.
+#[test]
+fn release_leaves_an_address_another_host_holds() {
+    let store: Arc<dyn crate::store::Store> = Arc::new(MemStore::new());
+    let a = Ipam::new(State::new(store.clone(), "host-a"), IpamConfig::default());
+    let b = Ipam::new(State::new(store.clone(), "host-b"), IpamConfig::default());
+    let (pool, _) = a.request_pool("", "10.231.7.0/24", "", false).unwrap();
+    assert_eq!(
+        b.request_pool("", "10.231.7.0/24", "", false).unwrap().0,
+        pool
+    );
+    let none = BTreeMap::new();
+    let ip: Ipv4Addr = "10.231.7.9".parse().unwrap();
+    a.request_address(&pool, "10.231.7.9", &none).unwrap();
+    // a's hold ends (as `pool reclaim --host host-a` ends it), b takes the address.
+    let kv = store.get(&addr_key(&pool, ip)).unwrap().unwrap();
+    assert!(b.release_held(&pool, &kv).unwrap());
+    b.request_address(&pool, "10.231.7.9", &none).unwrap();
+    // a is back: its dockerd releases what its dead container had.
+    a.release_address(&pool, "10.231.7.9").unwrap();
+    let holder = |i: &Ipam| {
+        i.state
+            .addresses(&pool)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.address == ip)
+            .map(|r| r.host_id)
+    };
+    assert_eq!(holder(&a).as_deref(), Some("host-b"), "b's hold stays");
+    let e = a.request_address(&pool, "10.231.7.9", &none).unwrap_err();
+    assert!(e.to_string().contains("host-b"), "{e}");
+    // b releases its own.
+    b.release_address(&pool, "10.231.7.9").unwrap();
+    assert_eq!(holder(&b), None);
 }
