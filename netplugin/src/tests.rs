@@ -726,3 +726,26 @@ async fn rate_limits_from_network_and_endpoint_options() {
     assert_eq!(unlimited.burst_for(10_000), 8_000);
     assert_eq!(unlimited.describe(), "10M/-");
 }
+
+/// Issue 13: a joined endpoint's MAC is announced from its port (gratuitous ARP) at Join and
+/// again shortly after, without delaying Join, so a container that moved hosts with its
+/// address and MAC is found at its new place at once.
+#[tokio::test]
+async fn join_announces_the_endpoint() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.1.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "10.231.1.50").await;
+    let want = (
+        "vbaaaaaaaaaa".to_string(),
+        [0x02, 0xb7, 10, 231, 1, 50],
+        std::net::Ipv4Addr::new(10, 231, 1, 50),
+    );
+    let announced = || t.dp.announced.lock().unwrap().clone();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(announced(), vec![want.clone()], "announced at Join");
+    tokio::time::sleep(crate::network::ANNOUNCE_AGAIN[0]).await;
+    assert_eq!(announced(), vec![want.clone(), want], "and again");
+}

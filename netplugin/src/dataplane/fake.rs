@@ -23,6 +23,8 @@ pub struct FakeDataplane {
     pub containers: Mutex<BTreeMap<String, String>>,
     /// What the last `sync_arp` was given.
     pub arp: Mutex<Vec<ArpEntry>>,
+    /// Every `announce`: (host_if, mac, ip).
+    pub announced: Mutex<Vec<(String, [u8; 6], std::net::Ipv4Addr)>>,
 }
 
 impl FakeDataplane {
@@ -97,6 +99,22 @@ impl Dataplane for FakeDataplane {
                 report.ports_removed.push(k);
             }
             Ok(report)
+        })
+    }
+
+    fn announce<'a>(
+        &'a self,
+        host_if: &'a str,
+        mac: [u8; 6],
+        ip: std::net::Ipv4Addr,
+    ) -> BoxFuture<'a, DpResult<()>> {
+        Box::pin(async move {
+            self.check()?;
+            self.announced
+                .lock()
+                .unwrap()
+                .push((host_if.to_string(), mac, ip));
+            Ok(())
         })
     }
 

@@ -141,6 +141,19 @@ pub trait Dataplane: Send + Sync {
     /// this host's ports for a known address on their VLAN are answered by OVS itself.
     /// Returns (added, removed).
     fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>>;
+    /// Announces that `mac` (holding `ip`) is now behind the port `host_if`: a gratuitous ARP
+    /// enters the bridge on that port and NORMAL floods it on the port's VLAN, so every
+    /// learning switch on the way (this bridge, the trunk's, the other hosts' bridges) moves
+    /// the MAC to its new place at once. A container moved to another host keeps its address
+    /// and MAC; without this, traffic to it follows the old place until the switches' entries
+    /// age out (nothing else is sent: clients' ARP is answered by their own host's proxy, and
+    /// Docker's containers send no IPv6 chatter on IPv4-only networks).
+    fn announce<'a>(
+        &'a self,
+        host_if: &'a str,
+        mac: [u8; 6],
+        ip: std::net::Ipv4Addr,
+    ) -> BoxFuture<'a, DpResult<()>>;
     /// Our ports (by external_ids), from the OVSDB cache.
     fn ports(&self) -> Vec<PortView>;
     /// Packets each rate-limited endpoint's meters dropped, as of the last reconcile pass.

@@ -94,6 +94,9 @@ pub struct EndpointRelease {
     pub datapath_error: Option<String>,
 }
 
+/// When a joined endpoint's MAC is announced again, after the announcement at Join.
+pub const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
+
 fn plan_of(e: &EndpointRecord) -> EndpointPlan {
     EndpointPlan {
         endpoint_id: e.id.clone(),
@@ -377,6 +380,7 @@ impl Service {
             .and_then(|n| n.gateway)
             .map(|g| g.to_string())
             .unwrap_or_default();
+        self.announce_in_background(&ep);
         let reply = JoinResponse {
             interface_name: InterfaceName {
                 src_name: ep.container_if,
@@ -387,6 +391,26 @@ impl Service {
         };
         self.latencies.record("join", started.elapsed());
         Ok(reply)
+    }
+
+    /// The endpoint's MAC is announced from its port (see [`Dataplane::announce`]) when it
+    /// joins, then again at [`ANNOUNCE_AGAIN`] (a frame can be lost; the container may still
+    /// be starting), off the request path: Join answers at once, and a failure is only logged
+    /// (the endpoint works; the switches learn its place from its own traffic).
+    fn announce_in_background(&self, ep: &EndpointRecord) {
+        let dp = self.dp.clone();
+        let (host_if, mac, ip) = (ep.host_if.clone(), ep.mac.octets(), ep.address.ip);
+        tokio::spawn(async move {
+            let mut waited = Duration::ZERO;
+            for at in std::iter::once(Duration::ZERO).chain(ANNOUNCE_AGAIN) {
+                tokio::time::sleep(at.saturating_sub(waited)).await;
+                waited = at;
+                if let Err(e) = dp.announce(&host_if, mac, ip).await {
+                    tracing::debug!(port = %host_if, error = %e, "gratuitous ARP not sent");
+                    return;
+                }
+            }
+        });
     }
 
     /// DeleteEndpoint: the port and the veth go even if the record or the container's

@@ -475,6 +475,32 @@ impl Dataplane for OvsDataplane {
         })
     }
 
+    fn announce<'a>(
+        &'a self,
+        host_if: &'a str,
+        mac: [u8; 6],
+        ip: std::net::Ipv4Addr,
+    ) -> BoxFuture<'a, DpResult<()>> {
+        Box::pin(async move {
+            let ofport = match self.ofport(host_if) {
+                Some(p) => p,
+                None => self
+                    .db
+                    .wait_ofport(host_if, self.cfg.call_timeout)
+                    .await
+                    .map_err(|e| DataplaneError::ovs(format!("OVS port {host_if}"), e))?,
+            };
+            self.of
+                .packet_out(
+                    ofport,
+                    &[Action::Output(Port::Normal)],
+                    &ovs_ffi::openflow::gratuitous_arp(Mac(mac), ip),
+                )
+                .await
+                .map_err(|e| DataplaneError::ovs(format!("gratuitous ARP on {host_if}"), e))
+        })
+    }
+
     fn rate_limit_drops(&self) -> Vec<RateLimitDrops> {
         self.drops.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
