@@ -749,3 +749,60 @@ async fn join_announces_the_endpoint() {
     tokio::time::sleep(crate::network::ANNOUNCE_AGAIN[0]).await;
     assert_eq!(announced(), vec![want.clone(), want], "and again");
 }
+
+/// Issue 13: another host's new endpoint reaches this host's ARP proxy through the store's
+/// watch at once, not at the next periodic pass (an hour here); and its removal too.
+#[tokio::test]
+async fn arp_proxy_follows_other_hosts_endpoints_at_once() {
+    use std::time::{Duration, Instant};
+    let store = Arc::new(MemStore::new());
+    let a = setup_host(store.clone(), "host-a");
+    let b = setup_host(store, "host-b");
+    a.create_network(N1, "10.231.8.0/24", json!({"vlan":"130"}))
+        .await
+        .unwrap();
+    let pb = b
+        .create_network(N2, "10.231.8.0/24", json!({"vlan":"130"}))
+        .await
+        .unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(crate::reconcile::run(
+        a.svc.clone(),
+        Duration::from_secs(3600),
+        shutdown,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let has = |ip: &str| {
+        a.dp.arp
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.ip.to_string() == ip)
+    };
+    assert!(!has("10.231.8.77"));
+    let t0 = Instant::now();
+    let (ib, _) = b.start(N2, &pb, E2, "10.231.8.77").await;
+    while !has("10.231.8.77") && t0.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(has("10.231.8.77"), "host a never learned b's endpoint");
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "learned after {:?}",
+        t0.elapsed()
+    );
+    b.stop(N2, &pb, E2, &ib).await;
+    let t1 = Instant::now();
+    while has("10.231.8.77") && t1.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !has("10.231.8.77"),
+        "host a still answers for b's removed endpoint"
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("reconciler ended on shutdown")
+        .unwrap();
+}

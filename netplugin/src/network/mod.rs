@@ -569,21 +569,39 @@ impl Service {
             .map(plan_of)
             .collect();
         let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
-        let entries: Vec<ArpEntry> = all
-            .iter()
+        (report.arp_flows_added, report.arp_flows_removed) = self
+            .dp
+            .sync_arp(&self.arp_entries(&all))
+            .await
+            .map_err(NetError::Datapath)?;
+        Ok(report)
+    }
+
+    /// Brings only the ARP proxy to the store's endpoints (all hosts), at once: what the
+    /// reconciler runs when the store reports an endpoint change, so every host answers for a
+    /// new or moved endpoint within moments instead of at its next full pass.
+    /// Returns (added, removed).
+    pub async fn sync_arp(&self) -> NetResult<(usize, usize)> {
+        let _guard = self.reconcile_lock.lock().await;
+        let state = self.state.clone();
+        let all = store_op("ARP proxy", move || Ok(state.endpoints()?)).await?;
+        self.dp
+            .sync_arp(&self.arp_entries(&all))
+            .await
+            .map_err(NetError::Datapath)
+    }
+
+    /// What the ARP proxy answers: every endpoint of the fleet; this host's with their port.
+    fn arp_entries(&self, all: &[EndpointRecord]) -> Vec<ArpEntry> {
+        let me = &self.state.host_id;
+        all.iter()
             .map(|e| ArpEntry {
                 vlan: e.vlan,
                 ip: e.address.ip,
                 mac: e.mac.octets(),
                 local_port: (e.host_id == *me).then(|| e.host_if.clone()),
             })
-            .collect();
-        (report.arp_flows_added, report.arp_flows_removed) = self
-            .dp
-            .sync_arp(&entries)
-            .await
-            .map_err(NetError::Datapath)?;
-        Ok(report)
+            .collect()
     }
 }
 

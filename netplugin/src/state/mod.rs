@@ -102,6 +102,11 @@ impl State {
         Ok(self.get(&endpoint_key(id))?.map(|(e, _)| e))
     }
 
+    /// Changes of endpoint records (any host's) from now on.
+    pub fn watch_endpoints(&self) -> StoreResult<std::sync::mpsc::Receiver<crate::store::Event>> {
+        self.store.watch("endpoints/")
+    }
+
     pub fn endpoints(&self) -> StoreResult<Vec<EndpointRecord>> {
         self.list("endpoints/")
     }
