@@ -87,6 +87,65 @@ pub fn completions(mut cmd: Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// The check both binaries' tests run on their own CLI (one copy, here): `--version` names the
+/// crate version and the git revision, the man pages and the completions for every shell cover
+/// every subcommand, and none mentions the hidden `generate`. `dir` is a scratch directory.
+pub fn check_cli(cmd: Command, pkg_version: &str, git_rev: &str, dir: &Path) -> Result<(), String> {
+    let name = cmd.get_name().to_string();
+    let fail = |what: String| Err(format!("{name}: {what}"));
+    if git_rev.is_empty() {
+        return fail("empty git revision".into());
+    }
+    let version = cmd.clone().render_version();
+    let want = format!("{name} {pkg_version} (git {git_rev})");
+    if version.trim_end() != want {
+        return fail(format!("--version says {version:?}, not {want:?}"));
+    }
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    if !subcommands.iter().any(|s| s == "serve") {
+        return fail(format!("no serve subcommand in {subcommands:?}"));
+    }
+    let page = man_page(cmd.clone()).map_err(|e| format!("{name}: man page: {e}"))?;
+    let pages = man_pages(cmd.clone(), dir).map_err(|e| format!("{name}: man pages: {e}"))?;
+    for sub in &subcommands {
+        if !page.contains(&format!("{name}\\-{sub}(1)")) {
+            return fail(format!("the man page does not name {sub}"));
+        }
+        if !pages.contains(&dir.join(format!("{name}-{sub}.1"))) {
+            return fail(format!("no page for {sub} in {pages:?}"));
+        }
+    }
+    if page.contains("generate") {
+        return fail("the man page mentions the hidden generate".into());
+    }
+    let files = completions(cmd, dir).map_err(|e| format!("{name}: completions: {e}"))?;
+    let want: Vec<PathBuf> = [
+        format!("{name}.bash"),
+        format!("_{name}"),
+        format!("{name}.fish"),
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .collect();
+    if files != want {
+        return fail(format!("completion files {files:?}, not {want:?}"));
+    }
+    for file in files {
+        let script =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        if let Some(sub) = subcommands
+            .iter()
+            .find(|sub| !script.contains(sub.as_str()))
+        {
+            return fail(format!("{} lacks {sub}", file.display()));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +165,20 @@ mod tests {
     enum ThingCommand {
         /// List things.
         Ls,
+    }
+
+    #[test]
+    fn check_cli_passes_a_whole_cli_and_names_what_is_wrong() {
+        let cmd = <Testd as clap::CommandFactory>::command;
+        let dir = tempfile::tempdir().unwrap();
+        check_cli(cmd(), "1.2.3", "abc1234", dir.path()).unwrap();
+        let err = check_cli(cmd(), "1.2.4", "abc1234", dir.path()).unwrap_err();
+        assert!(err.contains("--version says"), "{err}");
+        let err = check_cli(cmd(), "1.2.3", "", dir.path()).unwrap_err();
+        assert!(err.contains("empty git revision"), "{err}");
+        let no_serve = Command::new("testd").version("1.2.3 (git abc1234)");
+        let err = check_cli(no_serve, "1.2.3", "abc1234", dir.path()).unwrap_err();
+        assert!(err.contains("no serve subcommand"), "{err}");
     }
 
     fn with_generate() -> Command {

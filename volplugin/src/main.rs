@@ -128,50 +128,14 @@ fn cli_is_well_formed() {
 }
 
 #[test]
-fn version_names_the_crate_version_and_the_git_revision() {
+fn version_man_pages_and_completions_cover_the_cli() {
     use clap::CommandFactory;
-    let version = Command::command().render_version();
-    let rev = env!("BERTH_BUILD_GIT_REV");
-    assert!(!rev.is_empty());
-    assert_eq!(
-        version.trim_end(),
-        format!("volplugin {} (git {rev})", env!("CARGO_PKG_VERSION"))
-    );
-}
-
-#[test]
-fn man_page_and_completions_cover_every_subcommand() {
-    use clap::CommandFactory;
-    use plugin_transport::generate;
-    let subcommands: Vec<String> = Command::command()
-        .get_subcommands()
-        .map(|s| s.get_name().to_string())
-        .collect();
-    assert!(subcommands.contains(&"serve".to_string()));
-    let page = generate::man_page(Command::command()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pages = generate::man_pages(Command::command(), dir.path()).unwrap();
-    for sub in &subcommands {
-        assert!(
-            page.contains(&format!("volplugin\\-{sub}(1)")),
-            "{sub}: {page}"
-        );
-        assert!(
-            pages.contains(&dir.path().join(format!("volplugin-{sub}.1"))),
-            "{pages:?}"
-        );
-    }
-    assert!(!page.contains("generate"), "{page}");
-    let files = generate::completions(Command::command(), dir.path()).unwrap();
-    assert_eq!(
-        files,
-        ["volplugin.bash", "_volplugin", "volplugin.fish"].map(|f| dir.path().join(f))
-    );
-    for file in files {
-        let script = std::fs::read_to_string(file).unwrap();
-        assert!(
-            subcommands.iter().all(|sub| script.contains(sub.as_str())),
-            "{script}"
-        );
-    }
+    plugin_transport::generate::check_cli(
+        Command::command(),
+        env!("CARGO_PKG_VERSION"),
+        env!("BERTH_BUILD_GIT_REV"),
+        dir.path(),
+    )
+    .unwrap();
 }
