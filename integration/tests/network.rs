@@ -4,13 +4,11 @@
 //! subnets that exist only inside them. Needs root, docker.io, containerd, runc,
 //! busybox-static, openvswitch-switch, iproute2 and util-linux (nsenter).
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use integration::lab::traffic::tcp_send_from;
 use integration::netplugin::Netplugin;
 use integration::ovs::OvsEnv;
 use integration::plugins::{binary, DOCKER_PLUGIN_DIR};
@@ -242,31 +240,6 @@ fn ping_ns(pid: &str, ip: &str, count: u32, interval: &str) -> Result<(u32, u32)
             String::from_utf8_lossy(&out.stderr)
         )
     })
-}
-
-/// Sends `bytes` over TCP from inside the network namespace of `pid` (a thread that setns'd),
-/// shutting the socket down cleanly so nothing is dropped.
-fn tcp_send_from(pid: u32, to: SocketAddr, bytes: usize) -> Result<()> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::spawn(move || -> Result<()> {
-        // SAFETY: setns on this thread only; the fd is valid for the call.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-            .with_context(|| format!("connect {to}"))?;
-        s.set_write_timeout(Some(Duration::from_secs(30)))?;
-        let chunk = vec![0x5au8; 64 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            s.write_all(&chunk[..n])?;
-            left -= n;
-        }
-        s.shutdown(std::net::Shutdown::Write)?;
-        Ok(())
-    })
-    .join()
-    .map_err(|_| anyhow!("sender thread panicked"))?
 }
 
 // ---------------------------------------------------------------------------------------------
