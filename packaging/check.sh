@@ -6,12 +6,18 @@
 #   3. .debs (build-deb.sh), lintian
 #   4. systemd-analyze verify on every unit (verify-units.sh)
 #   5. install / socket-activated start / upgrade / remove of the .debs (test-deb.sh)
-#   6. managed-plugin bundles + their static checks (managed/build.sh), and volplugin run from
+#   6. the .debs with a real dockerd, OVS and containers, in namespaces of their own
+#      (test-deb-dockerd.sh): socket-activated start by dockerd's calls, live upgrade with traffic
+#      and IO running, remove
+#   7. managed-plugin bundles + their static checks (managed/build.sh), and volplugin run from
 #      the berth-vol rootfs creating, mounting and removing volumes (managed/smoke-rootfs.sh)
+#   8. the bundles as Docker managed plugins on a test dockerd in namespaces of its own
+#      (managed/test-managed-ns.sh: plugin create, enable, volume and network lifecycle,
+#      disable, rm)
 # Needs root and Debian 12 with the build deps of scripts/install-deps.sh; installs the few
 # packaging tools it needs (rpm, rpmlint, lintian from Debian; ziglang + cargo-zigbuild from PyPI;
 # cargo-generate-rpm from crates.io) when missing. Exits non-zero when any step fails; prints the
-# wall time. The live test against dockerd (managed/test-managed.sh) is not part of it.
+# wall time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -68,8 +74,11 @@ lint_deb() {
 run "lintian" lint_deb
 run "systemd-analyze verify" bash packaging/verify-units.sh target/deb/*.deb
 run "deb install / socket activation / upgrade / remove (test-deb.sh)" bash packaging/test-deb.sh
+run "deb with dockerd: socket activation, live upgrade with traffic + IO, remove (test-deb-dockerd.sh)" \
+    bash packaging/test-deb-dockerd.sh
 run "managed-plugin bundles + static checks" bash packaging/managed/build.sh
 run "berth-vol bundle rootfs runs volumes (smoke-rootfs.sh)" bash packaging/managed/smoke-rootfs.sh
+run "managed plugins on a test dockerd (test-managed-ns.sh)" bash packaging/managed/test-managed-ns.sh
 
 echo
 echo "######## packaging/check.sh summary"

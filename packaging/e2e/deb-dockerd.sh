@@ -11,6 +11,7 @@ V1=$(dpkg-deb -f "$V1DIR"/berth-volplugin_*.deb Version)
 V2=$(dpkg-deb -f "$V2DIR"/berth-volplugin_*.deb Version)
 NET=dbnet SUBNET=10.231.40.0/24 DBIP=10.231.40.10 VLAN=140
 trap 'rc=$?; [ "$rc" = 0 ] || rig_fail_logs' EXIT
+ev() { echo "$(date +%s.%N) $*" >>"$S/events.log"; }
 
 rig_ns || { echo "namespace setup failed"; exit 1; }
 step "rig: private Open vSwitch (netdev datapath) in this network namespace"
@@ -68,6 +69,7 @@ activate() {
 }
 svc_pid() { cat "$S/$1.pid" 2>/dev/null; }
 exe() { readlink "/proc/$1/exe" 2>/dev/null; }
+export -f exe
 
 step "boot order: the plugin sockets (sockets.target), then dockerd (Before=docker.service)"
 check "berth-vol.socket listening" activate vol
@@ -89,13 +91,15 @@ check "volume listed with its driver" bash -c "d volume ls --format '{{.Driver}}
 check "network listed with its driver" bash -c "d network inspect -f '{{.Driver}} {{.IPAM.Driver}}' $NET | grep -qx 'berth-net berth-net'"
 
 step "a database container (berth volume + berth network) and a client streaming to it"
-# db: a TCP server writing what it receives into the volume, and a writer of its own (IO).
+# db: a TCP server writing what it receives into the volume (its stdin never ends: busybox nc
+# closes the connection at EOF on stdin), and a writer of its own (IO).
 check "docker run db" d run -d --name db --network "$NET" --ip "$DBIP" -v dbdata:/data --stop-timeout 1 "$TEST_IMAGE" \
-    sh -c 'i=0; while :; do i=$((i+1)); echo $i >>/data/io.log; sleep 0.1; done & nc -l -p 5000 >/data/stream.log'
+    sh -c 'i=0; while :; do i=$((i+1)); echo $i >>/data/io.log; sleep 0.1; done & sleep 100000 | nc -l -p 5000 >/data/stream.log'
 MP=$(d volume inspect -f '{{.Mountpoint}}' dbdata)
 check "volume mounted at $MP" mountpoint -q "$MP"
 check "db listens on 5000" wait_for 10 bash -c "d exec db netstat -ltn | grep -q ':5000 '"
 # app: one TCP connection sending a line every 0.1 s, and pings every 0.2 s, for the whole test.
+ev app-start
 check "docker run app" d run -d --name app --network "$NET" --stop-timeout 1 "$TEST_IMAGE" \
     sh -c "ping -i 0.2 $DBIP >/tmp/ping.log 2>&1 & i=0; while :; do i=\$((i+1)); echo \$i; sleep 0.1; done | nc $DBIP 5000"
 lines() { wc -l <"$MP/$1" 2>/dev/null || echo 0; }
@@ -108,6 +112,7 @@ step "upgrade to $V2 (dpkg -i) while the containers run"
 io0=$(lines io.log) st0=$(lines stream.log) ps0=$(ping_seqs | tail -n 1)
 # No --force-conf*: a locally edited conffile the package did not change must not prompt
 # (stdin is /dev/null: a prompt would fail the install).
+ev dpkg-i2
 check "dpkg -i V2" dpkg -i "$V2DIR"/berth-volplugin_*.deb "$V2DIR"/berth-netplugin_*.deb </dev/null >"$S/logs/dpkg-i2.log" 2>&1
 for p in "${PKGS[@]}"; do
     check "$p $V2 installed" test "$(dpkg-query -W -f='${Status} ${Version}' "$p")" = "install ok installed $V2"
@@ -119,6 +124,7 @@ check "the old daemons still run the replaced (deleted) binaries" bash -c \
     "exe $VPID | grep -q '(deleted)' && exe $NPID | grep -q '(deleted)'"
 # The postinst's try-restart, done by what holds the sockets (svc.sh, systemd's stand-in): the
 # socket stays open, so dockerd's calls made during the restart wait instead of failing.
+ev hup
 kill -HUP "$vol_APID" "$net_APID"
 check "docker volume ls during the restart (queued on the held socket)" bash -c "d volume ls -q | grep -qx dbdata"
 check "docker network create during the restart (queued)" \
@@ -127,23 +133,29 @@ wait_for 10 bash -c "[ -n \"\$(cat $S/vol.pid)\" ] && [ \"\$(cat $S/vol.pid)\" !
 VPID2=$(svc_pid vol) NPID2=$(svc_pid net)
 check "volplugin restarted onto the new binary (pid $VPID -> $VPID2)" bash -c "[ $VPID2 != $VPID ] && [ '$(exe "$VPID2")' = /usr/bin/volplugin ]"
 check "netplugin restarted onto the new binary (pid $NPID -> $NPID2)" bash -c "[ $NPID2 != $NPID ] && [ '$(exe "$NPID2")' = /usr/bin/netplugin ]"
-check "/usr/bin/volplugin --version names $V2: $(/usr/bin/volplugin --version)" bash -c "/usr/bin/volplugin --version | grep -qF ' ${V2%-*} '"
+for b in volplugin netplugin; do
+    pid=$VPID2; [ $b = netplugin ] && pid=$NPID2
+    check "$b runs the file V2 installed (same inode as /usr/bin/$b)" test "$(stat -L -c %i "/proc/$pid/exe")" = "$(stat -c %i /usr/bin/$b)"
+done
 check "the upgraded netplugin runs with the kept config (metrics on 127.0.0.1:19473)" \
     wait_for 10 bash -c "curl -sf --max-time 2 http://127.0.0.1:19473/metrics | grep -q '^berth_net'"
 check "the upgraded volplugin runs with the kept config (metrics on 127.0.0.1:19474)" \
     wait_for 10 bash -c "curl -sf --max-time 2 http://127.0.0.1:19474/metrics | grep -q '^berth_vol'"
 check "state kept: the volume is still mounted" mountpoint -q "$MP"
 check "state kept: the volume, as the new volplugin reports it" bash -c "d volume inspect -f '{{.Driver}} {{.Mountpoint}}' dbdata | grep -qx 'berth-vol $MP'"
+ev new-container
 check "state kept: a new container joins $NET through the new netplugin and reaches db" \
     d run --rm --network "$NET" "$TEST_IMAGE" ping -c 2 -W 5 "$DBIP"
 check "state kept: $DBIP is still db's (a second container cannot take it)" \
     bash -c "! d run --rm --network $NET --ip $DBIP $TEST_IMAGE true >/dev/null 2>&1"
 sleep 2
+ev end
+if [ "$fail" != 0 ]; then d ps -a; for c in db app; do echo "-- docker logs $c"; d logs --tail 10 $c; done; fi
 io1=$(lines io.log) st1=$(lines stream.log) ps1=$(ping_seqs | tail -n 1)
 check "IO continued: db's writer $io0 -> $io1 lines, no line lost" bash -c "[ $io1 -gt $io0 ] && cd '$MP' && awk '\$1 != NR {bad=1; exit} END {exit bad}' io.log"
 check "TCP continued: one connection, $st0 -> $st1 lines, contiguous" bash -c "[ $st1 -gt $st0 ] && cd '$MP' && awk '\$1 != NR {bad=1; exit} END {exit bad}' stream.log"
 check "the client's connection never closed (app still running)" test "$(d inspect -f '{{.State.Running}}' app)" = true
-lost=$(ping_seqs | awk -v from="$ps0" '$1 >= from {n++; if (NR > 1 && $1 != prev + 1) gap += $1 - prev - 1; prev = $1} END {print gap + 0}')
+lost=$(ping_seqs | awk -v from="$ps0" '$1 >= from {if (seen && $1 != prev + 1) gap += $1 - prev - 1; seen = 1; prev = $1} END {print gap + 0}')
 check "ping continued: seq $ps0 -> $ps1, $lost lost across the upgrade" bash -c "[ ${ps1:-0} -gt ${ps0:-0} ] && [ $lost = 0 ]"
 
 step "remove (dpkg -r) and purge (dpkg -P)"
@@ -172,6 +184,7 @@ upper_list >"$S/upper-after.txt"
 left=$(comm -13 "$S/upper-before.txt" "$S/upper-after.txt" | grep -vE \
     '^/var/(lib/dpkg/(status|status-old|available|available-old|lock|lock-frontend|triggers/(File|Lock|Unincorp))|log/dpkg\.log|cache/man/.*)$')
 check "nothing else left in /etc /usr /var${left:+: $(echo $left)}" test -z "$left"
+check "dpkg's database has no berth package left" bash -c "! grep -q '^Package: berth-' /var/lib/dpkg/status && ! ls /var/lib/dpkg/info | grep -q '^berth-'"
 
 step "reinstall $V2: the volume and the network come back with their data"
 check "dpkg -i V2" dpkg -i "$V2DIR"/berth-volplugin_*.deb "$V2DIR"/berth-netplugin_*.deb </dev/null >"$S/logs/dpkg-i3.log" 2>&1
@@ -179,8 +192,15 @@ activate vol; activate net
 check "docker volume ls lists dbdata again (berth-vol)" bash -c "d volume ls --format '{{.Driver}} {{.Name}}' | grep -qx 'berth-vol dbdata'"
 check "dbdata still holds what db wrote before the upgrade" bash -c \
     "d run --rm -v dbdata:/data $TEST_IMAGE sh -c 'head -n 1 /data/stream.log; wc -l < /data/io.log' | tr '\n' ' ' | grep -qE '^1 [0-9]+ \$'"
+# The first call netplugin gets here is a CreateEndpoint (as when dockerd restarts containers
+# right after boot): it arrives within milliseconds of the start; when that is before netplugin's
+# OVSDB client has connected, netplugin fails it at once ("Open vSwitch is not reachable")
+# instead of waiting for that first connection (seen in one run of six here).
+known_bug "the first call after activation, a container start on $NET, succeeds" \
+    "netplugin fails CreateEndpoint before its first OVSDB connection (dataplane/ovs ensure_bridge)" \
+    d run --rm --network "$NET" "$TEST_IMAGE" true
 check "a container joins $NET with $DBIP (released by db's removal, network known to netplugin)" \
-    d run --rm --network "$NET" --ip "$DBIP" "$TEST_IMAGE" ip -o addr show eth0
+    wait_for 10 d run --rm --network "$NET" --ip "$DBIP" "$TEST_IMAGE" ip -o addr show eth0
 kill -TERM "$vol_APID" "$net_APID"; wait "$vol_APID" "$net_APID" 2>/dev/null
 
 rig_summary test-deb-dockerd

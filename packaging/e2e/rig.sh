@@ -24,13 +24,28 @@ DOCKER=/usr/bin/docker
 mkdir -p "$S/logs" "$S/client"
 echo '{}' >"$S/client/config.json"
 
-pass=0 fail=0
+pass=0 fail=0 known=0
 ok() { echo "  ok: $*"; pass=$((pass + 1)); }
 bad() { echo "  FAIL: $*"; fail=$((fail + 1)); }
 check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 step() { echo "== $*"; }
-rig_summary() { echo "$1: $pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
+# known_bug WHAT BUG CMD...: a check that can fail because of a daemon bug reported but not
+# fixed yet (BUG says which; a race, so it does not fail every run). A failure is counted apart
+# and printed as that bug, so the run stays usable and the bug visible; a pass is a pass. Once
+# the bug is fixed, make it a `check`.
+known_bug() {
+    local what=$1 bug=$2; shift 2
+    if "$@"; then ok "$what"
+    else echo "  KNOWN BUG hit: $what: $bug"; known=$((known + 1)); fi
+}
+rig_summary() {
+    local k=; [ "$known" -gt 0 ] && k=", $known known bug(s)"
+    echo "$1: $pass passed, $fail failed$k"; [ "$fail" -eq 0 ]
+}
 d() { timeout 120 "$DOCKER" "$@"; }
+# Checks often run `bash -c "..."`: the CLI function and its settings go with them.
+export DOCKER TEST_IMAGE
+export -f d
 # wait_for SECONDS CMD...: polls CMD every 0.1 s until it succeeds; fails after SECONDS.
 wait_for() {
     local n=$(( $1 * 10 )); shift
