@@ -11,7 +11,7 @@ rig_ovs || { rig_fail_logs; exit 1; }
 rig_docker || { rig_fail_logs; exit 1; }
 # test-managed.sh calls `docker`: the client matching Debian's dockerd.
 mkdir -p "$S/bin" && ln -s "$DOCKER" "$S/bin/docker"
-PATH=$S/bin:$PATH TEST_IMAGE=$TEST_IMAGE bash "$HERE/../managed/test-managed.sh" "$DOCKER_HOST"
+PATH=$S/bin:$PATH TEST_IMAGE=$TEST_IMAGE REQUIRE_ALL=1 bash "$HERE/../managed/test-managed.sh" "$DOCKER_HOST"
 rc=$?
 if [ "$rc" != 0 ]; then
     echo "---- dockerd's log about plugins"

@@ -32,7 +32,7 @@ teardown() {
     for p in /proc/[0-9]*; do
         p=${p#/proc/}
         [ "$p" = $$ ] && continue
-        cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) || continue
+        cmd=$( { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null) || continue
         case $cmd in *"$S/"*) left="$left $p";; esac
     done
     if [ -n "$left" ]; then
