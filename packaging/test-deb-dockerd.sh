@@ -74,4 +74,8 @@ else
     done
 fi
 ls "$V1DIR"/*.deb "$V2DIR"/*.deb
-bash packaging/e2e/ns-run.sh packaging/e2e/deb-dockerd.sh "$V1DIR" "$V2DIR"
+# In the background so that INT/TERM reach ns-run.sh (which tears the namespaces down) at once.
+bash packaging/e2e/ns-run.sh packaging/e2e/deb-dockerd.sh "$V1DIR" "$V2DIR" &
+NPID=$!
+trap 'kill -TERM $NPID 2>/dev/null; wait $NPID; rm -rf "$B"; exit 143' INT TERM
+wait "$NPID"

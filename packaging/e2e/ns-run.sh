@@ -64,9 +64,12 @@ teardown() {
     exit "$rc"
 }
 trap teardown EXIT
-trap 'exit 130' INT TERM
-
-# --kill-child: should unshare itself die, its child (PID 1 inside) gets SIGKILL, and with it every
-# process of the namespace.
+# --kill-child: when unshare dies, its child, PID 1 inside, gets SIGKILL, and with it every
+# process of the namespace. unshare --fork ignores INT and TERM while it waits, so on ours it gets
+# KILL; it runs in the background so that our signal is handled at once, not after the test.
+UPID=
+trap '[ -n "$UPID" ] && kill -KILL "$UPID" 2>/dev/null; wait "$UPID" 2>/dev/null; exit 143' INT TERM
 unshare --pid --fork --kill-child --mount-proc --mount --net --uts --propagation private -- \
-    bash "$@"
+    bash "$@" &
+UPID=$!
+wait "$UPID"
