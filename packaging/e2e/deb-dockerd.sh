@@ -51,6 +51,7 @@ echo 'metrics = "127.0.0.1:19474"  # local setting (test-deb-dockerd.sh)' >>/etc
 
 unit_key() { sed -n "s/^$2=//p" "/usr/lib/systemd/system/$1" | tail -n 1; }
 running_from() { local p; for p in /proc/[0-9]*; do [ "$(readlink "$p/exe" 2>/dev/null)" = "$1" ] && echo "${p#/proc/}"; done; }
+export -f running_from
 # activate vol|net: what systemd does for berth-X.socket at boot and berth-X.service on the first
 # connection, from the installed unit files: ListenStream=, ExecStart=, RuntimeDirectory=,
 # StateDirectory= (+Mode). Sets ${X}_APID (the activator, later svc.sh holding the socket).
@@ -122,14 +123,28 @@ check "config kept: local edits in /etc/berth/*.toml" bash -c \
 check "no .dpkg-new/.dpkg-old/.dpkg-dist left in /etc/berth" bash -c '! ls /etc/berth/*.dpkg-* >/dev/null 2>&1'
 check "the old daemons still run the replaced (deleted) binaries" bash -c \
     "exe $VPID | grep -q '(deleted)' && exe $NPID | grep -q '(deleted)'"
-# The postinst's try-restart, done by what holds the sockets (svc.sh, systemd's stand-in): the
-# socket stays open, so dockerd's calls made during the restart wait instead of failing.
-ev hup
-kill -HUP "$vol_APID" "$net_APID"
-check "docker volume ls during the restart (queued on the held socket)" bash -c "d volume ls -q | grep -qx dbdata"
-check "docker network create during the restart (queued)" \
-    d network create -d berth-net --ipam-driver berth-net --subnet 10.231.41.0/24 -o vlan=141 net2
-wait_for 10 bash -c "[ -n \"\$(cat $S/vol.pid)\" ] && [ \"\$(cat $S/vol.pid)\" != $VPID ] && [ \"\$(cat $S/net.pid)\" != $NPID ]"
+# The postinst's try-restart, done by what holds the sockets (svc.sh, systemd's stand-in), in two
+# halves so that dockerd's calls land in the gap for sure: the old daemons stopped, the sockets
+# still bound; calls made then must wait, not fail, and be answered by the new daemons.
+ev stop
+kill -USR1 "$vol_APID" "$net_APID"
+check "old daemons stopped, sockets still held" \
+    wait_for 30 bash -c "! kill -0 $VPID 2>/dev/null && ! kill -0 $NPID 2>/dev/null && [ ! -s $S/vol.pid ] && [ ! -s $S/net.pid ]"
+d volume ls -q >"$S/gap-vol.out" 2>&1 &
+Q1=$!
+d network create -d berth-net --ipam-driver berth-net --subnet 10.231.41.0/24 -o vlan=141 net2 >"$S/gap-net.out" 2>&1 &
+Q2=$!
+sleep 2
+check "with no daemon running, dockerd's calls wait on the sockets (still pending after 2 s)" \
+    bash -c "kill -0 $Q1 && kill -0 $Q2 && [ -z \"\$(running_from /usr/bin/volplugin)\$(running_from /usr/bin/netplugin)\" ]"
+ev start
+kill -USR2 "$vol_APID" "$net_APID"
+wait "$Q1"; q1=$?
+wait "$Q2"; q2=$?
+check "docker volume ls made in the gap answered by the new volplugin: $(tr '\n' ' ' <"$S/gap-vol.out")" \
+    bash -c "[ $q1 = 0 ] && grep -qx dbdata '$S/gap-vol.out'"
+check "docker network create made in the gap answered by the new netplugin: $(tr '\n' ' ' <"$S/gap-net.out" | cut -c1-80)" test "$q2" = 0
+wait_for 10 bash -c "[ -s $S/vol.pid ] && [ -s $S/net.pid ]"
 VPID2=$(svc_pid vol) NPID2=$(svc_pid net)
 check "volplugin restarted onto the new binary (pid $VPID -> $VPID2)" bash -c "[ $VPID2 != $VPID ] && [ '$(exe "$VPID2")' = /usr/bin/volplugin ]"
 check "netplugin restarted onto the new binary (pid $NPID -> $NPID2)" bash -c "[ $NPID2 != $NPID ] && [ '$(exe "$NPID2")' = /usr/bin/netplugin ]"
