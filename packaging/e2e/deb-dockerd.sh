@@ -11,6 +11,7 @@ V1=$(dpkg-deb -f "$V1DIR"/berth-volplugin_*.deb Version)
 V2=$(dpkg-deb -f "$V2DIR"/berth-volplugin_*.deb Version)
 NET=dbnet SUBNET=10.231.40.0/24 DBIP=10.231.40.10 VLAN=140
 trap 'rc=$?; [ "$rc" = 0 ] || rig_fail_logs' EXIT
+# Times of the test's events, to line up with the daemons' logs (KEEP=1 keeps them).
 ev() { echo "$(date +%s.%N) $*" >>"$S/events.log"; }
 
 rig_ns || { echo "namespace setup failed"; exit 1; }
@@ -105,8 +106,6 @@ check "docker run app" d run -d --name app --network "$NET" --stop-timeout 1 "$T
     sh -c "ping -i 0.2 $DBIP >/tmp/ping.log 2>&1 & i=0; while :; do i=\$((i+1)); echo \$i; sleep 0.1; done | nc $DBIP 5000"
 lines() { wc -l <"$MP/$1" 2>/dev/null || echo 0; }
 check "the stream arrives in the volume" wait_for 15 bash -c "[ \$(wc -l <'$MP/stream.log') -ge 10 ]"
-# contiguous FILE: lines are 1..N with no gap or repeat (one connection, nothing lost).
-contiguous() { awk '$1 != NR {bad=1; exit} END {exit bad}' "$MP/$1"; }
 ping_seqs() { d exec app cat /tmp/ping.log | sed -n 's/.*seq=\([0-9]*\).*/\1/p'; }
 
 step "upgrade to $V2 (dpkg -i) while the containers run"
@@ -167,6 +166,7 @@ sleep 2
 ev end
 if [ "$fail" != 0 ]; then d ps -a; for c in db app; do echo "-- docker logs $c"; d logs --tail 10 $c; done; fi
 io1=$(lines io.log) st1=$(lines stream.log) ps1=$(ping_seqs | tail -n 1)
+# Lines are 1..N with no gap or repeat: nothing lost, one TCP connection throughout.
 check "IO continued: db's writer $io0 -> $io1 lines, no line lost" bash -c "[ $io1 -gt $io0 ] && cd '$MP' && awk '\$1 != NR {bad=1; exit} END {exit bad}' io.log"
 check "TCP continued: one connection, $st0 -> $st1 lines, contiguous" bash -c "[ $st1 -gt $st0 ] && cd '$MP' && awk '\$1 != NR {bad=1; exit} END {exit bad}' stream.log"
 check "the client's connection never closed (app still running)" test "$(d inspect -f '{{.State.Running}}' app)" = true
