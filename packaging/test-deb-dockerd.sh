@@ -22,7 +22,8 @@
 #     the stream into the volume and a writer of its own; an app container on the same network
 #     streaming lines over one TCP connection and pinging db every 0.2 s;
 #  4. dpkg -i V2 (bumped version) with no --force-conf*: config kept, then the postinst's
-#     try-restart (socket held; docker calls made during the restart are answered); the daemons
+#     try-restart with the sockets held, in two halves (svc.sh USR1/USR2) so that docker calls
+#     made in the gap provably wait (still pending after 2 s) and are then answered; the daemons
 #     run the new binaries with the kept config (their metrics on the configured ports); volume
 #     still mounted, network and address still known; no line of the TCP stream or of the
 #     writer lost, the connection never closed, no ping lost;
