@@ -110,27 +110,21 @@ impl Metrics {
         help: &str,
         metric: impl prometheus_client::registry::Metric,
     ) {
-        self.registry
-            .lock()
-            .expect("metrics registry lock")
-            .register(name, help, metric);
+        crate::sync::lock(&self.registry).register(name, help, metric);
     }
 
     /// Runs `hook` before every scrape.
     pub fn on_scrape(&self, hook: impl Fn() + Send + Sync + 'static) {
-        self.refresh
-            .lock()
-            .expect("metrics hook lock")
-            .push(Box::new(hook));
+        crate::sync::lock(&self.refresh).push(Box::new(hook));
     }
 
     /// The OpenMetrics text of every figure.
     pub fn render(&self) -> String {
-        for hook in self.refresh.lock().expect("metrics hook lock").iter() {
+        for hook in crate::sync::lock(&self.refresh).iter() {
             hook();
         }
         let mut out = String::new();
-        let registry = self.registry.lock().expect("metrics registry lock");
+        let registry = crate::sync::lock(&self.registry);
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
         out

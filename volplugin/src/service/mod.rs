@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use plugin_transport::sync::lock as lock_unpoisoned;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -156,16 +157,14 @@ impl VolumeService {
 
     /// Operations on one volume run one at a time; different volumes run in parallel.
     fn lock(&self, name: &str) -> Arc<Mutex<()>> {
-        self.locks
-            .lock()
-            .expect("lock table")
+        lock_unpoisoned(&self.locks)
             .entry(name.to_string())
             .or_default()
             .clone()
     }
 
     fn forget_lock(&self, name: &str) {
-        let mut locks = self.locks.lock().expect("lock table");
+        let mut locks = lock_unpoisoned(&self.locks);
         if locks.get(name).is_some_and(|l| Arc::strong_count(l) == 1) {
             locks.remove(name);
         }
@@ -186,7 +185,7 @@ impl VolumeService {
         let spec = self.policy.parse(opts)?;
         let limits = IoLimits::from_options(opts)?;
         let lock = self.lock(name);
-        let _guard = lock.lock().expect("volume lock");
+        let _guard = lock_unpoisoned(&lock);
         if let Some(existing) = self.store.get(name)? {
             // Docker may repeat a Create; the same request again is success. New explicit
             // options that disagree are an error rather than a silent no-op.
@@ -250,8 +249,8 @@ impl VolumeService {
             (source, name)
         };
         let (lock_a, lock_b) = (self.lock(first), self.lock(second));
-        let _guard_a = lock_a.lock().expect("volume lock");
-        let _guard_b = lock_b.lock().expect("volume lock");
+        let _guard_a = lock_unpoisoned(&lock_a);
+        let _guard_b = lock_unpoisoned(&lock_b);
         let origin = match self.store.get(source)? {
             Some(r) if r.phase == Phase::Ready => r,
             _ => return Err(bad(format!("no such volume: {source}"))),
@@ -316,7 +315,7 @@ impl VolumeService {
     pub fn remove(&self, name: &str) -> Result<(), VolError> {
         validate_name(name)?;
         let lock = self.lock(name);
-        let guard = lock.lock().expect("volume lock");
+        let guard = lock_unpoisoned(&lock);
         let Some(mut record) = self.store.get(name)? else {
             return Ok(());
         };
@@ -364,7 +363,7 @@ impl VolumeService {
             return Err(VolError::EmptyMountId);
         }
         let lock = self.lock(name);
-        let _guard = lock.lock().expect("volume lock");
+        let _guard = lock_unpoisoned(&lock);
         let mut record = self.ready_record(name)?;
         let target = self.mountpoint(name);
         // The kernel mount first, then the count: a crash in between leaves a mount with no
@@ -397,7 +396,7 @@ impl VolumeService {
     pub fn unmount(&self, name: &str, id: &str) -> Result<(), VolError> {
         validate_name(name)?;
         let lock = self.lock(name);
-        let _guard = lock.lock().expect("volume lock");
+        let _guard = lock_unpoisoned(&lock);
         let Some(mut record) = self.store.get(name)? else {
             return Ok(());
         };
@@ -426,7 +425,7 @@ impl VolumeService {
     pub fn set_limits(&self, name: &str, change: &LimitsChange) -> Result<VolumeInfo, VolError> {
         validate_name(name)?;
         let lock = self.lock(name);
-        let _guard = lock.lock().expect("volume lock");
+        let _guard = lock_unpoisoned(&lock);
         let mut record = self.ready_record(name)?;
         change.apply_to(&mut record.limits);
         self.store.put(&record)?;
@@ -436,7 +435,7 @@ impl VolumeService {
 
     /// What the IO throttler measured, per volume; replaces the previous figures.
     pub fn record_observed(&self, observed: HashMap<String, ObservedIo>) {
-        *self.observed.lock().expect("observed lock") = observed;
+        *lock_unpoisoned(&self.observed) = observed;
     }
 
     fn ready_record(&self, name: &str) -> Result<VolumeRecord, VolError> {
@@ -509,12 +508,7 @@ impl VolumeService {
             device: attachment.map(|a| a.device),
             mounts: record.mount_count(),
             limits: record.limits,
-            observed: self
-                .observed
-                .lock()
-                .expect("observed lock")
-                .get(&record.name)
-                .copied(),
+            observed: lock_unpoisoned(&self.observed).get(&record.name).copied(),
             from: record.from.clone(),
             backend_status: self.backend.status_extra(&record.name),
             state: match record.phase {
