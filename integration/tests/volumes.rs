@@ -164,6 +164,19 @@ fn raw_protocol(c: &Ctx) -> Result<()> {
             .any(|(p, _)| p.to_string_lossy() == mountpoint),
         "mounted in the kernel"
     );
+    // Per-mount options (field 6 of mountinfo): no setuid binaries or device nodes on volumes.
+    let mountinfo_text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let options = mountinfo_text
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&mountpoint.as_str())).then(|| f[5].to_string())
+        })
+        .unwrap_or_default();
+    ensure!(
+        options.split(',').any(|o| o == "nosuid") && options.split(',').any(|o| o == "nodev"),
+        "mounted nosuid,nodev: {options}"
+    );
     let (_, body) = vol.call("VolumeDriver.Path", Some(r#"{"Name":"raw1"}"#))?;
     ensure!(body["Mountpoint"] == mountpoint.as_str(), "{body}");
     let (status, body) = vol.call("VolumeDriver.Remove", Some(r#"{"Name":"raw1"}"#))?;

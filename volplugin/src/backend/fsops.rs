@@ -113,7 +113,9 @@ pub fn mount(
         Some(device),
         target,
         Some(fs.as_str()),
-        MsFlags::MS_NOATIME,
+        // A database volume has no use for setuid binaries or device nodes; a container that
+        // could plant either on a shared volume must not gain by it.
+        MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         data,
     )
     .map_err(|e| {
