@@ -755,6 +755,18 @@ fn socket_activation(c: &Ctx) -> Result<()> {
             "echo via-fd3 > /data/f && cat /data/f",
         ])?;
         ensure!(out == "via-fd3", "{out}");
+        // The handed-over socket is close-on-exec (flags in fdinfo are octal; O_CLOEXEC is
+        // 02000000), so the tools volplugin runs (mkfs, mount) never hold it.
+        let fdinfo = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", daemon.pid()))?;
+        let flags = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        ensure!(
+            flags & 0o2000000 != 0,
+            "fd 3 is not close-on-exec: {fdinfo}"
+        );
         ensure!(
             !std::path::Path::new("/nonexistent-not-used").exists(),
             "no socket bound by the daemon itself"

@@ -87,6 +87,8 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: From<DaemonError>,
 {
+    // Before anything that could start a thread or a child process (see take_activation).
+    crate::listen::take_activation();
     crate::shutdown::unblock_stop_signals();
     let mut cli = C::command().subcommand(Generate::command());
     let matches = cli.get_matches_mut();
