@@ -131,7 +131,10 @@ mod tests {
     #[test]
     fn a_large_reply_in_many_reads_is_scanned_once() {
         // 4 MiB in 1 KiB reads: re-parsing the tail on every read examined ~8 GiB.
-        let big = format!(r#"{{"rows":[{}]}}"#, vec![r#"{"n":"x"}"#; 450_000].join(","));
+        let big = format!(
+            r#"{{"rows":[{}]}}"#,
+            vec![r#"{"n":"x"}"#; 450_000].join(",")
+        );
         let mut f = JsonFramer::new(16 << 20);
         let mut got = Vec::new();
         for chunk in big.as_bytes().chunks(1024) {
@@ -139,7 +142,12 @@ mod tests {
         }
         assert_eq!(got.len(), 1);
         assert_eq!(got[0]["rows"].as_array().unwrap().len(), 450_000);
-        assert!(f.examined <= big.len() as u64, "{} > {}", f.examined, big.len());
+        assert!(
+            f.examined <= big.len() as u64,
+            "{} > {}",
+            f.examined,
+            big.len()
+        );
     }
 
     #[test]
