@@ -792,6 +792,35 @@ fn socket_activation(c: &Ctx) -> Result<()> {
     c.assert_no_leftovers()
 }
 
+/// A kill -9 during a clone's XFS log replay leaves a mount under `<state-dir>/scratch` that
+/// holds the clone's device; the next start unmounts it before rolling the clone back. (A real
+/// tmpfs mount stands in for the clone's, since the kill cannot be timed into that window.)
+fn scratch_mount_left_by_a_crash(c: &Ctx) -> Result<()> {
+    let mut vol = c.vol();
+    vol.kill9()?;
+    let point = vol.state_dir.join("scratch").join("clone-crashed");
+    std::fs::create_dir_all(&point)?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "berth-test-scratch"])
+        .arg(&point)
+        .status()?;
+    ensure!(status.success(), "mount tmpfs on {}", point.display());
+    let mounted = || -> Result<bool> { Ok(mountinfo()?.iter().any(|(p, _)| *p == point)) };
+    ensure!(mounted()?, "the stand-in scratch mount is there");
+    vol.start()?;
+    let left = mounted()?;
+    if left {
+        let _ = std::process::Command::new("umount").arg(&point).status();
+    }
+    ensure!(
+        !left,
+        "volplugin's start left the scratch mount {}",
+        point.display()
+    );
+    ensure!(!point.exists(), "its directory is removed");
+    c.assert_no_leftovers()
+}
+
 /// For tests that stop or kill volplugin: whatever the test's outcome, volplugin serves again
 /// afterwards, so one failure does not fail every test after it.
 fn keeps_volplugin_up(c: &Ctx, test: fn(&Ctx) -> Result<()>) -> Result<()> {
@@ -845,6 +874,9 @@ fn main() {
             ("admin_cli_table", admin_cli_table),
             ("socket_activation", |c| {
                 keeps_volplugin_up(c, socket_activation)
+            }),
+            ("scratch_mount_left_by_a_crash", |c| {
+                keeps_volplugin_up(c, scratch_mount_left_by_a_crash)
             }),
         ],
     )

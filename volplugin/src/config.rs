@@ -304,7 +304,11 @@ mod tests {
             "--default-size 9T is over --max-size 8T"
         );
         assert!(err(&["--default-fs", "btrfs"]).starts_with("--default-fs: "));
-        assert!(err(&["--mount-root", "/var/lib/docker/v"]).starts_with("--mount-root must not"));
+        let e = err(&["--mount-root", "/var/lib/docker/v"]);
+        assert!(
+            e.starts_with("--mount-root /var/lib/docker/v") && e.contains("must not be under"),
+            "{e}"
+        );
         assert!(
             err(&["--backend", "lvm-thin", "--vg", "v"]).contains("needs --vg VG and --thin-pool")
         );

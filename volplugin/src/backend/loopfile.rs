@@ -184,6 +184,10 @@ impl Backend for LoopfileBackend {
         result
     }
 
+    fn clear_scratch_mounts(&self) -> Result<Vec<String>, BackendError> {
+        fsops::clear_scratch(&self.scratch)
+    }
+
     fn release_stray_devices(&self) -> Result<Vec<String>, BackendError> {
         let mounted: Vec<String> = mountinfo::read()
             .map_err(BackendError::io("read /proc/self/mountinfo"))?

@@ -618,6 +618,10 @@ impl Backend for LvmThinBackend {
     }
 
     /// Active LVs are LVM's normal state, not strays: nothing to release.
+    fn clear_scratch_mounts(&self) -> Result<Vec<String>, BackendError> {
+        fsops::clear_scratch(&self.cfg.scratch)
+    }
+
     fn release_stray_devices(&self) -> Result<Vec<String>, BackendError> {
         Ok(Vec::new())
     }

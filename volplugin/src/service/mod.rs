@@ -101,6 +101,7 @@ impl VolumeInfo {
 /// What reconcile found and did at startup.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
+    pub cleared_scratch: Vec<String>,
     pub rolled_back_creates: Vec<String>,
     pub finished_removes: Vec<String>,
     pub cleared_mounts: Vec<String>,
@@ -524,6 +525,10 @@ impl VolumeService {
     /// plugin socket opens; every problem is collected and the rest still reconciled.
     pub fn reconcile(&self) -> Result<ReconcileReport, VolError> {
         let mut report = ReconcileReport::default();
+        match self.backend.clear_scratch_mounts() {
+            Ok(cleared) => report.cleared_scratch = cleared,
+            Err(e) => report.errors.push(format!("clearing scratch mounts: {e}")),
+        }
         let records = self.store.list()?;
         for record in &records {
             let name = record.name.as_str();
