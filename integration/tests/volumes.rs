@@ -27,9 +27,14 @@ fn setup() -> Result<Ctx> {
     ])?;
     let bin = binary("volplugin")?;
     let work = tempfile::Builder::new().prefix("bv-").tempdir_in("/tmp")?;
-    let mut vol = Volplugin::new(bin, work.path(), std::path::Path::new(DOCKER_PLUGIN_DIR));
-    vol.start()?;
     let docker = DockerEnv::start()?;
+    let mut vol = Volplugin::new(bin, work.path(), std::path::Path::new(DOCKER_PLUGIN_DIR));
+    // The test dockerd, which `volume mounts clear` asks about containers.
+    vol.args.extend([
+        "--docker-socket".into(),
+        docker.socket_path().display().to_string(),
+    ]);
+    vol.start()?;
     Ok(Ctx {
         docker,
         vol: Mutex::new(vol),
@@ -823,6 +828,60 @@ fn scratch_mount_left_by_a_crash(c: &Ctx) -> Result<()> {
     c.assert_no_leftovers()
 }
 
+/// A mount count Docker will never release (a Mount it saw fail that still landed) is dropped
+/// by `volplugin volume mounts clear`, which refuses while a running container uses the volume.
+fn mounts_clear(c: &Ctx) -> Result<()> {
+    let vol = c.vol();
+    let (status, body) = vol.call(
+        "VolumeDriver.Create",
+        Some(r#"{"Name":"lost1","Opts":{"size":"320M"}}"#),
+    )?;
+    ensure!(status == 200, "{status} {body}");
+    let (status, body) = vol.call(
+        "VolumeDriver.Mount",
+        Some(r#"{"Name":"lost1","ID":"docker-gave-up"}"#),
+    )?;
+    ensure!(status == 200, "{status} {body}");
+    let mountpoint = body["Mountpoint"].as_str().unwrap_or_default().to_string();
+    let shown = vol.admin_json(&["volume", "inspect", "lost1"])?;
+    ensure!(shown["mounts"] == 1, "{shown}");
+    let out = vol.admin_text(&["volume", "mounts", "clear", "lost1"])?;
+    ensure!(out.contains("docker-gave-up"), "{out}");
+    let shown = vol.admin_json(&["volume", "inspect", "lost1"])?;
+    ensure!(shown["mounts"] == 0, "{shown}");
+    ensure!(
+        !mountinfo()?
+            .iter()
+            .any(|(p, _)| p.to_string_lossy() == mountpoint),
+        "unmounted"
+    );
+    drop(vol);
+    // A running container's mount is real: refused, naming the container.
+    c.docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "clear-user",
+        "-v",
+        "lost1:/data",
+        TEST_IMAGE,
+        "sleep",
+        "300",
+    ])?;
+    let refused = c.vol().admin_text(&["volume", "mounts", "clear", "lost1"]);
+    let outcome = match refused {
+        Ok(out) => Err(anyhow::anyhow!(
+            "clear with a running user succeeded: {out}"
+        )),
+        Err(e) if format!("{e:#}").contains("clear-user") => Ok(()),
+        Err(e) => Err(e.context("refused, but without naming the container")),
+    };
+    c.docker.ok(&["rm", "-f", "clear-user"])?;
+    outcome?;
+    c.docker.ok(&["volume", "rm", "lost1"])?;
+    c.assert_no_leftovers()
+}
+
 /// For tests that stop or kill volplugin: whatever the test's outcome, volplugin serves again
 /// afterwards, so one failure does not fail every test after it.
 fn keeps_volplugin_up(c: &Ctx, test: fn(&Ctx) -> Result<()>) -> Result<()> {
@@ -874,6 +933,7 @@ fn main() {
                 keeps_volplugin_up(c, kill9_during_creates_and_mounts)
             }),
             ("admin_cli_table", admin_cli_table),
+            ("mounts_clear", mounts_clear),
             ("socket_activation", |c| {
                 keeps_volplugin_up(c, socket_activation)
             }),

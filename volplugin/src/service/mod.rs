@@ -394,6 +394,26 @@ impl VolumeService {
         Ok(target)
     }
 
+    /// Drops every mount count of `name` and unmounts it: for counts Docker will never release
+    /// (a Mount it saw fail that still landed, a dockerd that lost its state). The caller
+    /// checks first that no running container uses the volume. Returns the dropped mount ids.
+    pub fn clear_mounts(&self, name: &str) -> Result<Vec<String>, VolError> {
+        validate_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock_unpoisoned(&lock);
+        let mut record = self.ready_record(name)?;
+        let dropped: Vec<String> = record.mounts.keys().cloned().collect();
+        record.mounts.clear();
+        // The counts first, then the kernel, as in unmount.
+        self.store.put(&record)?;
+        let target = self.mountpoint(name);
+        self.backend
+            .unmount(name, &target)
+            .map_err(Self::backend_err("clear mounts", name))?;
+        info!(volume = name, dropped = ?dropped, "mount counts cleared by the admin");
+        Ok(dropped)
+    }
+
     pub fn unmount(&self, name: &str, id: &str) -> Result<(), VolError> {
         validate_name(name)?;
         let lock = self.lock(name);
