@@ -828,6 +828,67 @@ fn scratch_mount_left_by_a_crash(c: &Ctx) -> Result<()> {
     c.assert_no_leftovers()
 }
 
+/// A volume unmounted on the host can stay alive in another mount namespace for a moment (a
+/// container being torn down holds a copy of the mount): mounting it again right then must
+/// reuse that filesystem's device, not attach a second one (XFS: "duplicate UUID", EINVAL).
+fn remount_while_another_namespace_holds_it(c: &Ctx) -> Result<()> {
+    let vol = c.vol();
+    let (status, body) = vol.call(
+        "VolumeDriver.Create",
+        Some(r#"{"Name":"held1","Opts":{"size":"320M","fs":"xfs"}}"#),
+    )?;
+    ensure!(status == 200, "{status} {body}");
+    let (status, body) = vol.call("VolumeDriver.Mount", Some(r#"{"Name":"held1","ID":"h1"}"#))?;
+    ensure!(status == 200, "{status} {body}");
+    let mountpoint = body["Mountpoint"].as_str().unwrap_or_default().to_string();
+    // A private copy of the host's mounts, as a container's namespace has while it starts.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "120"])
+        .spawn()?;
+    let holder_mounts = format!("/proc/{}/mountinfo", holder.id());
+    let outcome = (|| -> Result<()> {
+        let copied = integration::procs::wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                std::fs::read_to_string(&holder_mounts)
+                    .is_ok_and(|m| m.contains(&format!(" {mountpoint} ")))
+            },
+        );
+        ensure!(copied, "the holder namespace has the volume's mount");
+        let (status, body) = vol.call(
+            "VolumeDriver.Unmount",
+            Some(r#"{"Name":"held1","ID":"h1"}"#),
+        )?;
+        ensure!(status == 200, "{status} {body}");
+        let (status, body) =
+            vol.call("VolumeDriver.Mount", Some(r#"{"Name":"held1","ID":"h2"}"#))?;
+        ensure!(
+            status == 200,
+            "mount while another namespace holds it: {status} {body}"
+        );
+        let (status, body) = vol.call(
+            "VolumeDriver.Unmount",
+            Some(r#"{"Name":"held1","ID":"h2"}"#),
+        )?;
+        ensure!(status == 200, "{status} {body}");
+        Ok(())
+    })();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    outcome?;
+    let image = vol.images_dir().join("held1.img").canonicalize()?;
+    let released =
+        integration::procs::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            !attached_loops().iter().any(|(_, b)| *b == image)
+        });
+    ensure!(released, "the loop device went with the last holder");
+    let (status, body) = vol.call("VolumeDriver.Remove", Some(r#"{"Name":"held1"}"#))?;
+    ensure!(status == 200, "{status} {body}");
+    drop(vol);
+    c.assert_no_leftovers()
+}
+
 /// A mount count Docker will never release (a Mount it saw fail that still landed) is dropped
 /// by `volplugin volume mounts clear`, which refuses while a running container uses the volume.
 fn mounts_clear(c: &Ctx) -> Result<()> {
@@ -934,6 +995,10 @@ fn main() {
             }),
             ("admin_cli_table", admin_cli_table),
             ("mounts_clear", mounts_clear),
+            (
+                "remount_while_another_namespace_holds_it",
+                remount_while_another_namespace_holds_it,
+            ),
             ("socket_activation", |c| {
                 keeps_volplugin_up(c, socket_activation)
             }),
