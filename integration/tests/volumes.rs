@@ -27,9 +27,14 @@ fn setup() -> Result<Ctx> {
     ])?;
     let bin = binary("volplugin")?;
     let work = tempfile::Builder::new().prefix("bv-").tempdir_in("/tmp")?;
-    let mut vol = Volplugin::new(bin, work.path(), std::path::Path::new(DOCKER_PLUGIN_DIR));
-    vol.start()?;
     let docker = DockerEnv::start()?;
+    let mut vol = Volplugin::new(bin, work.path(), std::path::Path::new(DOCKER_PLUGIN_DIR));
+    // The test dockerd, which `volume mounts clear` asks about containers.
+    vol.args.extend([
+        "--docker-socket".into(),
+        docker.socket_path().display().to_string(),
+    ]);
+    vol.start()?;
     Ok(Ctx {
         docker,
         vol: Mutex::new(vol),
@@ -163,6 +168,19 @@ fn raw_protocol(c: &Ctx) -> Result<()> {
             .iter()
             .any(|(p, _)| p.to_string_lossy() == mountpoint),
         "mounted in the kernel"
+    );
+    // Per-mount options (field 6 of mountinfo): no setuid binaries or device nodes on volumes.
+    let mountinfo_text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let options = mountinfo_text
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&mountpoint.as_str())).then(|| f[5].to_string())
+        })
+        .unwrap_or_default();
+    ensure!(
+        options.split(',').any(|o| o == "nosuid") && options.split(',').any(|o| o == "nodev"),
+        "mounted nosuid,nodev: {options}"
     );
     let (_, body) = vol.call("VolumeDriver.Path", Some(r#"{"Name":"raw1"}"#))?;
     ensure!(body["Mountpoint"] == mountpoint.as_str(), "{body}");
@@ -742,6 +760,18 @@ fn socket_activation(c: &Ctx) -> Result<()> {
             "echo via-fd3 > /data/f && cat /data/f",
         ])?;
         ensure!(out == "via-fd3", "{out}");
+        // The handed-over socket is close-on-exec (flags in fdinfo are octal; O_CLOEXEC is
+        // 02000000), so the tools volplugin runs (mkfs, mount) never hold it.
+        let fdinfo = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", daemon.pid()))?;
+        let flags = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        ensure!(
+            flags & 0o2000000 != 0,
+            "fd 3 is not close-on-exec: {fdinfo}"
+        );
         ensure!(
             !std::path::Path::new("/nonexistent-not-used").exists(),
             "no socket bound by the daemon itself"
@@ -764,6 +794,152 @@ fn socket_activation(c: &Ctx) -> Result<()> {
     drop(vol);
     outcome.map_err(|e| anyhow::anyhow!("{e:#}\n{}", daemon.log_tail(20)))?;
     c.docker.ok(&["volume", "rm", "activated1"])?;
+    c.assert_no_leftovers()
+}
+
+/// A kill -9 during a clone's XFS log replay leaves a mount under `<state-dir>/scratch` that
+/// holds the clone's device; the next start unmounts it before rolling the clone back. (A real
+/// tmpfs mount stands in for the clone's, since the kill cannot be timed into that window.)
+fn scratch_mount_left_by_a_crash(c: &Ctx) -> Result<()> {
+    let mut vol = c.vol();
+    vol.kill9()?;
+    let point = vol.state_dir.join("scratch").join("clone-crashed");
+    std::fs::create_dir_all(&point)?;
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "berth-test-scratch"])
+        .arg(&point)
+        .status()?;
+    ensure!(status.success(), "mount tmpfs on {}", point.display());
+    let mounted = || -> Result<bool> { Ok(mountinfo()?.iter().any(|(p, _)| *p == point)) };
+    ensure!(mounted()?, "the stand-in scratch mount is there");
+    vol.start()?;
+    let left = mounted()?;
+    if left {
+        let _ = std::process::Command::new("umount").arg(&point).status();
+    }
+    ensure!(
+        !left,
+        "volplugin's start left the scratch mount {}",
+        point.display()
+    );
+    ensure!(!point.exists(), "its directory is removed");
+    // (The handle holds the context's lock, which the leftovers check takes again.)
+    drop(vol);
+    c.assert_no_leftovers()
+}
+
+/// A volume unmounted on the host can stay alive in another mount namespace for a moment (a
+/// container being torn down holds a copy of the mount): mounting it again right then must
+/// reuse that filesystem's device, not attach a second one (XFS: "duplicate UUID", EINVAL).
+fn remount_while_another_namespace_holds_it(c: &Ctx) -> Result<()> {
+    let vol = c.vol();
+    let (status, body) = vol.call(
+        "VolumeDriver.Create",
+        Some(r#"{"Name":"held1","Opts":{"size":"320M","fs":"xfs"}}"#),
+    )?;
+    ensure!(status == 200, "{status} {body}");
+    let (status, body) = vol.call("VolumeDriver.Mount", Some(r#"{"Name":"held1","ID":"h1"}"#))?;
+    ensure!(status == 200, "{status} {body}");
+    let mountpoint = body["Mountpoint"].as_str().unwrap_or_default().to_string();
+    // A private copy of the host's mounts, as a container's namespace has while it starts.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "120"])
+        .spawn()?;
+    let holder_mounts = format!("/proc/{}/mountinfo", holder.id());
+    let outcome = (|| -> Result<()> {
+        let copied = integration::procs::wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                std::fs::read_to_string(&holder_mounts)
+                    .is_ok_and(|m| m.contains(&format!(" {mountpoint} ")))
+            },
+        );
+        ensure!(copied, "the holder namespace has the volume's mount");
+        let (status, body) = vol.call(
+            "VolumeDriver.Unmount",
+            Some(r#"{"Name":"held1","ID":"h1"}"#),
+        )?;
+        ensure!(status == 200, "{status} {body}");
+        let (status, body) =
+            vol.call("VolumeDriver.Mount", Some(r#"{"Name":"held1","ID":"h2"}"#))?;
+        ensure!(
+            status == 200,
+            "mount while another namespace holds it: {status} {body}"
+        );
+        let (status, body) = vol.call(
+            "VolumeDriver.Unmount",
+            Some(r#"{"Name":"held1","ID":"h2"}"#),
+        )?;
+        ensure!(status == 200, "{status} {body}");
+        Ok(())
+    })();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    outcome?;
+    let image = vol.images_dir().join("held1.img").canonicalize()?;
+    let released =
+        integration::procs::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            !attached_loops().iter().any(|(_, b)| *b == image)
+        });
+    ensure!(released, "the loop device went with the last holder");
+    let (status, body) = vol.call("VolumeDriver.Remove", Some(r#"{"Name":"held1"}"#))?;
+    ensure!(status == 200, "{status} {body}");
+    drop(vol);
+    c.assert_no_leftovers()
+}
+
+/// A mount count Docker will never release (a Mount it saw fail that still landed) is dropped
+/// by `volplugin volume mounts clear`, which refuses while a running container uses the volume.
+fn mounts_clear(c: &Ctx) -> Result<()> {
+    let vol = c.vol();
+    let (status, body) = vol.call(
+        "VolumeDriver.Create",
+        Some(r#"{"Name":"lost1","Opts":{"size":"320M"}}"#),
+    )?;
+    ensure!(status == 200, "{status} {body}");
+    let (status, body) = vol.call(
+        "VolumeDriver.Mount",
+        Some(r#"{"Name":"lost1","ID":"docker-gave-up"}"#),
+    )?;
+    ensure!(status == 200, "{status} {body}");
+    let mountpoint = body["Mountpoint"].as_str().unwrap_or_default().to_string();
+    let shown = vol.admin_json(&["volume", "inspect", "lost1"])?;
+    ensure!(shown["mounts"] == 1, "{shown}");
+    let out = vol.admin_text(&["volume", "mounts", "clear", "lost1"])?;
+    ensure!(out.contains("docker-gave-up"), "{out}");
+    let shown = vol.admin_json(&["volume", "inspect", "lost1"])?;
+    ensure!(shown["mounts"] == 0, "{shown}");
+    ensure!(
+        !mountinfo()?
+            .iter()
+            .any(|(p, _)| p.to_string_lossy() == mountpoint),
+        "unmounted"
+    );
+    drop(vol);
+    // A running container's mount is real: refused, naming the container.
+    c.docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "clear-user",
+        "-v",
+        "lost1:/data",
+        TEST_IMAGE,
+        "sleep",
+        "300",
+    ])?;
+    let refused = c.vol().admin_text(&["volume", "mounts", "clear", "lost1"]);
+    let outcome = match refused {
+        Ok(out) => Err(anyhow::anyhow!(
+            "clear with a running user succeeded: {out}"
+        )),
+        Err(e) if format!("{e:#}").contains("clear-user") => Ok(()),
+        Err(e) => Err(e.context("refused, but without naming the container")),
+    };
+    c.docker.ok(&["rm", "-f", "clear-user"])?;
+    outcome?;
+    c.docker.ok(&["volume", "rm", "lost1"])?;
     c.assert_no_leftovers()
 }
 
@@ -818,8 +994,16 @@ fn main() {
                 keeps_volplugin_up(c, kill9_during_creates_and_mounts)
             }),
             ("admin_cli_table", admin_cli_table),
+            ("mounts_clear", mounts_clear),
+            (
+                "remount_while_another_namespace_holds_it",
+                remount_while_another_namespace_holds_it,
+            ),
             ("socket_activation", |c| {
                 keeps_volplugin_up(c, socket_activation)
+            }),
+            ("scratch_mount_left_by_a_crash", |c| {
+                keeps_volplugin_up(c, scratch_mount_left_by_a_crash)
             }),
         ],
     )

@@ -1,6 +1,7 @@
 //! IPv4 prefixes: parsing (`10.20.0.0/24`, `10.20.0.1/24` as Docker sends gateways), membership,
 //! overlap and host ranges. Small enough to own rather than add a crate for.
 
+use plugin_transport::input::quoted;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -151,15 +152,15 @@ crate::mac::serde_as_string!(Ipv4If, "IPv4 address in CIDR form");
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let (ip, prefix) = s
         .split_once('/')
-        .ok_or_else(|| format!("{s:?} is not in CIDR form a.b.c.d/len"))?;
+        .ok_or_else(|| format!("{} is not in CIDR form a.b.c.d/len", quoted(s)))?;
     let ip: Ipv4Addr = ip
         .parse()
-        .map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address"))?;
+        .map_err(|_| format!("{}: {} is not an IPv4 address", quoted(s), quoted(ip)))?;
     let prefix: u8 = prefix
         .parse()
         .ok()
         .filter(|p| *p <= 32)
-        .ok_or_else(|| format!("{s:?}: prefix length must be 0..=32"))?;
+        .ok_or_else(|| format!("{}: prefix length must be 0..=32", quoted(s)))?;
     Ok((ip, prefix))
 }
 
@@ -169,7 +170,7 @@ pub fn parse_addr(s: &str) -> Result<Ipv4Addr, String> {
         parse_cidr(s).map(|(ip, _)| ip)
     } else {
         s.parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 address"))
+            .map_err(|_| format!("{} is not an IPv4 address", quoted(s)))
     }
 }
 

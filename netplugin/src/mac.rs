@@ -1,5 +1,6 @@
 //! Ethernet addresses as records and Docker show them: `02:b7:0a:e7:01:02`.
 
+use plugin_transport::input::quoted;
 use std::fmt;
 use std::str::FromStr;
 
@@ -37,15 +38,26 @@ impl FromStr for Mac {
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address like 02:42:0a:00:00:02"));
+            return Err(format!(
+                "{} is not a MAC address like 02:42:0a:00:00:02",
+                quoted(s)
+            ));
         }
         let mut mac = [0u8; 6];
         for (m, p) in mac.iter_mut().zip(parts) {
-            *m = u8::from_str_radix(p, 16)
-                .map_err(|_| format!("{s:?} is not a MAC address like 02:42:0a:00:00:02"))?;
+            // from_str_radix alone would take "+f" and "" would fail later with less to say.
+            if p.is_empty() || p.len() > 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "{} is not a MAC address like 02:42:0a:00:00:02",
+                    quoted(s)
+                ));
+            }
+            *m = u8::from_str_radix(p, 16).map_err(|_| {
+                format!("{} is not a MAC address like 02:42:0a:00:00:02", quoted(s))
+            })?;
         }
         if mac[0] & 1 == 1 {
-            return Err(format!("{s:?} is a multicast MAC address"));
+            return Err(format!("{} is a multicast MAC address", quoted(s)));
         }
         Ok(Mac(mac))
     }

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::warn;
 
 use crate::client::ClientError;
 use crate::config::{merge_with_file, ConfigError};
@@ -26,7 +27,7 @@ use crate::listen::{bind_tcp, bind_unix, plugin_listener, ListenError, SocketFil
 use crate::logging::LogFormat;
 use crate::metrics::Metrics;
 use crate::router::Router;
-use crate::server::Server;
+use crate::server::{ConnLimits, Server};
 
 /// Where Docker looks for plugin sockets.
 pub const DEFAULT_PLUGIN_DIR: &str = "/run/docker/plugins";
@@ -68,6 +69,10 @@ pub enum DaemonError {
     PluginSocket(#[source] ListenError),
     #[error("admin socket")]
     AdminSocket(#[source] ListenError),
+    #[error("--metrics {0}: not a loopback address; any host that reaches it could scrape the daemon. Give --metrics-allow-remote to serve it anyway")]
+    MetricsRemote(String),
+    #[error("--metrics {0}: {1} (expected IP:PORT, e.g. 127.0.0.1:9473, or off)")]
+    MetricsAddr(String, String),
     #[error("--metrics {addr}")]
     Metrics {
         addr: String,
@@ -87,6 +92,9 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: From<DaemonError>,
 {
+    // Before anything that could start a thread or a child process (see take_activation).
+    crate::listen::take_activation();
+    raise_fd_limit();
     crate::shutdown::unblock_stop_signals();
     let mut cli = C::command().subcommand(Generate::command());
     let matches = cli.get_matches_mut();
@@ -102,6 +110,25 @@ where
         .build()
         .map_err(DaemonError::Runtime)?;
     runtime.block_on(run(command))
+}
+
+/// Raises the soft limit on open files to the hard one (at most 65,536): the listeners' caps
+/// (`ConnLimits`) add up to over a thousand connections, above a 1,024 default, and a cap
+/// only protects the plugin socket if the process can still open descriptors below it.
+fn raise_fd_limit() {
+    // SAFETY: `rlimit` is a plain C struct of integers; all-zero is a valid value.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is a live, exclusively borrowed `rlimit` for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let wanted = limit.rlim_max.min(65_536);
+    if limit.rlim_cur < wanted {
+        limit.rlim_cur = wanted;
+        // SAFETY: `limit` is a live `rlimit` the kernel only reads. Failure leaves the limit
+        // as it was, which is only less headroom.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
 }
 
 /// Parses `flags` into a flattened `Args` struct on its own, as `serve` would: for tests of a
@@ -137,6 +164,10 @@ pub struct CommonServeArgs<D: Daemon> {
         "Prometheus endpoint address, or `off`. [default: {}]", D::METRICS_ADDR
     ))]
     pub metrics: Option<String>,
+    /// Allow `--metrics` on an address other than loopback (any host that reaches it can
+    /// scrape, and the daemon logs a warning at start). [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub metrics_allow_remote: Option<bool>,
     /// text or json. [default: text]
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -154,6 +185,7 @@ impl<D: Daemon> Default for CommonServeArgs<D> {
             admin_socket: None,
             socket_mode: None,
             metrics: None,
+            metrics_allow_remote: None,
             log_format: None,
             daemon: PhantomData,
         }
@@ -191,11 +223,33 @@ impl<D: Daemon> CommonServeArgs<D> {
             socket_mode,
             metrics: match self.metrics.as_deref().unwrap_or(D::METRICS_ADDR) {
                 "off" => None,
-                addr => Some(addr.to_string()),
+                addr => {
+                    let remote = !is_loopback(addr)?;
+                    if remote && !self.metrics_allow_remote.unwrap_or(false) {
+                        return Err(DaemonError::MetricsRemote(addr.to_string()));
+                    }
+                    Some(addr.to_string())
+                }
             },
             plugin: D::PLUGIN,
         })
     }
+}
+
+/// Whether every address `addr` (`IP:PORT` or `NAME:PORT`) resolves to is a loopback one.
+fn is_loopback(addr: &str) -> Result<bool, DaemonError> {
+    use std::net::ToSocketAddrs;
+    let resolved: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| DaemonError::MetricsAddr(addr.to_string(), e.to_string()))?
+        .collect();
+    if resolved.is_empty() {
+        return Err(DaemonError::MetricsAddr(
+            addr.to_string(),
+            "resolves to no address".into(),
+        ));
+    }
+    Ok(resolved.iter().all(|a| a.ip().is_loopback()))
 }
 
 /// `0600`, `600` or `0o600`; nothing above 0777.
@@ -285,18 +339,30 @@ impl Skeleton {
         let (admin_listener, admin_file) = bind_unix(&settings.admin_socket, ADMIN_SOCKET_MODE)
             .map_err(DaemonError::AdminSocket)?;
         let mut tasks = JoinSet::new();
-        let plugin = Server::new("plugin", plugin).with_metrics(metrics.requests.clone());
+        let plugin = Server::new("plugin", plugin)
+            .with_metrics(metrics.requests.clone())
+            .with_limits(ConnLimits::PLUGIN);
         tasks.spawn(plugin.serve(plugin_listener, shutdown.clone()));
-        let admin = Server::new("admin", admin).with_metrics(metrics.requests.clone());
+        let admin = Server::new("admin", admin)
+            .with_metrics(metrics.requests.clone())
+            .with_limits(ConnLimits::ADMIN);
         tasks.spawn(admin.serve(admin_listener, shutdown.clone()));
         if let Some(addr) = &settings.metrics {
+            if !is_loopback(addr)? {
+                warn!(addr = %addr, "metrics served beyond loopback (--metrics-allow-remote)");
+            }
             let listener = bind_tcp(addr)
                 .await
                 .map_err(|source| DaemonError::Metrics {
                     addr: addr.clone(),
                     source,
                 })?;
-            tasks.spawn(Server::new("metrics", metrics.router()).serve(listener, shutdown.clone()));
+            // GET /metrics has no body: any byte of one is refused (413) at once.
+            let server = Server::new("metrics", metrics.router())
+                .with_metrics(metrics.requests.clone())
+                .with_limits(ConnLimits::METRICS)
+                .with_body_limit(0);
+            tasks.spawn(server.serve(listener, shutdown.clone()));
         }
         Ok(Self {
             tasks,

@@ -13,12 +13,14 @@ pub mod daemon;
 pub mod docker;
 pub mod error;
 pub mod generate;
+pub mod input;
 pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod sync;
 
 pub use error::PluginError;
 pub use router::{Reply, Request, Router};

@@ -2,7 +2,7 @@
 //! systemd (LISTEN_PID/LISTEN_FDS), and the loopback TCP socket of the metrics server.
 
 use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -143,16 +143,31 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<(Listener, SocketFile), Liste
 /// First fd systemd passes (sd_listen_fds(3)).
 const SD_LISTEN_FDS_START: RawFd = 3;
 
-/// The UNIX listening socket systemd passed, if this process was socket-activated. The
-/// variables are removed so that children do not inherit them.
-pub fn systemd_listener() -> Result<Option<Listener>, ListenError> {
+/// What systemd's activation variables said, taken once by [`take_activation`].
+static ACTIVATION: std::sync::Mutex<Option<Result<Option<OwnedFd>, String>>> =
+    std::sync::Mutex::new(None);
+
+/// Takes systemd's socket-activation handover: reads and removes `LISTEN_PID`, `LISTEN_FDS`
+/// and `LISTEN_FDNAMES`, and marks the passed socket close-on-exec. Call it first thing in
+/// `main`, before any thread or child process exists: changing the environment is only sound
+/// while no other thread reads it, and a child started before fd 3 is close-on-exec would
+/// inherit the plugin socket and keep it open after the daemon died (Docker's calls would
+/// then hang instead of failing over to a restarted daemon). Later calls do nothing.
+pub fn take_activation() {
+    let mut slot = crate::sync::lock(&ACTIVATION);
+    if slot.is_none() {
+        *slot = Some(read_activation());
+    }
+}
+
+fn read_activation() -> Result<Option<OwnedFd>, String> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
     let (Some(pid), Some(fds)) = (pid, fds) else {
         return Ok(None);
     };
-    // SAFETY: nothing else in this process reads or writes the environment concurrently at
-    // startup, which is when this runs.
+    // SAFETY: take_activation runs first thing in main, before any other thread exists, so
+    // nothing reads or writes the environment concurrently.
     unsafe {
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDS");
@@ -164,17 +179,17 @@ pub fn systemd_listener() -> Result<Option<Listener>, ListenError> {
     let count: i32 = fds
         .trim()
         .parse()
-        .map_err(|_| ListenError::Activation(format!("LISTEN_FDS={fds:?} is not a number")))?;
+        .map_err(|_| format!("LISTEN_FDS={} is not a number", crate::input::quoted(&fds)))?;
     if count < 1 {
         return Ok(None);
     }
     if count > 1 {
-        return Err(ListenError::Activation(format!(
+        return Err(format!(
             "{count} sockets passed; the plugin socket unit must listen on exactly one"
-        )));
+        ));
     }
     let fd = SD_LISTEN_FDS_START;
-    // Check it really is a listening UNIX stream socket before taking ownership of it.
+    // Check it really is a socket before taking ownership of it.
     // SAFETY: `libc::stat` is a plain C struct of integers, for which all-zero bytes are a
     // valid value.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
@@ -182,18 +197,36 @@ pub fn systemd_listener() -> Result<Option<Listener>, ListenError> {
     // fd that is not open only makes fstat return -1 (EBADF), which is checked.
     if unsafe { libc::fstat(fd, &mut stat) } != 0 || (stat.st_mode & libc::S_IFMT) != libc::S_IFSOCK
     {
-        return Err(ListenError::Activation(format!("fd {fd} is not a socket")));
+        return Err(format!("fd {fd} is not a socket"));
     }
     // SAFETY: fcntl(F_SETFD) on an fd fstat just showed is open only sets its close-on-exec
     // flag; it passes no pointers.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: systemd hands this fd to us alone, and it was checked to be a socket.
-    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    // SAFETY: systemd hands this fd to us alone, it was checked to be open and a socket, and
+    // this runs once (take_activation), so nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// The UNIX listening socket systemd passed, if this process was socket-activated (as taken
+/// by [`take_activation`], which this calls in case `main` did not).
+pub fn systemd_listener() -> Result<Option<Listener>, ListenError> {
+    take_activation();
+    let taken = crate::sync::lock(&ACTIVATION)
+        .as_mut()
+        .map(|r| match r {
+            Ok(fd) => Ok(fd.take()),
+            Err(e) => Err(e.clone()),
+        })
+        .unwrap_or(Ok(None));
+    let Some(fd) = taken.map_err(ListenError::Activation)? else {
+        return Ok(None);
+    };
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
     std_listener
         .set_nonblocking(true)
-        .map_err(|e| ListenError::Activation(format!("fd {fd}: {e}")))?;
+        .map_err(|e| ListenError::Activation(format!("fd {SD_LISTEN_FDS_START}: {e}")))?;
     let listener = UnixListener::from_std(std_listener)
-        .map_err(|e| ListenError::Activation(format!("fd {fd}: {e}")))?;
+        .map_err(|e| ListenError::Activation(format!("fd {SD_LISTEN_FDS_START}: {e}")))?;
     Ok(Some(Listener::Unix(listener)))
 }
 

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::PluginError;
+use crate::input::quoted;
 
 /// One request as the handlers see it: the body is already read in full (and size-checked).
 #[derive(Debug, Clone)]
@@ -172,14 +173,15 @@ impl Router {
         }
         let known_path = self.exact.keys().any(|(_, p)| *p == req.path);
         if known_path {
-            Reply::error(&PluginError {
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                message: format!("{} is not allowed on {}", req.method, req.path),
-            })
+            Reply::error(&PluginError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed on {}", req.method, quoted(&req.path)),
+            ))
         } else {
             Reply::error(&PluginError::not_found(format!(
                 "unknown endpoint {} {}",
-                req.method, req.path
+                req.method,
+                quoted(&req.path)
             )))
         }
     }

@@ -9,9 +9,9 @@ use http::{header, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::error::PluginError;
@@ -25,6 +25,43 @@ pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 /// How long in-flight requests may run after SIGTERM before the server gives up on them.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60);
 
+/// What one client may hold of a listener: without these, any local user could open idle or
+/// slow connections to the (loopback TCP) metrics port until the daemon ran out of file
+/// descriptors, and Docker's calls on the plugin socket would then fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Open connections at most; one more is accepted and closed at once (counted in
+    /// `connections_refused_total`), so it holds no descriptor and no memory.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, counted from when the server starts
+    /// waiting for them: it also closes a keep-alive connection idle for this long.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this once its headers have.
+    pub body_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// The plugin socket: root-only, Docker's. Docker keeps connections open between calls
+    /// and re-dials closed ones, so idle ones may stay for minutes.
+    pub const PLUGIN: ConnLimits = ConnLimits {
+        max_connections: 1024,
+        header_timeout: Duration::from_secs(300),
+        body_timeout: Duration::from_secs(30),
+    };
+    /// The admin socket: root-only, one CLI call at a time per operator.
+    pub const ADMIN: ConnLimits = ConnLimits {
+        max_connections: 64,
+        header_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(30),
+    };
+    /// The metrics port: any local user can reach it; Prometheus needs one connection.
+    pub const METRICS: ConnLimits = ConnLimits {
+        max_connections: 32,
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(5),
+    };
+}
+
 #[derive(Clone)]
 pub struct Server {
     /// Which listener this is in logs and metrics: `plugin`, `admin` or `metrics`.
@@ -33,6 +70,7 @@ pub struct Server {
     pub metrics: Option<Arc<RequestMetrics>>,
     pub body_limit: usize,
     pub grace: Duration,
+    pub limits: ConnLimits,
 }
 
 impl Server {
@@ -43,6 +81,7 @@ impl Server {
             metrics: None,
             body_limit: DEFAULT_BODY_LIMIT,
             grace: DEFAULT_GRACE,
+            limits: ConnLimits::PLUGIN,
         }
     }
 
@@ -51,15 +90,47 @@ impl Server {
         self
     }
 
+    pub fn with_limits(mut self, limits: ConnLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn with_body_limit(mut self, body_limit: usize) -> Self {
+        self.body_limit = body_limit;
+        self
+    }
+
     /// Serves until `shutdown` turns true, then stops accepting and waits (at most `grace`)
     /// for the requests in flight; idle keep-alive connections are closed at once.
     pub async fn serve(self, listener: Listener, mut shutdown: watch::Receiver<bool>) {
         let graceful = GracefulShutdown::new();
         let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.limits.max_connections));
+        let mut refused_since_warning = 0u64;
+        let mut last_warning: Option<Instant> = None;
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(io) => {
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            // Closed at once: it holds nothing. Warn at most once a minute.
+                            drop(io);
+                            if let Some(metrics) = &this.metrics {
+                                metrics.refused(this.name);
+                            }
+                            refused_since_warning += 1;
+                            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                                warn!(
+                                    listener = this.name,
+                                    max_connections = this.limits.max_connections,
+                                    refused = refused_since_warning,
+                                    "connection limit reached; closing new connections"
+                                );
+                                last_warning = Some(Instant::now());
+                                refused_since_warning = 0;
+                            }
+                            continue;
+                        };
                         let server = this.clone();
                         let service = service_fn(move |req| {
                             let server = server.clone();
@@ -67,13 +138,18 @@ impl Server {
                         });
                         let conn = hyper::server::conn::http1::Builder::new()
                             .keep_alive(true)
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(this.limits.header_timeout)
                             .serve_connection(TokioIo::new(io), service);
                         let conn = graceful.watch(conn);
                         let name = this.name;
+                        let open = this.metrics.clone().map(|m| m.opened(name));
                         tokio::spawn(async move {
                             if let Err(e) = conn.await {
                                 debug!(listener = name, error = %e, "connection ended with an error");
                             }
+                            drop(open);
+                            drop(slot);
                         });
                     }
                     Err(e) => {
@@ -103,7 +179,17 @@ impl Server {
         let span =
             tracing::info_span!("request", listener = self.name, method = %method, path = %label);
         let reply = async {
-            match read_body(req, self.body_limit).await {
+            let body =
+                tokio::time::timeout(self.limits.body_timeout, read_body(req, self.body_limit));
+            match body.await.unwrap_or_else(|_| {
+                Err(PluginError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        self.limits.body_timeout.as_secs()
+                    ),
+                ))
+            }) {
                 Ok(body) => {
                     self.router
                         .dispatch(Request {

@@ -1,9 +1,9 @@
 //! `volplugin serve`'s settings: the flags (each also a key of the config file), their
 //! defaults, and [`Config`], what they mean once checked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{bail, Result};
 use clap::Args;
 use plugin_transport::daemon::{self, Daemon, Settings};
 use serde::{Deserialize, Serialize};
@@ -127,9 +127,7 @@ impl Config {
             .mount_root
             .clone()
             .unwrap_or_else(|| daemon.state_dir.join("mounts"));
-        if mount_root.starts_with(DOCKER_ROOT) {
-            bail!("--mount-root must not be under /var/lib/docker (Docker owns that tree)");
-        }
+        check_mount_root(&mount_root, Path::new(DOCKER_ROOT))?;
         let backend = match args.backend.as_deref().unwrap_or(DEFAULT_BACKEND) {
             "loopfile" => BackendChoice::Loopfile {
                 images: daemon.state_dir.join("images"),
@@ -163,6 +161,51 @@ impl Config {
     /// The metadata store, beside everything else volplugin persists.
     pub fn meta_store(&self) -> PathBuf {
         self.daemon.state_dir.join("meta.redb")
+    }
+}
+
+/// `--mount-root` must be absolute and, once symlinks are resolved, not inside Docker's own
+/// tree (`docker_root`): a link into /var/lib/docker would let volume mounts shadow Docker's
+/// data. The root need not exist yet: its longest existing ancestor is resolved.
+fn check_mount_root(mount_root: &Path, docker_root: &Path) -> Result<()> {
+    if !mount_root.is_absolute() {
+        bail!(
+            "--mount-root {}: must be an absolute path",
+            mount_root.display()
+        );
+    }
+    let resolved = resolve_existing_prefix(mount_root);
+    let docker_resolved = resolve_existing_prefix(docker_root);
+    if mount_root.starts_with(docker_root)
+        || resolved.starts_with(docker_root)
+        || resolved.starts_with(&docker_resolved)
+    {
+        bail!(
+            "--mount-root {} (resolved: {}) must not be under {} (Docker owns that tree)",
+            mount_root.display(),
+            resolved.display(),
+            docker_root.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` with its longest existing ancestor canonicalized (symlinks resolved) and the rest,
+/// which does not exist yet, appended as it is.
+fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut current = path;
+    loop {
+        if let Ok(real) = current.canonicalize() {
+            return missing.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (current.parent(), current.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                current = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }
 
@@ -233,6 +276,26 @@ mod tests {
     }
 
     #[test]
+    fn mount_root_is_checked_after_resolving_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let docker = dir.path().join("docker");
+        std::fs::create_dir(&docker).unwrap();
+        let link = dir.path().join("innocent");
+        std::os::unix::fs::symlink(docker.join("volumes"), &link).unwrap();
+        std::fs::create_dir(docker.join("volumes")).unwrap();
+        // Through the link, and through the link to a root that does not exist yet.
+        for root in [link.clone(), link.join("berth/mounts")] {
+            let e = check_mount_root(&root, &docker).unwrap_err().to_string();
+            assert!(e.contains("Docker owns that tree"), "{e}");
+        }
+        let e = check_mount_root(&docker.join("x"), &docker).unwrap_err();
+        assert!(e.to_string().starts_with("--mount-root"), "{e}");
+        let e = check_mount_root(Path::new("rel/mounts"), &docker).unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        check_mount_root(&dir.path().join("berth/mounts"), &docker).unwrap();
+    }
+
+    #[test]
     fn bad_flags_are_named() {
         let err = |flags: &[&str]| config(flags).unwrap_err().to_string();
         assert!(err(&["--default-size", "1Q"]).starts_with("--default-size: "));
@@ -241,7 +304,11 @@ mod tests {
             "--default-size 9T is over --max-size 8T"
         );
         assert!(err(&["--default-fs", "btrfs"]).starts_with("--default-fs: "));
-        assert!(err(&["--mount-root", "/var/lib/docker/v"]).starts_with("--mount-root must not"));
+        let e = err(&["--mount-root", "/var/lib/docker/v"]);
+        assert!(
+            e.starts_with("--mount-root /var/lib/docker/v") && e.contains("must not be under"),
+            "{e}"
+        );
         assert!(
             err(&["--backend", "lvm-thin", "--vg", "v"]).contains("needs --vg VG and --thin-pool")
         );

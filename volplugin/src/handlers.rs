@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use plugin_transport::blocking::{run_blocking, BlockingError};
+use plugin_transport::blocking::{run_blocking, run_blocking_or_undo, BlockingError};
+use plugin_transport::docker::DockerClient;
 use plugin_transport::router::with;
 use plugin_transport::{PluginError, Reply, Request, Router};
 
@@ -12,12 +13,29 @@ use crate::error::VolError;
 use crate::limits::{parse_limit, LIMIT_OPTIONS};
 use crate::protocol::*;
 use crate::service::{display, LimitsChange, VolumeService};
+use crate::spec::validate_name;
 use crate::throttle::LimitsChanged;
 
-/// Docker waits 2 min for Create and Mount and 1 min for the rest (docs/protocols.md §1); answer
-/// well before, so the user sees our error rather than Docker's timeout.
-const SLOW_OP: Duration = Duration::from_secs(100);
-const FAST_OP: Duration = Duration::from_secs(50);
+/// The admin calls' bound.
+const FAST_OP: Duration = Deadlines::DOCKER.fast;
+
+/// How long a plugin call may run before the answer is a timeout error.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// Create and Mount (mkfs, XFS log replay).
+    pub slow: Duration,
+    /// Everything else.
+    pub fast: Duration,
+}
+
+impl Deadlines {
+    /// Docker waits 2 min for Create and Mount and 1 min for the rest (docs/protocols.md §1);
+    /// answer well before, so the user sees our error rather than Docker's timeout.
+    pub const DOCKER: Deadlines = Deadlines {
+        slow: Duration::from_secs(100),
+        fast: Duration::from_secs(50),
+    };
+}
 
 /// Runs blocking work (syscalls, mkfs, fsync) off the async workers, bounded in time.
 async fn blocking<T, F>(
@@ -30,7 +48,16 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, VolError> + Send + 'static,
 {
-    match run_blocking(Some(limit), work).await {
+    finish(operation, name, run_blocking(Some(limit), work).await)
+}
+
+/// Blocking work's outcome as the caller sees it.
+fn finish<T>(
+    operation: &'static str,
+    name: &str,
+    outcome: Result<Result<T, VolError>, BlockingError>,
+) -> Result<T, PluginError> {
+    match outcome {
         Ok(result) => result.map_err(PluginError::from),
         Err(e @ BlockingError::Worker(_)) => {
             Err(PluginError::internal(format!("{operation} {name}: {e}")))
@@ -45,6 +72,11 @@ where
 }
 
 pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
+    plugin_router_with(svc, Deadlines::DOCKER)
+}
+
+pub fn plugin_router_with(svc: Arc<VolumeService>, deadlines: Deadlines) -> Router {
+    let Deadlines { slow, fast } = deadlines;
     let router = Router::new()
         .post_json("/Plugin.Activate", |_: Empty| async {
             Ok(ActivateResponse {
@@ -58,27 +90,39 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
         })
         .post_json(
             "/VolumeDriver.Create",
-            with(&svc, |s, req: CreateRequest| async move {
+            with(&svc, move |s, req: CreateRequest| async move {
                 let name = req.name.clone();
                 let opts = req.opts.unwrap_or_default();
-                blocking("create", &name, SLOW_OP, move || s.create(&req.name, &opts)).await?;
+                blocking("create", &name, slow, move || s.create(&req.name, &opts)).await?;
                 Ok(ErrOnly::default())
             }),
         );
     let router = router.post_json(
         "/VolumeDriver.Remove",
-        with(&svc, |s, req: NameRequest| async move {
+        with(&svc, move |s, req: NameRequest| async move {
             let name = req.name.clone();
-            blocking("remove", &name, FAST_OP, move || s.remove(&req.name)).await?;
+            blocking("remove", &name, fast, move || s.remove(&req.name)).await?;
             Ok(ErrOnly::default())
         }),
     );
     let router = router.post_json(
         "/VolumeDriver.Mount",
-        with(&svc, |s, req: MountRequest| async move {
+        with(&svc, move |s, req: MountRequest| async move {
             let name = req.name.clone();
-            let target =
-                blocking("mount", &name, SLOW_OP, move || s.mount(&req.name, &req.id)).await?;
+            // A Mount that ends after Docker saw it time out is undone: Docker never sends
+            // the Unmount for it, and its count would keep the volume in use forever.
+            let undo_svc = s.clone();
+            let (undo_name, undo_id) = (req.name.clone(), req.id.clone());
+            let undo = move |late: Result<std::path::PathBuf, VolError>| {
+                if late.is_ok() {
+                    match undo_svc.unmount(&undo_name, &undo_id) {
+                        Ok(()) => tracing::warn!(volume = %undo_name, id = %undo_id, "a Mount finished after Docker gave up on it; undone"),
+                        Err(e) => tracing::warn!(volume = %undo_name, id = %undo_id, error = %e, "a Mount finished after Docker gave up on it; undoing it failed (volplugin volume mounts clear)"),
+                    }
+                }
+            };
+            let mount = run_blocking_or_undo(slow, move || s.mount(&req.name, &req.id), undo);
+            let target = finish("mount", &name, mount.await)?;
             Ok(MountpointResponse {
                 mountpoint: target.display().to_string(),
                 err: String::new(),
@@ -87,9 +131,9 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     let router = router.post_json(
         "/VolumeDriver.Unmount",
-        with(&svc, |s, req: MountRequest| async move {
+        with(&svc, move |s, req: MountRequest| async move {
             let name = req.name.clone();
-            blocking("unmount", &name, FAST_OP, move || {
+            blocking("unmount", &name, fast, move || {
                 s.unmount(&req.name, &req.id)
             })
             .await?;
@@ -98,9 +142,9 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     let router = router.post_json(
         "/VolumeDriver.Path",
-        with(&svc, |s, req: NameRequest| async move {
+        with(&svc, move |s, req: NameRequest| async move {
             let name = req.name.clone();
-            let path = blocking("path", &name, FAST_OP, move || s.path(&req.name)).await?;
+            let path = blocking("path", &name, fast, move || s.path(&req.name)).await?;
             Ok(MountpointResponse {
                 mountpoint: display(path.as_deref()),
                 err: String::new(),
@@ -109,9 +153,9 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     let router = router.post_json(
         "/VolumeDriver.Get",
-        with(&svc, |s, req: NameRequest| async move {
+        with(&svc, move |s, req: NameRequest| async move {
             let name = req.name.clone();
-            let info = blocking("get", &name, FAST_OP, move || s.get(&req.name)).await?;
+            let info = blocking("get", &name, fast, move || s.get(&req.name)).await?;
             Ok(GetResponse {
                 volume: VolumeEntry {
                     status: Some(info.status()),
@@ -125,8 +169,8 @@ pub fn plugin_router(svc: Arc<VolumeService>) -> Router {
     );
     router.post_json(
         "/VolumeDriver.List",
-        with(&svc, |s, _: Empty| async move {
-            let names = blocking("list", "volumes", FAST_OP, move || s.names()).await?;
+        with(&svc, move |s, _: Empty| async move {
+            let names = blocking("list", "volumes", fast, move || s.names()).await?;
             let volumes = names
                 .into_iter()
                 .map(|name| VolumeEntry {
@@ -169,14 +213,78 @@ fn parse_limits_change(body: &[u8]) -> Result<LimitsChange, PluginError> {
 
 /// The admin socket: `GET /volumes`, `GET /volumes/NAME`, `POST /volumes/NAME/limits`.
 /// Limit changes are passed on to the throttler, which rewrites the running containers' cgroups.
-pub fn admin_router(svc: Arc<VolumeService>, limits_changed: LimitsChanged) -> Router {
+/// The running containers Docker lists as using volume `name` (by name).
+async fn containers_using(docker: &DockerClient, name: &str) -> Result<Vec<String>, PluginError> {
+    let filters = serde_json::json!({ "volume": [name] }).to_string();
+    let path = format!(
+        "/containers/json?filters={}",
+        plugin_transport::docker::encode_query(&filters)
+    );
+    let list = docker.get_json(&path, FAST_OP).await.map_err(|e| {
+        PluginError::internal(format!(
+            "asking Docker which containers use {name}: {e}; nothing was cleared"
+        ))
+    })?;
+    Ok(list
+        .as_array()
+        .map(|containers| {
+            containers
+                .iter()
+                .filter_map(|c| c["Names"][0].as_str().or(c["Id"].as_str()))
+                .map(|n| n.trim_start_matches('/').to_string())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `POST /volumes/NAME/mounts/clear`: refused while Docker lists a running container using
+/// the volume (those mounts are real), else every count dropped and the volume unmounted.
+async fn clear_mounts(s: Arc<VolumeService>, docker: &DockerClient, name: String) -> Reply {
+    if let Err(e) = validate_name(&name) {
+        return Reply::error(&e.into());
+    }
+    match containers_using(docker, &name).await {
+        Ok(users) if !users.is_empty() => {
+            return Reply::error(&PluginError::conflict(format!(
+                "volume {name} is in use by running container(s) {}: their mounts are real; stop them instead",
+                users.join(", ")
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => return Reply::error(&e),
+    }
+    let shown = name.clone();
+    match blocking("clear mounts", &shown, FAST_OP, move || {
+        s.clear_mounts(&name)
+    })
+    .await
+    {
+        Ok(dropped) => Reply::json(&serde_json::json!({ "dropped": dropped })),
+        Err(e) => Reply::error(&e),
+    }
+}
+
+pub fn admin_router(
+    svc: Arc<VolumeService>,
+    limits_changed: LimitsChanged,
+    docker: DockerClient,
+) -> Router {
+    let docker = Arc::new(docker);
     Router::new()
         .route_prefix(
             Method::POST,
             "/volumes/",
             with(&svc, move |s, req: Request| {
                 let limits_changed = limits_changed.clone();
+                let docker = docker.clone();
                 async move {
+                    if let Some(name) = req
+                        .path
+                        .strip_prefix("/volumes/")
+                        .and_then(|p| p.strip_suffix("/mounts/clear"))
+                    {
+                        return clear_mounts(s, &docker, name.to_string()).await;
+                    }
                     let Some(name) = req
                         .path
                         .strip_prefix("/volumes/")
@@ -252,6 +360,48 @@ mod tests {
             "/mnt/b".into(),
         );
         plugin_router(Arc::new(svc))
+    }
+
+    #[tokio::test]
+    async fn a_mount_that_ends_after_its_deadline_is_undone() {
+        let backend = Arc::new(MemoryBackend::new());
+        let svc = Arc::new(VolumeService::new(
+            MetaStore::in_memory().unwrap(),
+            backend.clone(),
+            SpecPolicy {
+                default_size: 1 << 30,
+                max_size: 1 << 40,
+                default_fs: Filesystem::Xfs,
+            },
+            "/mnt/b".into(),
+        ));
+        let r = plugin_router_with(
+            svc.clone(),
+            Deadlines {
+                slow: Duration::from_millis(100),
+                fast: Duration::from_secs(5),
+            },
+        );
+        let (status, _) = call(&r, "/VolumeDriver.Create", r#"{"Name":"db"}"#).await;
+        assert_eq!(status, 200);
+        backend.delay("mount", Duration::from_millis(400));
+        let (status, body) = call(&r, "/VolumeDriver.Mount", r#"{"Name":"db","ID":"c1"}"#).await;
+        assert_eq!(status, 500, "{body}");
+        assert!(body["Err"].as_str().unwrap().contains("mount"), "{body}");
+        // The mount lands late, and is taken back: no count Docker would never release.
+        let mut counts = u32::MAX;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let s = svc.clone();
+            counts = tokio::task::spawn_blocking(move || s.get("db").unwrap().mounts)
+                .await
+                .unwrap();
+            if counts == 0 && !backend.is_mounted("db") {
+                break;
+            }
+        }
+        assert_eq!(counts, 0, "the late mount's count was not undone");
+        assert!(!backend.is_mounted("db"), "the late mount was not undone");
     }
 
     async fn call(router: &Router, path: &str, body: &str) -> (u16, serde_json::Value) {

@@ -92,7 +92,11 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         &config.daemon,
         &metrics,
         volplugin::handlers::plugin_router(svc.clone()),
-        volplugin::handlers::admin_router(svc.clone(), limits_tx),
+        volplugin::handlers::admin_router(
+            svc.clone(),
+            limits_tx,
+            plugin_transport::docker::DockerClient::new(&config.docker_socket),
+        ),
     )
     .await?;
     let throttler = volplugin::throttle::Throttler::new(

@@ -125,7 +125,10 @@ impl SpecPolicy {
             None => self.default_size,
         };
         // Whole MiB: loop devices and LVM extents both want aligned sizes.
-        let size_bytes = size_bytes.div_ceil(1 << 20) * (1 << 20);
+        let size_bytes = round_up_to_mib(size_bytes).ok_or_else(|| VolError::InvalidOption {
+            option: "size".into(),
+            why: format!("{size_bytes} bytes is too large"),
+        })?;
         if size_bytes > self.max_size {
             return Err(VolError::InvalidOption {
                 option: "size".into(),
@@ -152,6 +155,12 @@ impl SpecPolicy {
 }
 
 /// `10G`, `512M`, `1.5T`, `4096`, `20GiB`, `20gb`: binary units (K = 1024).
+/// `bytes` rounded up to whole MiB, or None where that does not fit in 64 bits (near 2^64 the
+/// product wraps to 0 in a release build, and a huge size would read as "too small").
+pub fn round_up_to_mib(bytes: u64) -> Option<u64> {
+    bytes.div_ceil(1 << 20).checked_mul(1 << 20)
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t
@@ -259,6 +268,23 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sizes_near_2_to_the_64_are_too_large_not_zero() {
+        let p = SpecPolicy {
+            max_size: u64::MAX,
+            ..policy()
+        };
+        for huge in [u64::MAX.to_string(), (u64::MAX - (1 << 19)).to_string()] {
+            let e = p.parse(&opts(&[("size", &huge)])).unwrap_err();
+            assert!(e.to_string().contains("too large"), "{huge}: {e}");
+        }
+        assert_eq!(round_up_to_mib(1), Some(1 << 20));
+        assert_eq!(
+            round_up_to_mib(u64::MAX - (1 << 20) + 1),
+            Some(u64::MAX - (1 << 20) + 1)
+        );
     }
 
     #[test]

@@ -26,6 +26,12 @@ const IFF_UP: u32 = 0x1;
 /// Bound on waiting for the kernel's answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Sequence numbers of requests, so an answer is matched to its request.
+fn next_seq() -> u32 {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 struct Msg {
     buf: Vec<u8>,
     /// Offsets of open nested attributes.
@@ -38,7 +44,7 @@ impl Msg {
         buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish
         buf.extend_from_slice(&typ.to_ne_bytes());
         buf.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        buf.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        buf.extend_from_slice(&next_seq().to_ne_bytes()); // seq
         buf.extend_from_slice(&0u32.to_ne_bytes()); // pid
         let mut m = Msg {
             buf,
@@ -155,16 +161,23 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
+    let seq = u32::from_ne_bytes(msg[8..12].try_into().expect("a header is 16 bytes"));
     let mut buf = vec![0u8; 16384];
     loop {
+        // SAFETY: `sockaddr_nl` is a plain C struct of integers; all-zero is a valid value.
+        let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         // SAFETY: `buf` is an exclusively borrowed, initialised buffer of `buf.len()` bytes; the
-        // kernel writes at most that many and `n` is checked before slicing.
+        // kernel writes at most that many and `n` is checked before slicing. `from` and
+        // `from_len` are live and describe `from`'s size exactly.
         let n = unsafe {
-            libc::recv(
+            libc::recvfrom(
                 fd.as_raw_fd(),
                 buf.as_mut_ptr() as *mut libc::c_void,
                 buf.len(),
                 0,
+                &mut from as *mut _ as *mut libc::sockaddr,
+                &mut from_len,
             )
         };
         if n < 0 {
@@ -180,28 +193,43 @@ fn request(msg: Vec<u8>) -> io::Result<()> {
             }
             return Err(e);
         }
-        let data = &buf[..n as usize];
-        let mut off = 0;
-        while off + 16 <= data.len() {
-            let len = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4 bytes")) as usize;
-            let typ = u16::from_ne_bytes(data[off + 4..off + 6].try_into().expect("2 bytes"));
-            if len < 16 || off + len > data.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink answer",
-                ));
-            }
-            if typ == NLMSG_ERROR && len >= 20 {
-                let code = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
-                return if code == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(-code))
-                };
-            }
-            off += (len + 3) & !3;
+        // Only the kernel (port id 0) answers requests; anything else is not ours to believe.
+        if from.nl_pid != 0 {
+            continue;
+        }
+        if let Some(outcome) = ack_for(&buf[..n as usize], seq)? {
+            return outcome;
         }
     }
+}
+
+/// The kernel's acknowledgement of request `seq` in one datagram, if it holds one:
+/// `Some(Ok)` for success, `Some(Err)` for the kernel's error. Messages for other sequence
+/// numbers are skipped (a stale answer must not stand for this request's); a malformed
+/// datagram is an error.
+fn ack_for(data: &[u8], seq: u32) -> io::Result<Option<io::Result<()>>> {
+    let mut off = 0;
+    while off + 16 <= data.len() {
+        let word = |at: usize| u32::from_ne_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+        let len = word(off) as usize;
+        let typ = u16::from_ne_bytes(data[off + 4..off + 6].try_into().expect("2 bytes"));
+        if len < 16 || off + len > data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink answer",
+            ));
+        }
+        if typ == NLMSG_ERROR && len >= 20 && word(off + 8) == seq {
+            let code = word(off + 16) as i32;
+            return Ok(Some(if code == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(-code))
+            }));
+        }
+        off += (len + 3) & !3;
+    }
+    Ok(None)
 }
 
 /// The interface index of `name`, or `None` when there is no such link here.
@@ -288,5 +316,35 @@ mod tests {
         assert_eq!(b.len(), 16 + 16 + 8 + 16);
         let nest_len = u16::from_ne_bytes(b[40..42].try_into().unwrap());
         assert_eq!(nest_len, 16);
+        let other = Msg::new(RTM_DELLINK, 0, 0, 0, 0).finish();
+        assert_ne!(
+            b[8..12],
+            other[8..12],
+            "each request has its own sequence number"
+        );
+    }
+
+    fn error_msg(seq: u32, code: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&code.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 16]); // the request's header, echoed
+        m
+    }
+
+    #[test]
+    fn only_the_answer_to_this_request_counts() {
+        // A stale success for another request must not stand for this one's failure.
+        let mut data = error_msg(7, 0);
+        data.extend(error_msg(8, -libc::EEXIST));
+        let e = ack_for(&data, 8).unwrap().unwrap().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        assert!(ack_for(&error_msg(7, 0), 8).unwrap().is_none());
+        assert!(ack_for(&error_msg(8, 0), 8).unwrap().unwrap().is_ok());
+        assert!(ack_for(&error_msg(8, 0)[..30], 8).is_err(), "truncated");
     }
 }

@@ -54,7 +54,15 @@ impl Ipam {
         } else {
             AddrKind::Address
         };
-        let mac = options.get(MAC_OPTION).cloned();
+        // Kept in the address record and shown by `pool show`: only a well-formed MAC is.
+        let mac = match options.get(MAC_OPTION).filter(|m| !m.is_empty()) {
+            Some(m) => Some(
+                m.parse::<crate::mac::Mac>()
+                    .map_err(|e| NetError::invalid(format!("option {MAC_OPTION}: {e}")))?
+                    .to_string(),
+            ),
+            None => None,
+        };
         let ip = self.allocate(pool_id, address, kind, mac)?;
         let (_, net, _) = self.pool_for_alloc(pool_id)?;
         Ok(format!("{ip}/{}", net.prefix()))

@@ -129,15 +129,5 @@ pub fn describe_holder(a: &AddrRecord) -> String {
 }
 
 pub fn require_id(field: &str, value: &str) -> NetResult<()> {
-    if value.is_empty() {
-        return Err(NetError::invalid(format!(
-            "{field} is empty (a retried request from Docker can lose its body); nothing was done"
-        )));
-    }
-    if value.len() > 128 || value.chars().any(|c| c.is_control() || c == '/') {
-        return Err(NetError::invalid(format!(
-            "{field} {value:?}: at most 128 characters, no '/' or control characters"
-        )));
-    }
-    Ok(())
+    plugin_transport::input::check_id(field, value).map_err(NetError::invalid)
 }

@@ -18,9 +18,11 @@ impl Ipam {
             ));
         }
         let space = if space.is_empty() { LOCAL_SPACE } else { space };
-        if space.len() > 64 || space.contains('/') {
+        plugin_transport::input::check_id("AddressSpace", space).map_err(NetError::invalid)?;
+        if space.len() > 64 {
             return Err(NetError::invalid(format!(
-                "AddressSpace {space:?}: must be at most 64 characters without '/'"
+                "AddressSpace {}: longer than 64 characters",
+                plugin_transport::input::quoted(space)
             )));
         }
         let explicit = if pool.is_empty() {

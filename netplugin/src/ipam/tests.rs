@@ -419,3 +419,41 @@ fn release_leaves_an_address_another_host_holds() {
     b.release_address(&pool, "10.231.7.9").unwrap();
     assert_eq!(holder(&b), None);
 }
+
+#[test]
+fn hostile_ids_spaces_and_macs_are_refused_briefly() {
+    let i = ipam();
+    let none = BTreeMap::new();
+    // Non-ASCII ids: refused with the field named (shortening them for logs used to panic).
+    for bad in ["0123456789aé", "é", "p-\u{0}", "../../etc"] {
+        let e = i.request_address(bad, "", &none).unwrap_err();
+        assert!(e.to_string().starts_with("PoolID "), "{e}");
+    }
+    for bad in ["spaceé", "a\u{0}b", "x/y"] {
+        let e = i.request_pool(bad, "10.231.9.0/24", "", false).unwrap_err();
+        assert!(e.to_string().contains("AddressSpace"), "{e}");
+    }
+    // A 1 MiB id or subnet is quoted by a bounded prefix, not echoed whole.
+    let huge = "a".repeat(1 << 20);
+    let e = i.request_address(&huge, "", &none).unwrap_err();
+    assert!(e.to_string().len() < 200, "{}", e.to_string().len());
+    let e = i.request_pool("", &huge, "", false).unwrap_err();
+    assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+    // The MAC option is checked, and stored as a MAC, never as any string.
+    let (id, _) = i.request_pool("", "10.231.9.0/24", "", false).unwrap();
+    for bad in ["not-a-mac", "+f:00:00:00:00:01", "01:00:5e:00:00:01", &huge] {
+        let opts = BTreeMap::from([(MAC_OPTION.to_string(), bad.to_string())]);
+        let e = i.request_address(&id, "", &opts).unwrap_err();
+        assert!(e.to_string().contains(MAC_OPTION), "{e}");
+        assert!(e.to_string().len() < 300);
+    }
+    assert!(
+        i.state.addresses(&id).unwrap().is_empty(),
+        "nothing half-done"
+    );
+    let opts = BTreeMap::from([(MAC_OPTION.to_string(), "02:AA:bb:00:00:01".to_string())]);
+    let a = i.request_address(&id, "", &opts).unwrap();
+    let held = i.state.addresses(&id).unwrap();
+    assert_eq!(held.len(), 1, "{a}");
+    assert_eq!(held[0].mac.as_deref(), Some("02:aa:bb:00:00:01"));
+}

@@ -145,10 +145,8 @@ where
     }
 }
 
-/// Short form of a Docker ID, as `docker network ls` shows it.
-pub fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
+/// Short form of a Docker ID, as `docker network ls` shows it (by characters, never bytes).
+pub use plugin_transport::input::short_id as short;
 
 /// A random hex id (from the kernel's generator).
 pub fn random_id(bytes: usize) -> String {

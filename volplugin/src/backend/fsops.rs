@@ -2,7 +2,7 @@
 //! filesystem, mount and unmount it, give a cloned XFS a fresh UUID.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -113,7 +113,9 @@ pub fn mount(
         Some(device),
         target,
         Some(fs.as_str()),
-        MsFlags::MS_NOATIME,
+        // A database volume has no use for setuid binaries or device nodes; a container that
+        // could plant either on a shared volume must not gain by it.
+        MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         data,
     )
     .map_err(|e| {
@@ -182,6 +184,33 @@ pub fn fresh_xfs_uuid(device: &Path, scratch: &Path) -> Result<(), BackendError>
     let _ = std::fs::remove_dir(scratch);
     unmounted?;
     generate()
+}
+
+/// Unmounts whatever is mounted under `scratch` (deepest first) and removes its empty
+/// directories. A kill -9 during [`fresh_xfs_uuid`]'s log replay leaves a scratch mount that
+/// holds the clone's device, so the clone's rollback (deprovision) would fail with EBUSY at
+/// every start: this runs before it. Returns the mount points it unmounted.
+pub fn clear_scratch(scratch: &Path) -> Result<Vec<String>, BackendError> {
+    let mut points: Vec<PathBuf> = mountinfo::read()
+        .map_err(BackendError::io("read /proc/self/mountinfo"))?
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(scratch) && p != scratch)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    let mut cleared = Vec::new();
+    for point in points {
+        unmount(&point)?;
+        cleared.push(point.display().to_string());
+    }
+    if let Ok(entries) = std::fs::read_dir(scratch) {
+        for entry in entries.flatten() {
+            // Only empty directories go; anything else is not ours to delete.
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+    Ok(cleared)
 }
 
 /// `MAJ:MIN` of a block device node, from stat (no fork, no ioctl).

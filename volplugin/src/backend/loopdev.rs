@@ -67,6 +67,25 @@ fn last_os_error(context: String) -> BackendError {
     }
 }
 
+/// Opens a loop device already attached (to one of our images), to mount it again.
+pub fn open_attached(path: &Path) -> Result<LoopDevice, BackendError> {
+    use std::os::unix::fs::MetadataExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(BackendError::io(format!("open {}", path.display())))?;
+    let rdev = file
+        .metadata()
+        .map_err(BackendError::io(format!("stat {}", path.display())))?
+        .rdev();
+    Ok(LoopDevice {
+        file,
+        path: path.to_path_buf(),
+        rdev,
+    })
+}
+
 /// Attaches `image` to a free loop device, read-write, with direct IO where the backing
 /// filesystem allows it (no double caching of database pages).
 pub fn attach(image: &Path) -> Result<LoopDevice, BackendError> {
@@ -216,6 +235,22 @@ pub fn attached() -> Vec<(PathBuf, PathBuf)> {
                 PathBuf::from(format!("/dev/{name}")),
                 PathBuf::from(backing),
             ))
+        })
+        .collect()
+}
+
+/// Loop devices backed by the file that is `image` now: not by an earlier file of that name
+/// since deleted (a volume removed and created again).
+pub fn devices_of_current(image: &Path) -> Vec<PathBuf> {
+    devices_of(image)
+        .into_iter()
+        .filter(|dev| {
+            let Some(name) = dev.file_name() else {
+                return false;
+            };
+            let sysfs = Path::new("/sys/block").join(name).join("loop/backing_file");
+            std::fs::read_to_string(sysfs)
+                .is_ok_and(|b| !b.trim_end_matches('\n').ends_with(" (deleted)"))
         })
         .collect()
 }

@@ -97,7 +97,18 @@ impl Backend for LoopfileBackend {
             return Ok(current);
         }
         let image = self.image(name);
-        let dev = loopdev::attach(&image)?;
+        // A device still attached to this image may carry a filesystem that is alive in
+        // another mount namespace (a container's, being torn down, still holds a copy of the
+        // mount the host has just unmounted). Mount that same device: the kernel reuses the
+        // live filesystem. A second device would be a second instance of one filesystem,
+        // which XFS refuses ("duplicate UUID", EINVAL) and ext4 would let corrupt.
+        let reused = loopdev::devices_of_current(&image)
+            .iter()
+            .find_map(|d| loopdev::open_attached(d).ok());
+        let dev = match reused {
+            Some(dev) => dev,
+            None => loopdev::attach(&image)?,
+        };
         fsops::mount(&dev.path, target, spec.fs, None)
             .map_err(|e| BackendError::Refused(format!("{e} (image {})", image.display())))?;
         let attachment = Attachment {
@@ -182,6 +193,10 @@ impl Backend for LoopfileBackend {
             let _ = std::fs::remove_file(&image);
         }
         result
+    }
+
+    fn clear_scratch_mounts(&self) -> Result<Vec<String>, BackendError> {
+        fsops::clear_scratch(&self.scratch)
     }
 
     fn release_stray_devices(&self) -> Result<Vec<String>, BackendError> {

@@ -481,7 +481,7 @@ impl Backend for LvmThinBackend {
     fn provision(&self, name: &str, spec: &VolumeSpec) -> Result<(), BackendError> {
         let lv = lv_name(&self.cfg.vg, name)?;
         {
-            let _room = self.capacity.lock().expect("capacity lock");
+            let _room = plugin_transport::sync::lock(&self.capacity);
             self.check_room(spec.size_bytes)?;
             let size = format!("{}m", spec.size_bytes.div_ceil(1 << 20));
             self.lvm(&[
@@ -518,7 +518,7 @@ impl Backend for LvmThinBackend {
         let lv = lv_name(&self.cfg.vg, name)?;
         let source_lv = lv_name(&self.cfg.vg, source)?;
         {
-            let _room = self.capacity.lock().expect("capacity lock");
+            let _room = plugin_transport::sync::lock(&self.capacity);
             // The source is a Ready volume (the service checked its record), so its LV is ours.
             self.check_room(spec.size_bytes)?;
             // A thin snapshot: metadata only, O(1) whatever the data. -kn: no activation
@@ -618,6 +618,10 @@ impl Backend for LvmThinBackend {
     }
 
     /// Active LVs are LVM's normal state, not strays: nothing to release.
+    fn clear_scratch_mounts(&self) -> Result<Vec<String>, BackendError> {
+        fsops::clear_scratch(&self.cfg.scratch)
+    }
+
     fn release_stray_devices(&self) -> Result<Vec<String>, BackendError> {
         Ok(Vec::new())
     }

@@ -24,6 +24,7 @@ pub struct MemoryBackend {
     volumes: Mutex<HashMap<String, SimVolume>>,
     next_minor: Mutex<u32>,
     failures: Mutex<HashMap<&'static str, u32>>,
+    delays: Mutex<HashMap<&'static str, std::time::Duration>>,
 }
 
 impl MemoryBackend {
@@ -37,7 +38,16 @@ impl MemoryBackend {
         self.failures.lock().unwrap().insert(operation, times);
     }
 
+    /// Makes every later call of `operation` take `delay` first (a slow mkfs or log replay).
+    pub fn delay(&self, operation: &'static str, delay: std::time::Duration) {
+        self.delays.lock().unwrap().insert(operation, delay);
+    }
+
     fn injected(&self, operation: &'static str) -> Result<(), BackendError> {
+        let delay = self.delays.lock().unwrap().get(operation).copied();
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
         let mut failures = self.failures.lock().unwrap();
         match failures.get_mut(operation) {
             Some(n) if *n > 0 => {

@@ -92,6 +92,12 @@ pub trait Backend: Send + Sync {
 
     fn usage(&self, name: &str, mounted_at: Option<&Path>) -> Result<Usage, BackendError>;
 
+    /// Unmounts scratch mounts a crash left (a clone's XFS log replay); returns the mount
+    /// points. Runs at start before anything is rolled back, since such a mount holds a device.
+    fn clear_scratch_mounts(&self) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+
     /// Releases devices of ours that no mount uses (left by a crash); returns what it released.
     fn release_stray_devices(&self) -> Result<Vec<String>, BackendError>;
 

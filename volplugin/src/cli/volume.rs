@@ -39,6 +39,21 @@ pub enum VolumeCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Mount counts Docker no longer holds.
+    #[command(subcommand)]
+    Mounts(MountsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MountsCommand {
+    /// Drop every mount count of a volume and unmount it: for counts Docker will never release
+    /// (a Mount it saw fail that still landed). Refused while Docker lists a running container
+    /// using the volume.
+    Clear {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 impl VolumeCommand {
@@ -62,8 +77,36 @@ impl VolumeCommand {
                 ];
                 set_limits(&name, &limits, admin).await
             }
+            VolumeCommand::Mounts(MountsCommand::Clear { name, admin }) => {
+                clear_mounts(&name, admin).await
+            }
         }
     }
+}
+
+async fn clear_mounts(name: &str, admin: AdminArgs) -> anyhow::Result<()> {
+    validate_name(name)?;
+    let body = admin
+        .call(Method::POST, &format!("/volumes/{name}/mounts/clear"), None)
+        .await?;
+    if let Some(answer) = admin
+        .decode::<serde_json::Value>(&body)
+        .context("decoding the daemon's answer")?
+    {
+        let dropped: Vec<&str> = answer["dropped"]
+            .as_array()
+            .map(|ids| ids.iter().filter_map(|i| i.as_str()).collect())
+            .unwrap_or_default();
+        if dropped.is_empty() {
+            println!("{name}: no mount counts; unmounted if it was mounted");
+        } else {
+            println!(
+                "{name}: dropped mount count(s) of {}; unmounted",
+                dropped.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn set_limits(

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use plugin_transport::sync::lock as lock_unpoisoned;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -100,6 +101,7 @@ impl VolumeInfo {
 /// What reconcile found and did at startup.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
+    pub cleared_scratch: Vec<String>,
     pub rolled_back_creates: Vec<String>,
     pub finished_removes: Vec<String>,
     pub cleared_mounts: Vec<String>,
@@ -156,16 +158,14 @@ impl VolumeService {
 
     /// Operations on one volume run one at a time; different volumes run in parallel.
     fn lock(&self, name: &str) -> Arc<Mutex<()>> {
-        self.locks
-            .lock()
-            .expect("lock table")
+        lock_unpoisoned(&self.locks)
             .entry(name.to_string())
             .or_default()
             .clone()
     }
 
     fn forget_lock(&self, name: &str) {
-        let mut locks = self.locks.lock().expect("lock table");
+        let mut locks = lock_unpoisoned(&self.locks);
         if locks.get(name).is_some_and(|l| Arc::strong_count(l) == 1) {
             locks.remove(name);
         }
@@ -186,7 +186,7 @@ impl VolumeService {
         let spec = self.policy.parse(opts)?;
         let limits = IoLimits::from_options(opts)?;
         let lock = self.lock(name);
-        let _guard = lock.lock().expect("volume lock");
+        let _guard = lock_unpoisoned(&lock);
         if let Some(existing) = self.store.get(name)? {
             // Docker may repeat a Create; the same request again is success. New explicit
             // options that disagree are an error rather than a silent no-op.
@@ -250,8 +250,8 @@ impl VolumeService {
             (source, name)
         };
         let (lock_a, lock_b) = (self.lock(first), self.lock(second));
-        let _guard_a = lock_a.lock().expect("volume lock");
-        let _guard_b = lock_b.lock().expect("volume lock");
+        let _guard_a = lock_unpoisoned(&lock_a);
+        let _guard_b = lock_unpoisoned(&lock_b);
         let origin = match self.store.get(source)? {
             Some(r) if r.phase == Phase::Ready => r,
             _ => return Err(bad(format!("no such volume: {source}"))),
@@ -316,7 +316,7 @@ impl VolumeService {
     pub fn remove(&self, name: &str) -> Result<(), VolError> {
         validate_name(name)?;
         let lock = self.lock(name);
-        let guard = lock.lock().expect("volume lock");
+        let guard = lock_unpoisoned(&lock);
         let Some(mut record) = self.store.get(name)? else {
             return Ok(());
         };
@@ -364,7 +364,7 @@ impl VolumeService {
             return Err(VolError::EmptyMountId);
         }
         let lock = self.lock(name);
-        let _guard = lock.lock().expect("volume lock");
+        let _guard = lock_unpoisoned(&lock);
         let mut record = self.ready_record(name)?;
         let target = self.mountpoint(name);
         // The kernel mount first, then the count: a crash in between leaves a mount with no
@@ -394,10 +394,30 @@ impl VolumeService {
         Ok(target)
     }
 
+    /// Drops every mount count of `name` and unmounts it: for counts Docker will never release
+    /// (a Mount it saw fail that still landed, a dockerd that lost its state). The caller
+    /// checks first that no running container uses the volume. Returns the dropped mount ids.
+    pub fn clear_mounts(&self, name: &str) -> Result<Vec<String>, VolError> {
+        validate_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock_unpoisoned(&lock);
+        let mut record = self.ready_record(name)?;
+        let dropped: Vec<String> = record.mounts.keys().cloned().collect();
+        record.mounts.clear();
+        // The counts first, then the kernel, as in unmount.
+        self.store.put(&record)?;
+        let target = self.mountpoint(name);
+        self.backend
+            .unmount(name, &target)
+            .map_err(Self::backend_err("clear mounts", name))?;
+        info!(volume = name, dropped = ?dropped, "mount counts cleared by the admin");
+        Ok(dropped)
+    }
+
     pub fn unmount(&self, name: &str, id: &str) -> Result<(), VolError> {
         validate_name(name)?;
         let lock = self.lock(name);
-        let _guard = lock.lock().expect("volume lock");
+        let _guard = lock_unpoisoned(&lock);
         let Some(mut record) = self.store.get(name)? else {
             return Ok(());
         };
@@ -426,7 +446,7 @@ impl VolumeService {
     pub fn set_limits(&self, name: &str, change: &LimitsChange) -> Result<VolumeInfo, VolError> {
         validate_name(name)?;
         let lock = self.lock(name);
-        let _guard = lock.lock().expect("volume lock");
+        let _guard = lock_unpoisoned(&lock);
         let mut record = self.ready_record(name)?;
         change.apply_to(&mut record.limits);
         self.store.put(&record)?;
@@ -436,7 +456,7 @@ impl VolumeService {
 
     /// What the IO throttler measured, per volume; replaces the previous figures.
     pub fn record_observed(&self, observed: HashMap<String, ObservedIo>) {
-        *self.observed.lock().expect("observed lock") = observed;
+        *lock_unpoisoned(&self.observed) = observed;
     }
 
     fn ready_record(&self, name: &str) -> Result<VolumeRecord, VolError> {
@@ -509,12 +529,7 @@ impl VolumeService {
             device: attachment.map(|a| a.device),
             mounts: record.mount_count(),
             limits: record.limits,
-            observed: self
-                .observed
-                .lock()
-                .expect("observed lock")
-                .get(&record.name)
-                .copied(),
+            observed: lock_unpoisoned(&self.observed).get(&record.name).copied(),
             from: record.from.clone(),
             backend_status: self.backend.status_extra(&record.name),
             state: match record.phase {
@@ -530,6 +545,10 @@ impl VolumeService {
     /// plugin socket opens; every problem is collected and the rest still reconciled.
     pub fn reconcile(&self) -> Result<ReconcileReport, VolError> {
         let mut report = ReconcileReport::default();
+        match self.backend.clear_scratch_mounts() {
+            Ok(cleared) => report.cleared_scratch = cleared,
+            Err(e) => report.errors.push(format!("clearing scratch mounts: {e}")),
+        }
         let records = self.store.list()?;
         for record in &records {
             let name = record.name.as_str();

@@ -226,3 +226,22 @@ fn concurrent_operations_on_many_volumes() {
         assert!(!backend.is_mounted(&info.name));
     }
 }
+
+#[test]
+fn a_panic_under_a_volume_lock_does_not_break_that_volume() {
+    let (svc, _backend) = service();
+    svc.create("db1", &opts(&[])).unwrap();
+    // A request that panics while it holds the volume's lock (a bug, a failed assertion).
+    let lock = svc.lock("db1");
+    let _ = std::thread::spawn(move || {
+        let _g = lock.lock().unwrap();
+        panic!("a request panicked mid-operation");
+    })
+    .join();
+    assert!(svc.lock("db1").is_poisoned());
+    // Later calls on that volume still work (they used to panic on the poisoned lock).
+    let path = svc.mount("db1", "m1").unwrap();
+    assert!(path.ends_with("db1"), "{path:?}");
+    svc.unmount("db1", "m1").unwrap();
+    svc.remove("db1").unwrap();
+}

@@ -34,6 +34,9 @@ pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
 pub const EXT_NETWORK: &str = "berth-network-id";
 pub const EXT_CONTAINER: &str = "berth-container-id";
 
+/// How long a request waits for an OVSDB connection that is not up yet (see ensure_bridge).
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone)]
 pub struct OvsConfig {
     /// `unix:/path/db.sock`.
@@ -145,7 +148,17 @@ impl OvsDataplane {
     }
 
     async fn ensure_bridge(&self) -> DpResult<bool> {
-        if !self.db.is_connected() {
+        // Right after a start (socket activation hands over Docker's call within
+        // milliseconds) the first OVSDB connection may still be under way: wait for it a
+        // little, as for the mgmt socket, rather than fail a container's start. An OVS that
+        // is really down still fails the call within the bound.
+        if !self.db.is_connected()
+            && self
+                .db
+                .wait_connected(self.cfg.call_timeout.min(FIRST_CONNECT_WAIT))
+                .await
+                .is_err()
+        {
             return Err(self.unreachable());
         }
         let mut external_ids = BTreeMap::new();
