@@ -26,4 +26,6 @@ pub mod state;
 pub mod store;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod error;
+pub mod fuzz;
 pub mod generate;
 pub mod input;
 pub mod listen;

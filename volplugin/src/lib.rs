@@ -13,3 +13,6 @@ pub mod service;
 pub mod spec;
 pub mod store;
 pub mod throttle;
+
+#[cfg(test)]
+mod fuzz_tests;
