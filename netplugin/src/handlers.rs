@@ -154,7 +154,7 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
 }
 
 /// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
-/// `/stats`, `/hosts`, `/audit`; `POST /reconcile`, `/hosts/reclaim`,
+/// `/stats`, `/hosts`, `/audit`; `POST /reconcile[?prune=true]`, `/hosts/reclaim`,
 /// `/addresses/reserve|unreserve|release`, `/endpoints/release`.
 pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
     let docker = Arc::new(docker);
@@ -192,7 +192,10 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route(
             Method::POST,
             "/reconcile",
-            with(&svc, |s, _| async move { reply(s.reconcile().await) }),
+            with(&svc, |s, req: Request| async move {
+                let prune = query_param(&req, "prune").is_some_and(|v| v == "true");
+                reply(s.reconcile_with(prune).await)
+            }),
         )
         .route(
             Method::GET,

@@ -449,6 +449,7 @@ async fn reconcile_restores_and_removes() {
             .remove("vbaaaaaaaaaa")
             .unwrap();
     let mut stray = lost.clone();
+    stray.endpoint_id = format!("deadbeef00{}", &E1[10..]);
     stray.host_if = "vbdeadbeef00".into();
     t.dp.endpoints
         .lock()
@@ -459,6 +460,192 @@ async fn reconcile_restores_and_removes() {
     assert_eq!(report.ports_removed, vec!["vbdeadbeef00"]);
     let again = t.svc.reconcile().await.unwrap();
     assert!(again.ports_fixed.is_empty() && again.ports_removed.is_empty());
+}
+
+/// A port on the bridge as a host (or an older release, `host_id` empty) left it.
+fn port_of(endpoint_id: &str, host_id: &str) -> crate::dataplane::EndpointPlan {
+    crate::dataplane::EndpointPlan {
+        endpoint_id: endpoint_id.into(),
+        network_id: N1.into(),
+        host_id: host_id.into(),
+        host_if: crate::dataplane::host_if_name(endpoint_id),
+        container_if: crate::dataplane::container_if_name(endpoint_id),
+        vlan: 100,
+        mtu: 1500,
+        mac: [2, 0, 0, 0, 0, 9],
+        limits: Default::default(),
+    }
+}
+
+fn put_port(t: &T, plan: crate::dataplane::EndpointPlan) {
+    t.dp.endpoints
+        .lock()
+        .unwrap()
+        .insert(plan.host_if.clone(), plan);
+}
+
+fn eid(n: usize) -> String {
+    format!("{n:010x}{}", "0".repeat(54))
+}
+
+/// Issue 14 §1: a host prunes only ports labelled with its own id. Ports of another id (the
+/// host's id before a rename, a second host on the bridge) and ports without the label (older
+/// releases) stay; so does a port with a name berth does not give, whatever its labels.
+#[tokio::test]
+async fn reconcile_prunes_only_this_hosts_ports() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    put_port(&t, port_of(&eid(1), "h1"));
+    put_port(&t, port_of(&eid(2), "h2"));
+    put_port(&t, port_of(&eid(3), ""));
+    let mut eth0 = port_of(&eid(4), "h1");
+    eth0.host_if = "eth0".into();
+    put_port(&t, eth0);
+    let report = t.svc.reconcile().await.unwrap();
+    assert_eq!(
+        report.ports_removed,
+        vec![crate::dataplane::host_if_name(&eid(1))]
+    );
+    assert!(report.prune_held.is_empty());
+    let left: Vec<String> = t.dp.endpoints.lock().unwrap().keys().cloned().collect();
+    for kept in [
+        crate::dataplane::host_if_name(E1),
+        crate::dataplane::host_if_name(&eid(2)),
+        crate::dataplane::host_if_name(&eid(3)),
+        "eth0".into(),
+    ] {
+        assert!(left.contains(&kept), "{kept} removed: {left:?}");
+    }
+    assert_eq!(
+        *t.dp.deleted.lock().unwrap(),
+        vec![crate::dataplane::host_if_name(&eid(1))]
+    );
+    // The endpoint's own port carries this host's id.
+    assert_eq!(
+        t.dp.endpoints.lock().unwrap()[&crate::dataplane::host_if_name(E1)].host_id,
+        "h1"
+    );
+}
+
+/// Issue 14 §1: a pass that would remove most of the bridge's ports (the store lost this
+/// host's records) removes none and says so, until `reconcile --prune`; a few go at once.
+#[tokio::test]
+async fn reconcile_holds_a_mass_removal_until_pruned_by_hand() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    let n = crate::network::MASS_PRUNE_MIN + 1;
+    for i in 0..n {
+        put_port(&t, port_of(&eid(i + 1), "h1"));
+    }
+    let before = t.dp.endpoints.lock().unwrap().len();
+    let report = t.svc.reconcile().await.unwrap();
+    assert_eq!(report.prune_held.len(), n, "{report:?}");
+    assert!(report.ports_removed.is_empty());
+    assert_eq!(
+        t.dp.endpoints.lock().unwrap().len(),
+        before,
+        "nothing removed"
+    );
+    // Still held at the next pass.
+    assert_eq!(t.svc.reconcile().await.unwrap().prune_held.len(), n);
+    // The admin's `netplugin reconcile --prune`, through the admin API.
+    let admin = crate::handlers::admin_router(
+        t.svc.clone(),
+        plugin_transport::docker::DockerClient::new(std::path::Path::new("/nonexistent")),
+    );
+    let reply = admin
+        .dispatch(Request {
+            method: Method::POST,
+            path: "/reconcile".into(),
+            query: Some("prune=true".into()),
+            body: Bytes::new(),
+        })
+        .await;
+    assert_eq!(reply.status.as_u16(), 200);
+    let forced: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        forced["ports_removed"].as_array().unwrap().len(),
+        n,
+        "{forced}"
+    );
+    assert_eq!(t.dp.endpoints.lock().unwrap().len(), 1);
+    // A few strays among many ports go without asking.
+    for i in 0..8 {
+        put_port(&t, port_of(&eid(100 + i), "h2"));
+    }
+    for i in 0..crate::network::MASS_PRUNE_MIN + 1 {
+        put_port(&t, port_of(&eid(200 + i), "h1"));
+    }
+    let report = t.svc.reconcile().await.unwrap();
+    assert_eq!(
+        report.ports_removed.len(),
+        crate::network::MASS_PRUNE_MIN + 1
+    );
+    assert!(report.prune_held.is_empty());
+}
+
+/// Issue 14 §1: interface names on the host come from the endpoint id, never from the record:
+/// a record (etcd, written by anyone) naming `eth0`/`bond0` makes the host touch neither.
+#[tokio::test]
+async fn record_cannot_name_host_interfaces() {
+    use crate::state::{encode, endpoint_key, EndpointRecord};
+    use crate::store::{Op, Txn};
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    let mut rec: EndpointRecord = t.svc.state().endpoint(E1).unwrap().unwrap();
+    rec.host_if = "eth0".into();
+    rec.container_if = "bond0".into();
+    t.svc
+        .state()
+        .store
+        .txn(Txn {
+            compare: vec![],
+            success: vec![Op::put(endpoint_key(E1), encode(&rec))],
+            failure: vec![],
+        })
+        .unwrap();
+    let mut host = port_of(&eid(9), "h1");
+    host.host_if = "docker0".into();
+    put_port(&t, host);
+    let report = t.svc.reconcile().await.unwrap();
+    let touched: Vec<&String> = report
+        .ports_fixed
+        .iter()
+        .chain(&report.ports_removed)
+        .collect();
+    assert!(touched.iter().all(|n| n.starts_with("vb")), "{report:?}");
+    let names: Vec<String> = t.dp.endpoints.lock().unwrap().keys().cloned().collect();
+    assert!(!names.contains(&"eth0".to_string()), "{names:?}");
+    let join = t
+        .ok(
+            "NetworkDriver.Join",
+            json!({"NetworkID":N1,"EndpointID":E1,"SandboxKey":"/x","Options":{}}),
+        )
+        .await;
+    assert_eq!(
+        join["InterfaceName"]["SrcName"],
+        crate::dataplane::container_if_name(E1)
+    );
+    t.ok(
+        "NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E1}),
+    )
+    .await;
+    let deleted = t.dp.deleted.lock().unwrap().clone();
+    assert_eq!(deleted, vec![crate::dataplane::host_if_name(E1)]);
+    assert!(t.dp.endpoints.lock().unwrap().contains_key("docker0"));
 }
 
 /// The same `docker network create` on two hosts (fleet store): one pool and one network,

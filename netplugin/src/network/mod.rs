@@ -25,8 +25,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::dataplane::{
-    container_if_name, format_mac, host_if_name, mac_from_ip, parse_mac, ArpEntry, Dataplane,
-    EndpointPlan, ReassertReport,
+    container_if_name, format_mac, host_if_name, is_berth_if_name, mac_from_ip, parse_mac,
+    ArpEntry, Dataplane, EndpointPlan, ReassertReport,
 };
 use crate::error::{NetError, NetResult};
 use crate::ipam::{require_id, Ipam};
@@ -69,7 +69,15 @@ pub struct Service {
     /// Endpoints released because Docker no longer knew them, and by `endpoint release`.
     released_leaked: AtomicU64,
     released_by_admin: AtomicU64,
+    /// Ports a reconcile pass left alone (not this host's label), logged once each.
+    prune_logged: std::sync::Mutex<BTreeSet<String>>,
+    /// What the last pass held back as a mass removal (logged again only when it changes).
+    prune_held: std::sync::Mutex<Vec<String>>,
 }
+
+/// A reconcile pass removes up to this many stray ports whatever the bridge's size; more, and
+/// more than half of the bridge's berth ports, waits for `netplugin reconcile --prune`.
+pub const MASS_PRUNE_MIN: usize = 3;
 
 /// Why an endpoint is released outside Docker's DeleteEndpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +105,14 @@ pub struct EndpointRelease {
 /// When a joined endpoint's MAC is announced again, after the announcement at Join.
 pub const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
 
+/// Interface names come from the id, not the record's fields (see [`EndpointRecord::host_if`]).
 fn plan_of(e: &EndpointRecord) -> EndpointPlan {
     EndpointPlan {
         endpoint_id: e.id.clone(),
         network_id: e.network_id.clone(),
-        host_if: e.host_if.clone(),
-        container_if: e.container_if.clone(),
+        host_id: e.host_id.clone(),
+        host_if: e.host_if_name(),
+        container_if: e.container_if_name(),
         vlan: e.vlan,
         mtu: e.mtu,
         limits: e.limits,
@@ -121,6 +131,8 @@ impl Service {
             reconcile_lock: tokio::sync::Mutex::new(()),
             released_leaked: AtomicU64::new(0),
             released_by_admin: AtomicU64::new(0),
+            prune_logged: Default::default(),
+            prune_held: Default::default(),
         }
     }
 
@@ -348,7 +360,7 @@ impl Service {
                 return Err(NetError::Datapath(dp));
             }
             (Ok(()), Err(e)) => {
-                if let Err(undo) = self.dp.delete_endpoint(&record.host_if).await {
+                if let Err(undo) = self.dp.delete_endpoint(&plan.host_if).await {
                     warn!(endpoint = %record.id, error = %undo, "undoing the datapath of a failed endpoint");
                 }
                 return Err(e);
@@ -383,7 +395,7 @@ impl Service {
         self.announce_in_background(&ep);
         let reply = JoinResponse {
             interface_name: InterfaceName {
-                src_name: ep.container_if,
+                src_name: ep.container_if_name(),
                 dst_prefix: "eth".into(),
             },
             disable_gateway_service: gateway.is_empty(),
@@ -399,7 +411,7 @@ impl Service {
     /// (the endpoint works; the switches learn its place from its own traffic).
     fn announce_in_background(&self, ep: &EndpointRecord) {
         let dp = self.dp.clone();
-        let (host_if, mac, ip) = (ep.host_if.clone(), ep.mac.octets(), ep.address.ip);
+        let (host_if, mac, ip) = (ep.host_if_name(), ep.mac.octets(), ep.address.ip);
         tokio::spawn(async move {
             let mut waited = Duration::ZERO;
             for at in std::iter::once(Duration::ZERO).chain(ANNOUNCE_AGAIN) {
@@ -421,10 +433,7 @@ impl Service {
         let state = self.state.clone();
         let eid = endpoint_id.to_string();
         let record = store_op("delete endpoint", move || Ok(state.endpoint(&eid)?)).await?;
-        let host_if = record
-            .as_ref()
-            .map(|r| r.host_if.clone())
-            .unwrap_or_else(|| host_if_name(endpoint_id));
+        let host_if = host_if_name(endpoint_id);
         let _guard = self.reconcile_lock.lock().await;
         if let Err(e) = self.dp.delete_endpoint(&host_if).await {
             // The record goes anyway: the reconcile pass removes a port without an endpoint.
@@ -487,7 +496,7 @@ impl Service {
         let datapath_error = {
             let _guard = self.reconcile_lock.lock().await;
             self.dp
-                .delete_endpoint(&record.host_if)
+                .delete_endpoint(&record.host_if_name())
                 .await
                 .err()
                 .map(|e| e.to_string())
@@ -519,7 +528,7 @@ impl Service {
         let release = EndpointRelease {
             endpoint_id: record.id.clone(),
             network_id: record.network_id.clone(),
-            host_if: record.host_if.clone(),
+            host_if: record.host_if_name(),
             address: record.address.to_string(),
             address_released,
             datapath_error,
@@ -556,9 +565,16 @@ impl Service {
             .map_err(NetError::Datapath)
     }
 
-    /// Re-asserts the datapath of this host's endpoints without touching what is right.
-    /// Then brings the ARP proxy to every endpoint of the store (all hosts).
+    /// Re-asserts the datapath of this host's endpoints without touching what is right,
+    /// removes this host's ports that no endpoint has (see [`Service::prune`]), then brings
+    /// the ARP proxy to every endpoint of the store (all hosts).
     pub async fn reconcile(&self) -> NetResult<ReassertReport> {
+        self.reconcile_with(false).await
+    }
+
+    /// [`Service::reconcile`]; with `force_prune` (`netplugin reconcile --prune`) also when the
+    /// ports to remove are most of the bridge.
+    pub async fn reconcile_with(&self, force_prune: bool) -> NetResult<ReassertReport> {
         let _guard = self.reconcile_lock.lock().await;
         let state = self.state.clone();
         let all = store_op("reconcile", move || Ok(state.endpoints()?)).await?;
@@ -569,12 +585,80 @@ impl Service {
             .map(plan_of)
             .collect();
         let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
+        self.prune(&plans, force_prune, &mut report).await?;
         (report.arp_flows_added, report.arp_flows_removed) = self
             .dp
             .sync_arp(&self.arp_entries(&all))
             .await
             .map_err(NetError::Datapath)?;
         Ok(report)
+    }
+
+    /// Removes ports of this host that no endpoint of the store has (left by a crash, or by
+    /// a DeleteEndpoint whose datapath step failed). Only ports labelled with this host's id
+    /// and named as berth names them; ports without the label (older releases) or another
+    /// host's id are left alone and logged once. A pass that would remove most of the bridge
+    /// at once (more than [`MASS_PRUNE_MIN`] ports and more than half) removes nothing: a store
+    /// that lost this host's records must not cut every container off; it is logged and held
+    /// until `netplugin reconcile --prune`.
+    async fn prune(
+        &self,
+        plans: &[EndpointPlan],
+        force: bool,
+        report: &mut ReassertReport,
+    ) -> NetResult<()> {
+        let me = &self.state.host_id;
+        let wanted: BTreeSet<&str> = plans.iter().map(|p| p.host_if.as_str()).collect();
+        let ports = self.dp.ports();
+        let mut stray = Vec::new();
+        let mut left_alone = Vec::new();
+        for p in &ports {
+            if wanted.contains(p.name.as_str()) {
+                continue;
+            }
+            let named_by_us = is_berth_if_name(&p.name)
+                && p.endpoint_id.as_deref().map(host_if_name).as_deref() == Some(p.name.as_str());
+            match &p.host_id {
+                Some(h) if h == me && named_by_us => stray.push(p.name.clone()),
+                Some(h) if h != me => {}
+                _ => left_alone.push(p.name.clone()),
+            }
+        }
+        {
+            let mut logged = self.prune_logged.lock().unwrap_or_else(|e| e.into_inner());
+            for name in &left_alone {
+                if logged.insert(name.clone()) {
+                    warn!(port = %name, host = %me, "port with a berth-endpoint-id but without this host's berth-host-id (or with a name berth does not give): left alone; remove it by hand if it is stale");
+                }
+            }
+        }
+        if stray.is_empty() {
+            return Ok(());
+        }
+        if !force && stray.len() > MASS_PRUNE_MIN && stray.len() * 2 > ports.len() {
+            let mut held = self.prune_held.lock().unwrap_or_else(|e| e.into_inner());
+            if *held != stray {
+                warn!(ports = ?stray, of = ports.len(), host = %me,
+                    "reconcile would remove most of the bridge's ports (their endpoints are not in the store): NOT removing them; check the store (--etcd-prefix, --host-id), then run `netplugin reconcile --prune` to remove them");
+                held.clone_from(&stray);
+            }
+            report.prune_held = stray;
+            return Ok(());
+        }
+        self.prune_held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for name in stray {
+            self.dp
+                .delete_endpoint(&name)
+                .await
+                .map_err(NetError::Datapath)?;
+            info!(port = %name, "port without an endpoint removed");
+            report.ports_removed.push(name.clone());
+            report.veths_removed.push(name);
+        }
+        Ok(())
     }
 
     /// Brings only the ARP proxy to the store's endpoints (all hosts), at once: what the
@@ -599,7 +683,7 @@ impl Service {
                 vlan: e.vlan,
                 ip: e.address.ip,
                 mac: e.mac.octets(),
-                local_port: (e.host_id == *me).then(|| e.host_if.clone()),
+                local_port: (e.host_id == *me).then(|| e.host_if_name()),
             })
             .collect()
     }

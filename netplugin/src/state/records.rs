@@ -181,6 +181,18 @@ impl RateLimits {
     }
 }
 
+impl EndpointRecord {
+    /// The host end of its veth and its OVS port, from the endpoint id.
+    pub fn host_if_name(&self) -> String {
+        crate::dataplane::host_if_name(&self.id)
+    }
+
+    /// The container end, from the endpoint id.
+    pub fn container_if_name(&self) -> String {
+        crate::dataplane::container_if_name(&self.id)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     pub id: String,
@@ -188,6 +200,9 @@ pub struct EndpointRecord {
     pub host_id: String,
     pub address: Ipv4If,
     pub mac: Mac,
+    /// As the creating host named them; informative only. Every use on a host goes through
+    /// [`EndpointRecord::host_if_name`] / [`EndpointRecord::container_if_name`], derived from
+    /// the id: a record must not choose which interface a host touches.
     pub host_if: String,
     pub container_if: String,
     pub vlan: u16,
