@@ -1219,6 +1219,184 @@ fn t_rate_limits(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// A port on the bridge with berth's labels but no endpoint in the store (what a crash, another
+/// host id or an older release leaves). No device behind it: only the row matters here.
+fn fake_port(c: &Ctx, n: u32, host_id: Option<&str>) -> Result<String> {
+    let name = format!("vb{n:010x}");
+    let endpoint = format!("{n:010x}{}", "0".repeat(54));
+    let mut set = vec![
+        "--".to_string(),
+        "set".into(),
+        "interface".into(),
+        name.clone(),
+        format!("external_ids:berth-endpoint-id={endpoint}"),
+        format!("external_ids:berth-network-id={}", "f".repeat(64)),
+    ];
+    if let Some(h) = host_id {
+        set.push(format!("external_ids:berth-host-id={h}"));
+    }
+    let mut args = vec!["add-port", &c.bridge, &name];
+    args.extend(set.iter().map(String::as_str));
+    c.ovs().vsctl(&args)?;
+    Ok(name)
+}
+
+fn on_bridge(c: &Ctx, name: &str) -> Result<bool> {
+    Ok(c.ovs().ports(&c.bridge)?.iter().any(|p| p == name))
+}
+
+/// Issue 14 §1 with real OVS: every port of a container carries this host's id; reconcile
+/// removes only its own stray ports, leaves another host's and unlabelled ones alone, and
+/// holds a removal of most of the bridge until `netplugin reconcile --prune`.
+fn t_prune_only_own_ports(c: &Ctx) -> Result<()> {
+    let eps = c.endpoints()?;
+    ensure!(!eps.is_empty(), "the earlier tests' containers are gone");
+    for e in &eps {
+        let p = e["host_if"].as_str().unwrap_or_default();
+        let h = c
+            .ovs()
+            .vsctl(&["get", "interface", p, "external_ids:berth-host-id"])?;
+        ensure!(h.trim_matches('"') == "test-host", "{p}: berth-host-id {h}");
+    }
+    let others = fake_port(c, 0xa1, Some("other-host"))?;
+    let unlabelled = fake_port(c, 0xa2, None)?;
+    let own = fake_port(c, 0xa3, Some("test-host"))?;
+    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        !on_bridge(c, &own).unwrap_or(true)
+    });
+    ensure!(gone, "{own} (this host's, no endpoint) was not removed");
+    c.net().admin_json(&["reconcile"])?;
+    ensure!(
+        on_bridge(c, &others)?,
+        "another host's port {others} was removed"
+    );
+    ensure!(
+        on_bridge(c, &unlabelled)?,
+        "unlabelled port {unlabelled} was removed"
+    );
+    // Most of the bridge at once: held.
+    let total = c.ovs().ports(&c.bridge)?.len();
+    let mut held = Vec::new();
+    for i in 0..=total as u32 {
+        held.push(fake_port(c, 0xb0 + i, Some("test-host"))?);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let report = c.net().admin_json(&["reconcile"])?;
+    for p in &held {
+        ensure!(on_bridge(c, p)?, "{p} removed in a mass removal: {report}");
+    }
+    let listed: Vec<&str> = report["prune_held"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    ensure!(listed.len() == held.len(), "prune_held: {report}");
+    let forced = c.net().admin_json(&["reconcile", "--prune"])?;
+    for p in &held {
+        ensure!(!on_bridge(c, p)?, "{p} still there after --prune: {forced}");
+    }
+    ensure!(
+        on_bridge(c, &others)? && on_bridge(c, &unlabelled)?,
+        "--prune removed what is not this host's"
+    );
+    for e in c.endpoints()? {
+        let p = e["host_if"].as_str().unwrap_or_default();
+        ensure!(on_bridge(c, p)?, "a container's port {p} went");
+    }
+    c.ovs().vsctl(&["del-port", &c.bridge, &others])?;
+    c.ovs().vsctl(&["del-port", &c.bridge, &unlabelled])?;
+    Ok(())
+}
+
+/// `netplugin serve` with the same state dir and other flags, run to its refusal (or killed
+/// after 20 s): its exit status and stderr.
+fn serve_once(c: &Ctx, host_id: &str) -> Result<(bool, String)> {
+    let net = c.net();
+    let mut args: Vec<String> = Vec::new();
+    let mut it = net.args.iter();
+    while let Some(a) = it.next() {
+        if a == "--host-id" {
+            it.next();
+        } else {
+            args.push(a.clone());
+        }
+    }
+    let plugins = tempfile::tempdir()?;
+    let mut cmd = std::process::Command::new(&net.bin);
+    cmd.arg("serve")
+        .arg("--state-dir")
+        .arg(&net.state_dir)
+        .arg("--plugin-dir")
+        .arg(plugins.path())
+        .arg("--admin-socket")
+        .arg(plugins.path().join("admin.sock"))
+        .args(&args)
+        .args(["--host-id", host_id]);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(20))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Issue 14 §1: netplugin started under another host id refuses, naming both ids and the file;
+/// after `netplugin host set-id` it runs under the new id and leaves the old id's ports alone.
+fn t_host_identity(c: &Ctx) -> Result<()> {
+    let ports_before = c.ovs().ports(&c.bridge)?;
+    c.net().stop()?;
+    let (ok, err) = serve_once(c, "renamed-host")?;
+    ensure!(!ok, "netplugin started under another host id");
+    ensure!(
+        err.contains("\"test-host\"")
+            && err.contains("\"renamed-host\"")
+            && err.contains("host-identity.json"),
+        "refusal does not name both ids and the file: {err}"
+    );
+    // The admin step, then a run under the new id: the old id's ports stay.
+    let state_dir = c.net().state_dir.clone();
+    let set = |id: &str| -> Result<()> {
+        let out = std::process::Command::new(&c.net().bin)
+            .args(["host", "set-id", id, "--state-dir"])
+            .arg(&state_dir)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "host set-id {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    set("renamed-host")?;
+    let swap = |net: &mut Netplugin, id: &str| {
+        if let Some(i) = net.args.iter().position(|a| a == "--host-id") {
+            net.args[i + 1] = id.to_string();
+        }
+    };
+    let result = (|| -> Result<()> {
+        {
+            let mut net = c.net();
+            swap(&mut net, "renamed-host");
+            net.start()?;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let report = c.net().admin_json(&["reconcile"])?;
+        let after = c.ovs().ports(&c.bridge)?;
+        ensure!(
+            after == ports_before,
+            "ports changed under the new id: {ports_before:?} -> {after:?} ({report})"
+        );
+        Ok(())
+    })();
+    // Back to the suite's id whatever happened.
+    c.net().stop()?;
+    set("test-host")?;
+    {
+        let mut net = c.net();
+        swap(&mut net, "test-host");
+        net.start()?;
+    }
+    result
+}
+
 fn t_final_cleanup(c: &Ctx) -> Result<()> {
     for n in ["a1", "a2", "b1", "b2"] {
         c.rm(&[n]);
@@ -1263,6 +1441,8 @@ fn main() {
             ("restart_ovs_recovers", t_restart_ovs),
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),
             ("admin_cli", t_admin_cli),
+            ("prune_only_own_ports", t_prune_only_own_ports),
+            ("host_identity_change_refused", t_host_identity),
             ("final_no_leftovers", t_final_cleanup),
         ],
     );
