@@ -1397,6 +1397,51 @@ fn t_host_identity(c: &Ctx) -> Result<()> {
     result
 }
 
+/// Issue 16 §3 with real dockerd: `docker run -p` on a berth-net network fails saying where
+/// the container is reached (it was accepted and ignored); without -p the same run works, with
+/// nothing left behind by the refused one.
+fn t_published_ports_refused(c: &Ctx) -> Result<()> {
+    let before = c.endpoints()?.len();
+    let err = c.docker.fails(&[
+        "run",
+        "--rm",
+        "--name",
+        "pp1",
+        "-p",
+        "8080:80",
+        "--network",
+        "n1",
+        TEST_IMAGE,
+        "true",
+    ])?;
+    ensure!(
+        err.contains("berth-net does not publish ports")
+            && err.contains("8080:80/tcp")
+            && err.contains("reached at their own routable address"),
+        "docker run -p: {err}"
+    );
+    c.rm(&["pp1"]);
+    ensure!(
+        c.endpoints()?.len() == before,
+        "the refused run left an endpoint"
+    );
+    let ip = c.ip("a2", "n1")?;
+    c.d(&[
+        "run",
+        "--rm",
+        "--network",
+        "n1",
+        TEST_IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        &ip,
+    ])?;
+    Ok(())
+}
+
 fn t_final_cleanup(c: &Ctx) -> Result<()> {
     for n in ["a1", "a2", "b1", "b2"] {
         c.rm(&[n]);
@@ -1441,6 +1486,7 @@ fn main() {
             ("restart_ovs_recovers", t_restart_ovs),
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),
             ("admin_cli", t_admin_cli),
+            ("published_ports_refused", t_published_ports_refused),
             ("prune_only_own_ports", t_prune_only_own_ports),
             ("host_identity_change_refused", t_host_identity),
             ("final_no_leftovers", t_final_cleanup),

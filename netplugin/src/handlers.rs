@@ -81,12 +81,17 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
         })
         .post_json(
             "/NetworkDriver.EndpointOperInfo",
-            |_: EndpointRequest| async { Ok(OperInfoResponse::default()) },
+            with(&svc, |s, req: EndpointRequest| async move {
+                Ok::<_, PluginError>(s.oper_info(&req.endpoint_id).await)
+            }),
         )
         .post_json(
             "/NetworkDriver.ProgramExternalConnectivity",
-            |_: Empty| async { Ok(EmptyReply {}) },
+            |req: ExternalConnectivityRequest| async move {
+                ok(crate::network::refuse_published_ports(&req.options)).map(|_| EmptyReply {})
+            },
         )
+        // Nothing was programmed, so nothing to revoke (deliberate; docs/protocols.md §2).
         .post_json(
             "/NetworkDriver.RevokeExternalConnectivity",
             |_: Empty| async { Ok(EmptyReply {}) },

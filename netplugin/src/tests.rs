@@ -993,3 +993,113 @@ async fn arp_proxy_follows_other_hosts_endpoints_at_once() {
         .expect("reconciler ended on shutdown")
         .unwrap();
 }
+
+/// Issue 16 §3: `docker run -p 8080:80` on a berth-net network is refused (CreateEndpoint, as
+/// Docker 20.10 sends the bindings), saying where the container is reached; exposed ports
+/// alone (an image's EXPOSE) are fine; nothing is built for the refused endpoint.
+#[tokio::test]
+async fn published_ports_are_refused_not_ignored() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let a = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"","Options":null}),
+        )
+        .await;
+    let addr = a["Address"].as_str().unwrap().to_string();
+    let e = t
+        .err(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},
+                "Options":{"com.docker.network.endpoint.exposedports":[{"Proto":6,"Port":80}],
+                    "com.docker.network.portmap":[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]}}),
+        )
+        .await;
+    assert!(e.contains("8080:80/tcp"), "{e}");
+    assert!(e.contains("reached at their own routable address"), "{e}");
+    assert!(t.dp.endpoints.lock().unwrap().is_empty(), "built anyway");
+    assert!(
+        t.svc.state().endpoint(E1).unwrap().is_none(),
+        "recorded anyway"
+    );
+    t.ok(
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},
+            "Options":{"com.docker.network.endpoint.exposedports":[{"Proto":6,"Port":80}],"com.docker.network.portmap":null}}),
+    )
+    .await;
+    // The gateway endpoint's call carries the sandbox's bindings too.
+    let e = t
+        .err(
+            "NetworkDriver.ProgramExternalConnectivity",
+            json!({"NetworkID":N1,"EndpointID":E1,
+                "Options":{"com.docker.network.portmap":[{"Proto":17,"IP":"","Port":53,"HostIP":"127.0.0.1","HostPort":0,"HostPortEnd":0}]}}),
+        )
+        .await;
+    assert!(e.contains("-p 127.0.0.1::53/udp"), "{e}");
+    t.ok(
+        "NetworkDriver.ProgramExternalConnectivity",
+        json!({"NetworkID":N1,"EndpointID":E1,"Options":{"com.docker.network.endpoint.exposedports":[{"Proto":6,"Port":80}]}}),
+    )
+    .await;
+    t.ok(
+        "NetworkDriver.RevokeExternalConnectivity",
+        json!({"NetworkID":N1,"EndpointID":E1}),
+    )
+    .await;
+}
+
+/// Issue 16 §3: EndpointOperInfo answers what an operator wants (it was an empty map), and
+/// never fails (dockerd fails the container on an error there).
+#[tokio::test]
+async fn endpoint_oper_info_shows_the_datapath() {
+    let t = setup();
+    let pool = t
+        .create_network(
+            N1,
+            "10.231.6.0/24",
+            json!({"vlan":"100","egress_rate":"50M"}),
+        )
+        .await
+        .unwrap();
+    let (addr, _) = t.start(N1, &pool, E1, "").await;
+    let v = t
+        .ok(
+            "NetworkDriver.EndpointOperInfo",
+            json!({"NetworkID":N1,"EndpointID":E1}),
+        )
+        .await;
+    let info = &v["Value"];
+    assert_eq!(info["berth.vlan"], "100", "{v}");
+    assert_eq!(info["berth.host_if"], "vbaaaaaaaaaa", "{v}");
+    assert_eq!(info["berth.container_if"], "tbaaaaaaaaaa", "{v}");
+    assert!(
+        info["berth.ovs_port"]
+            .as_str()
+            .unwrap()
+            .starts_with("vbaaaaaaaaaa (tag 100"),
+        "{v}"
+    );
+    assert_eq!(info["berth.address"], addr.as_str(), "{v}");
+    assert!(
+        info["berth.mac"].as_str().unwrap().starts_with("02:b7:"),
+        "{v}"
+    );
+    assert_eq!(info["berth.host_id"], "h1", "{v}");
+    assert_eq!(info["berth.egress_limit"], "50000kbit", "{v}");
+    assert_eq!(info["berth.ingress_limit"], "unlimited", "{v}");
+    // Unknown endpoint, bad id: an empty map, not an error.
+    for id in [E2, ""] {
+        let v = t
+            .ok(
+                "NetworkDriver.EndpointOperInfo",
+                json!({"NetworkID":N1,"EndpointID":id}),
+            )
+            .await;
+        assert_eq!(v, json!({"Value":{}}));
+    }
+}

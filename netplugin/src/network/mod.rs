@@ -105,6 +105,25 @@ pub struct EndpointRelease {
 /// When a joined endpoint's MAC is announced again, after the announcement at Join.
 pub const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
 
+/// `docker run -p/-P` on a berth-net network: refused, never silently ignored. berth-net gives
+/// no NAT and no proxy on the host; a container is reached at its own routable address on its
+/// container ports. Docker sends the bindings in CreateEndpoint's options (the container's
+/// first non-internal network) and in ProgramExternalConnectivity's (the network that becomes
+/// the container's gateway).
+pub fn refuse_published_ports(
+    options: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> NetResult<()> {
+    let bindings = crate::protocol::port_bindings(options);
+    if bindings.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = bindings.iter().map(|b| b.describe()).collect();
+    Err(NetError::invalid(format!(
+        "berth-net does not publish ports (-p {}): containers on a berth-net network are reached at their own routable address          (docker inspect shows it) on the container's ports; run without -p/-P, or publish through a bridge network",
+        list.join(", -p ")
+    )))
+}
+
 /// Interface names come from the id, not the record's fields (see [`EndpointRecord::host_if`]).
 fn plan_of(e: &EndpointRecord) -> EndpointPlan {
     EndpointPlan {
@@ -260,6 +279,7 @@ impl Service {
                 "Interface.Address is empty: berth-net endpoints need an IPv4 address from IPAM",
             ));
         }
+        refuse_published_ports(&req.options)?;
         let (ip, prefix) = parse_cidr(&req.interface.address)
             .map_err(|e| NetError::invalid(format!("Interface.Address {e}")))?;
         let given_mac = !req.interface.mac_address.is_empty();
@@ -445,6 +465,57 @@ impl Service {
             store_op("delete endpoint", move || Ok(state.delete_endpoint(&eid)?)).await?;
         }
         Ok(())
+    }
+
+    /// EndpointOperInfo: what an operator wants to know of the endpoint, under `berth.*` keys
+    /// (VLAN, host interface, OVS port, MAC, address, host, limits). Never an error: dockerd
+    /// asks when it builds a container's network settings, and an error there fails the
+    /// container; an unknown endpoint or an unreachable store answers an empty map.
+    pub async fn oper_info(&self, endpoint_id: &str) -> OperInfoResponse {
+        let mut value = std::collections::BTreeMap::new();
+        if require_id("EndpointID", endpoint_id).is_err() {
+            return OperInfoResponse { value };
+        }
+        let state = self.state.clone();
+        let eid = endpoint_id.to_string();
+        let record = match store_op("endpoint info", move || Ok(state.endpoint(&eid)?)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return OperInfoResponse { value },
+            Err(e) => {
+                tracing::debug!(endpoint = endpoint_id, error = %e, "EndpointOperInfo without the record");
+                return OperInfoResponse { value };
+            }
+        };
+        let host_if = record.host_if_name();
+        let port = self.dp.ports().into_iter().find(|p| p.name == host_if);
+        let kbps =
+            |k: Option<u32>| k.map_or_else(|| "unlimited".to_string(), |k| format!("{k}kbit"));
+        for (k, v) in [
+            ("berth.vlan", record.vlan.to_string()),
+            ("berth.host_if", host_if.clone()),
+            ("berth.container_if", record.container_if_name()),
+            (
+                "berth.ovs_port",
+                match &port {
+                    Some(p) => format!(
+                        "{} (tag {}, ofport {})",
+                        p.name,
+                        p.tag.map_or_else(|| "-".into(), |t| t.to_string()),
+                        p.ofport.map_or_else(|| "-".into(), |o| o.to_string())
+                    ),
+                    None => "missing".into(),
+                },
+            ),
+            ("berth.mac", record.mac.to_string()),
+            ("berth.address", record.address.to_string()),
+            ("berth.host_id", record.host_id.clone()),
+            ("berth.mtu", record.mtu.to_string()),
+            ("berth.egress_limit", kbps(record.limits.egress_kbps)),
+            ("berth.ingress_limit", kbps(record.limits.ingress_kbps)),
+        ] {
+            value.insert(k.to_string(), v);
+        }
+        OperInfoResponse { value }
     }
 
     /// The endpoint with this id, or the only one whose id starts with it (at least 4
