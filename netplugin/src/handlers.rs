@@ -160,7 +160,8 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
 
 /// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
 /// `/stats`, `/hosts`, `/audit`; `POST /reconcile[?prune=true]`, `/hosts/reclaim`,
-/// `/addresses/reserve|unreserve|release`, `/endpoints/release`.
+/// `/addresses/reserve|unreserve|release`, `/endpoints/release`, `/endpoints/limits`,
+/// `/networks/limits`.
 pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
     let docker = Arc::new(docker);
     Router::new()
@@ -238,6 +239,26 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
                 }
             }),
         )
+        .route(
+            Method::POST,
+            "/endpoints/limits",
+            with(&svc, |s, req: Request| async move {
+                match body_of::<SetLimitsBody>(&req) {
+                    Ok(b) => reply(s.set_endpoint_limits(&b.target, b.change).await),
+                    Err(e) => Reply::error(&PluginError::from(e)),
+                }
+            }),
+        )
+        .route(
+            Method::POST,
+            "/networks/limits",
+            with(&svc, |s, req: Request| async move {
+                match body_of::<SetLimitsBody>(&req) {
+                    Ok(b) => reply(s.set_network_limits(&b.target, b.change).await),
+                    Err(e) => Reply::error(&PluginError::from(e)),
+                }
+            }),
+        )
         .route_prefix(
             Method::POST,
             "/addresses/",
@@ -265,6 +286,14 @@ struct ReleaseEndpointBody {
     endpoint: String,
     #[serde(default)]
     force: bool,
+}
+
+/// `POST /endpoints/limits` (target: endpoint or container) and `/networks/limits`.
+#[derive(serde::Deserialize)]
+struct SetLimitsBody {
+    target: String,
+    #[serde(flatten)]
+    change: crate::network::LimitsChange,
 }
 
 #[derive(serde::Deserialize)]

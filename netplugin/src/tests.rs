@@ -1103,3 +1103,126 @@ async fn endpoint_oper_info_shows_the_datapath() {
         assert_eq!(v, json!({"Value":{}}));
     }
 }
+
+/// Issue 16 §1: live limit changes. An endpoint's own limits win over its network's; a
+/// network's change reaches every endpoint without its own limit in that direction (records
+/// of older releases included); `none` removes a limit, `network` follows the network again;
+/// the datapath gets the new limits at once.
+#[tokio::test]
+async fn limits_change_live() {
+    use crate::network::LimitsChange;
+    use crate::state::{encode, endpoint_key, RateLimits};
+    use crate::store::{Op, Txn};
+    let t = setup();
+    let pool = t
+        .create_network(
+            N1,
+            "10.231.6.0/24",
+            json!({"vlan":"100","egress_rate":"50M"}),
+        )
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    let a = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"","Options":null}),
+        )
+        .await;
+    t.ok(
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E2,"Interface":{"Address":a["Address"],"AddressIPv6":"","MacAddress":""},
+            "Options":{"ingress_rate":"10M"}}),
+    )
+    .await;
+    let limits = |id: &str| t.svc.state().endpoint(id).unwrap().unwrap().limits;
+    let in_dp =
+        |id: &str| t.dp.endpoints.lock().unwrap()[&crate::dataplane::host_if_name(id)].limits;
+    let rl = |e: Option<u32>, i: Option<u32>| RateLimits {
+        egress_kbps: e,
+        ingress_kbps: i,
+        burst_kbits: None,
+    };
+    let change = |e: Option<&str>, i: Option<&str>| LimitsChange {
+        egress: e.map(str::to_string),
+        ingress: i.map(str::to_string),
+        burst: None,
+    };
+    // E2 as a release before live changes wrote it: no own_limits.
+    let mut old = t.svc.state().endpoint(E2).unwrap().unwrap();
+    old.own_limits = None;
+    t.svc
+        .state()
+        .store
+        .txn(Txn {
+            compare: vec![],
+            success: vec![Op::put(endpoint_key(E2), encode(&old))],
+            failure: vec![],
+        })
+        .unwrap();
+    assert_eq!(limits(E2), rl(Some(50_000), Some(10_000)));
+
+    let r = t
+        .svc
+        .set_endpoint_limits(&E1[..8], change(Some("20M"), None))
+        .await
+        .unwrap();
+    assert_eq!(r.endpoints.len(), 1);
+    assert!(r.datapath_error.is_none());
+    assert_eq!(limits(E1), rl(Some(20_000), None));
+    assert_eq!(in_dp(E1), rl(Some(20_000), None), "not applied at once");
+    assert_eq!(limits(E2), rl(Some(50_000), Some(10_000)), "E2 touched");
+
+    let r = t
+        .svc
+        .set_network_limits(&N1[..6], change(Some("100M"), Some("30M")))
+        .await
+        .unwrap();
+    assert_eq!(r.network_limits, Some(rl(Some(100_000), Some(30_000))));
+    assert_eq!(r.endpoints.len(), 2);
+    assert_eq!(
+        limits(E1),
+        rl(Some(20_000), Some(30_000)),
+        "own egress kept"
+    );
+    assert_eq!(
+        limits(E2),
+        rl(Some(100_000), Some(10_000)),
+        "own ingress kept"
+    );
+    assert_eq!(in_dp(E2), rl(Some(100_000), Some(10_000)));
+
+    t.svc
+        .set_endpoint_limits(E1, change(Some("none"), None))
+        .await
+        .unwrap();
+    assert_eq!(limits(E1), rl(None, Some(30_000)), "none: no meter");
+    assert_eq!(in_dp(E1), rl(None, Some(30_000)));
+    t.svc
+        .set_endpoint_limits(E1, change(Some("network"), None))
+        .await
+        .unwrap();
+    assert_eq!(limits(E1), rl(Some(100_000), Some(30_000)));
+    t.svc
+        .set_network_limits(N1, change(Some("none"), Some("none")))
+        .await
+        .unwrap();
+    assert_eq!(limits(E1), rl(None, None));
+    assert_eq!(limits(E2), rl(None, Some(10_000)));
+    let views = t.svc.admin_networks().await.unwrap();
+    assert!(views[0].limits.is_unlimited());
+
+    for (bad, why) in [
+        (change(Some("5"), None), "8K"),
+        (change(None, None), "nothing to change"),
+    ] {
+        let e = t.svc.set_endpoint_limits(E1, bad).await.unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let e = t
+        .svc
+        .set_endpoint_limits("ffffffff", change(Some("1M"), None))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no endpoint or container"), "{e}");
+}

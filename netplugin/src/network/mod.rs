@@ -10,10 +10,12 @@
 mod admin;
 mod ipam_driver;
 mod latency;
+mod limits;
 mod options;
 
 pub use admin::{AddressView, EndpointView, NetworkView, PoolView, Stats};
 pub use latency::{Latencies, LatencySummary};
+pub use limits::{EndpointLimits, LimitsChange, LimitsReport};
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -326,6 +328,7 @@ impl Service {
             created_at: now(),
             lease: self.state.lease(),
             limits: net.limits.overridden_by(own_limits),
+            own_limits: Some(own_limits),
         };
         if let Some(e) = existing {
             if e.network_id == record.network_id && e.address == record.address {
