@@ -1442,6 +1442,173 @@ fn t_published_ports_refused(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The host end of `name`'s veth on a berth-net network, once netplugin learned which
+/// container the endpoint serves (docker_sync).
+fn port_of_container(c: &Ctx, name: &str) -> Result<String> {
+    let id = c.d(&["inspect", "-f", "{{.Id}}", name])?;
+    let mut port = None;
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        port = c.endpoints().ok().and_then(|eps| {
+            eps.iter()
+                .find(|e| e["container_id"].as_str() == Some(id.as_str()))
+                .and_then(|e| e["host_if"].as_str().map(str::to_string))
+        });
+        port.is_some()
+    });
+    port.ok_or_else(|| anyhow!("no endpoint labelled with container {name} ({id})"))
+}
+
+/// Bytes the host end of a veth sent into its container (kernel counter: exact, live).
+fn tx_bytes(port: &str) -> Result<u64> {
+    Ok(
+        std::fs::read_to_string(format!("/sys/class/net/{port}/statistics/tx_bytes"))?
+            .trim()
+            .parse()?,
+    )
+}
+
+/// Mbit/s into the container behind `port` over the next `secs` (L2 bytes, as the meters
+/// count them).
+fn rate_into(port: &str, secs: f64) -> Result<f64> {
+    let (t0, b0) = (Instant::now(), tx_bytes(port)?);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    Ok((tx_bytes(port)? - b0) as f64 * 8.0 / 1e6 / t0.elapsed().as_secs_f64())
+}
+
+/// One live change with a transfer running from `from` to `to`: the rate before, the time
+/// until the rate crosses halfway to the new one, and the rate a second after the change.
+/// `change` runs the set-limits command; `finish` lifts the limit so the transfer ends.
+fn live_change(
+    c: &Ctx,
+    from: &str,
+    to: &str,
+    change: &dyn Fn() -> Result<()>,
+    finish: &dyn Fn() -> Result<()>,
+    (old, new): (f64, f64),
+) -> Result<(f64, f64, f64)> {
+    let port = port_of_container(c, to)?;
+    let to_ip = c.ip(to, "n7")?;
+    c.d(&[
+        "exec",
+        "-d",
+        to,
+        "sh",
+        "-c",
+        "rm -f /tmp/got; nc -l -p 5003 | wc -c > /tmp/got",
+    ])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let bytes: usize = 48 << 20;
+    let pid = c.pid(from)?;
+    let addr = format!("{to_ip}:5003").parse()?;
+    let sender = std::thread::spawn(move || tcp_send_from(pid, addr, bytes));
+    let result = (|| -> Result<(f64, f64, f64)> {
+        // The bucket (0.8 s at the rate) lets the start through faster: past it first.
+        std::thread::sleep(Duration::from_millis(2500));
+        let before = rate_into(&port, 3.0)?;
+        let changed = Instant::now();
+        change()?;
+        // Halfway from the old rate to the new one, in 100 ms steps (bounded: 5 s).
+        let half = (old + new) / 2.0;
+        let mut took = f64::NAN;
+        for _ in 0..50 {
+            let r = rate_into(&port, 0.1)?;
+            if (new > old && r > half) || (new < old && r < half) {
+                took = changed.elapsed().as_secs_f64();
+                break;
+            }
+        }
+        let wait = Duration::from_secs(1).saturating_sub(changed.elapsed());
+        std::thread::sleep(wait);
+        let after = rate_into(&port, 3.0)?;
+        Ok((before, took, after))
+    })();
+    finish()?;
+    let sent = sender.join().map_err(|_| anyhow!("sender panicked"))?;
+    let mut got = String::new();
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        got = c.d(&["exec", to, "cat", "/tmp/got"]).unwrap_or_default();
+        !got.is_empty()
+    });
+    sent.context("the transfer broke during the change")?;
+    ensure!(
+        got.trim() == bytes.to_string(),
+        "{to} received {got:?} of {bytes} bytes: the connection did not survive"
+    );
+    result
+}
+
+/// Issue 16 §1 with real traffic: a transfer running at its old limit moves to the new one
+/// (egress up, ingress down) without its connection dropping; the records and `endpoint ls`
+/// show the new limits; a network's default reaches its endpoints.
+fn t_live_rate_change(c: &Ctx) -> Result<()> {
+    let net = c.create_net("n7", "10.231.7.0/24", &["-o", "vlan=107"])?;
+    c.sleeper("l1", "n7", &[])?;
+    c.sleeper("l2", "n7", &[])?;
+    let l1 = c.d(&["inspect", "-f", "{{.Id}}", "l1"])?;
+    let l2 = c.d(&["inspect", "-f", "{{.Id}}", "l2"])?;
+    port_of_container(c, "l1")?;
+    let set = |target: &str, what: &[&str], flags: &[&str]| -> Result<()> {
+        let mut args = vec![what[0], "set-limits", target];
+        args.extend_from_slice(flags);
+        c.net().admin_text(&args).map(drop)
+    };
+    let tolerance = |rate: f64, want: f64| (rate - want).abs() <= want * 0.15;
+    // Egress: l1 sends at 8M, then 20M.
+    set(&l1[..12], &["endpoint"], &["--egress", "8M"])?;
+    let (before, took, after) = live_change(
+        c,
+        "l1",
+        "l2",
+        &|| set(&l1[..12], &["endpoint"], &["--egress", "20M"]),
+        &|| set(&l1[..12], &["endpoint"], &["--egress", "none"]),
+        (8.0, 20.0),
+    )?;
+    println!("    egress 8M → 20M live: {before:.2} → {after:.2} Mbit/s (ratios {:.2}, {:.2}), halfway after {took:.2} s",
+        before / 8.0, after / 20.0);
+    ensure!(
+        tolerance(before, 8.0) && tolerance(after, 20.0),
+        "egress 8M → 20M measured {before:.2} → {after:.2} Mbit/s"
+    );
+    // Ingress: l2 receives at 20M, then 8M, through the network's default this time.
+    set(&net[..12], &["network"], &["--ingress", "20M"])?;
+    let eps = c.endpoints()?;
+    ensure!(
+        eps.iter()
+            .filter(|e| e["network_id"].as_str() == Some(net.as_str()))
+            .all(|e| e["limits"]["ingress_kbps"] == 20000),
+        "network default not on its endpoints: {eps:?}"
+    );
+    let (before, took, after) = live_change(
+        c,
+        "l1",
+        "l2",
+        &|| set(&l2[..12], &["endpoint"], &["--ingress", "8M"]),
+        &|| {
+            set(&net[..12], &["network"], &["--ingress", "none"])
+                .and_then(|()| set(&l2[..12], &["endpoint"], &["--ingress", "network"]))
+        },
+        (20.0, 8.0),
+    )?;
+    println!("    ingress 20M → 8M live: {before:.2} → {after:.2} Mbit/s (ratios {:.2}, {:.2}), halfway after {took:.2} s",
+        before / 20.0, after / 8.0);
+    ensure!(
+        tolerance(before, 20.0) && tolerance(after, 8.0),
+        "ingress 20M → 8M measured {before:.2} → {after:.2} Mbit/s"
+    );
+    // Cleared: no meter left for n7's ports.
+    let gone = wait_until(Duration::from_secs(5), Duration::from_millis(200), || {
+        c.ovs().dump_meters(&c.bridge).is_ok_and(|m| m.is_empty())
+    });
+    ensure!(
+        gone,
+        "meters left after clearing: {:?}",
+        c.ovs().dump_meters(&c.bridge)
+    );
+    c.rm(&["l1", "l2"]);
+    c.d(&["network", "rm", "n7"])?;
+    Ok(())
+}
+
 fn t_final_cleanup(c: &Ctx) -> Result<()> {
     for n in ["a1", "a2", "b1", "b2"] {
         c.rm(&[n]);
@@ -1483,6 +1650,7 @@ fn main() {
             ("leaked_endpoints_released", t_leaked_endpoints),
             ("arp_proxy_answers_known_addresses", t_arp_proxy),
             ("rate_limits_per_container", t_rate_limits),
+            ("live_rate_change", t_live_rate_change),
             ("restart_ovs_recovers", t_restart_ovs),
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),
             ("admin_cli", t_admin_cli),
