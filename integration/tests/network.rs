@@ -1476,7 +1476,8 @@ fn rate_into(port: &str, secs: f64) -> Result<f64> {
 }
 
 /// One live change with a transfer running from `from` to `to`: the rate before, the time
-/// until the rate crosses halfway to the new one, and the rate a second after the change.
+/// the set-limits command took, the time until the rate crosses halfway to the new one, and
+/// the rate a second after the change.
 /// `change` runs the set-limits command; `finish` lifts the limit so the transfer ends.
 fn live_change(
     c: &Ctx,
@@ -1485,7 +1486,7 @@ fn live_change(
     change: &dyn Fn() -> Result<()>,
     finish: &dyn Fn() -> Result<()>,
     (old, new): (f64, f64),
-) -> Result<(f64, f64, f64)> {
+) -> Result<(f64, f64, f64, f64)> {
     let port = port_of_container(c, to)?;
     let to_ip = c.ip(to, "n7")?;
     c.d(&[
@@ -1501,12 +1502,13 @@ fn live_change(
     let pid = c.pid(from)?;
     let addr = format!("{to_ip}:5003").parse()?;
     let sender = std::thread::spawn(move || tcp_send_from(pid, addr, bytes));
-    let result = (|| -> Result<(f64, f64, f64)> {
+    let result = (|| -> Result<(f64, f64, f64, f64)> {
         // The bucket (0.8 s at the rate) lets the start through faster: past it first.
         std::thread::sleep(Duration::from_millis(2500));
         let before = rate_into(&port, 3.0)?;
         let changed = Instant::now();
         change()?;
+        let command = changed.elapsed().as_secs_f64();
         // Halfway from the old rate to the new one, in 100 ms steps (bounded: 5 s).
         let half = (old + new) / 2.0;
         let mut took = f64::NAN;
@@ -1520,7 +1522,7 @@ fn live_change(
         let wait = Duration::from_secs(1).saturating_sub(changed.elapsed());
         std::thread::sleep(wait);
         let after = rate_into(&port, 3.0)?;
-        Ok((before, took, after))
+        Ok((before, command, took, after))
     })();
     finish()?;
     let sent = sender.join().map_err(|_| anyhow!("sender panicked"))?;
@@ -1555,7 +1557,7 @@ fn t_live_rate_change(c: &Ctx) -> Result<()> {
     let tolerance = |rate: f64, want: f64| (rate - want).abs() <= want * 0.15;
     // Egress: l1 sends at 8M, then 20M.
     set(&l1[..12], &["endpoint"], &["--egress", "8M"])?;
-    let (before, took, after) = live_change(
+    let (before, command, took, after) = live_change(
         c,
         "l1",
         "l2",
@@ -1563,12 +1565,24 @@ fn t_live_rate_change(c: &Ctx) -> Result<()> {
         &|| set(&l1[..12], &["endpoint"], &["--egress", "none"]),
         (8.0, 20.0),
     )?;
-    println!("    egress 8M → 20M live: {before:.2} → {after:.2} Mbit/s (ratios {:.2}, {:.2}), halfway after {took:.2} s",
+    println!("    egress 8M → 20M live: {before:.2} → {after:.2} Mbit/s (ratios {:.2}, {:.2}), command {command:.2} s, halfway after {took:.2} s",
         before / 8.0, after / 20.0);
     ensure!(
         tolerance(before, 8.0) && tolerance(after, 20.0),
         "egress 8M → 20M measured {before:.2} → {after:.2} Mbit/s"
     );
+    // The limit in force is shown at once: `endpoint ls`, and stats (the rate_limit_kbps metric).
+    set(&l1[..12], &["endpoint"], &["--egress", "30M"])?;
+    let stats = c.net().admin_json(&["stats"])?;
+    ensure!(
+        stats["rate_limit_drops"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|d| { d["direction"] == "egress" && d["rate_kbps"] == 30000 })),
+        "stats: {stats}"
+    );
+    let ls = c.net().admin_text(&["endpoint", "ls", "--network", &net])?;
+    ensure!(ls.contains("30M/-"), "endpoint ls: {ls}");
+    set(&l1[..12], &["endpoint"], &["--egress", "none"])?;
     // Ingress: l2 receives at 20M, then 8M, through the network's default this time.
     set(&net[..12], &["network"], &["--ingress", "20M"])?;
     let eps = c.endpoints()?;
@@ -1578,7 +1592,7 @@ fn t_live_rate_change(c: &Ctx) -> Result<()> {
             .all(|e| e["limits"]["ingress_kbps"] == 20000),
         "network default not on its endpoints: {eps:?}"
     );
-    let (before, took, after) = live_change(
+    let (before, command, took, after) = live_change(
         c,
         "l1",
         "l2",
@@ -1589,7 +1603,7 @@ fn t_live_rate_change(c: &Ctx) -> Result<()> {
         },
         (20.0, 8.0),
     )?;
-    println!("    ingress 20M → 8M live: {before:.2} → {after:.2} Mbit/s (ratios {:.2}, {:.2}), halfway after {took:.2} s",
+    println!("    ingress 20M → 8M live: {before:.2} → {after:.2} Mbit/s (ratios {:.2}, {:.2}), command {command:.2} s, halfway after {took:.2} s",
         before / 20.0, after / 8.0);
     ensure!(
         tolerance(before, 20.0) && tolerance(after, 8.0),

@@ -122,6 +122,8 @@ pub struct RateLimitDrops {
     /// `egress` (what the container sent) or `ingress` (what was sent to it).
     pub direction: &'static str,
     pub packets: u64,
+    /// The meter's rate now, kbit/s (changes live with `set-limits`).
+    pub rate_kbps: u32,
 }
 
 /// One address the ARP proxy answers for: on `vlan`, `ip` is at `mac`. `local_port` is set for
