@@ -1220,9 +1220,25 @@ fn t_rate_limits(c: &Ctx) -> Result<()> {
 }
 
 /// A port on the bridge with berth's labels but no endpoint in the store (what a crash, another
-/// host id or an older release leaves). No device behind it: only the row matters here.
-fn fake_port(c: &Ctx, n: u32, host_id: Option<&str>) -> Result<String> {
+/// host id or an older release leaves). With `device`, a dummy link stands for a running
+/// container's veth; without, it is a port whose container is gone.
+fn fake_port(c: &Ctx, n: u32, host_id: Option<&str>, device: bool) -> Result<String> {
     let name = format!("vb{n:010x}");
+    if device {
+        c.ovs().own_link(&name);
+        for args in [
+            vec!["link", "add", &name, "type", "dummy"],
+            vec!["link", "set", &name, "up"],
+        ] {
+            let out = std::process::Command::new("ip").args(&args).output()?;
+            ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     let endpoint = format!("{n:010x}{}", "0".repeat(54));
     let mut set = vec![
         "--".to_string(),
@@ -1258,9 +1274,9 @@ fn t_prune_only_own_ports(c: &Ctx) -> Result<()> {
             .vsctl(&["get", "interface", p, "external_ids:berth-host-id"])?;
         ensure!(h.trim_matches('"') == "test-host", "{p}: berth-host-id {h}");
     }
-    let others = fake_port(c, 0xa1, Some("other-host"))?;
-    let unlabelled = fake_port(c, 0xa2, None)?;
-    let own = fake_port(c, 0xa3, Some("test-host"))?;
+    let others = fake_port(c, 0xa1, Some("other-host"), true)?;
+    let unlabelled = fake_port(c, 0xa2, None, true)?;
+    let own = fake_port(c, 0xa3, Some("test-host"), true)?;
     let gone = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         !on_bridge(c, &own).unwrap_or(true)
     });
@@ -1274,13 +1290,23 @@ fn t_prune_only_own_ports(c: &Ctx) -> Result<()> {
         on_bridge(c, &unlabelled)?,
         "unlabelled port {unlabelled} was removed"
     );
-    // Most of the bridge at once: held.
+    // Most of the bridge at once: held; ports whose container is gone still go.
     let total = c.ovs().ports(&c.bridge)?.len();
     let mut held = Vec::new();
     for i in 0..=total as u32 {
-        held.push(fake_port(c, 0xb0 + i, Some("test-host"))?);
+        held.push(fake_port(c, 0xb0 + i, Some("test-host"), true)?);
+    }
+    let mut dead = Vec::new();
+    for i in 0..4 {
+        dead.push(fake_port(c, 0xc0 + i, Some("test-host"), false)?);
     }
     std::thread::sleep(Duration::from_secs(2));
+    for p in &dead {
+        ensure!(
+            !on_bridge(c, p)?,
+            "{p} (no device) was held with the live ones"
+        );
+    }
     let report = c.net().admin_json(&["reconcile"])?;
     for p in &held {
         ensure!(on_bridge(c, p)?, "{p} removed in a mass removal: {report}");
@@ -1302,8 +1328,10 @@ fn t_prune_only_own_ports(c: &Ctx) -> Result<()> {
         let p = e["host_if"].as_str().unwrap_or_default();
         ensure!(on_bridge(c, p)?, "a container's port {p} went");
     }
-    c.ovs().vsctl(&["del-port", &c.bridge, &others])?;
-    c.ovs().vsctl(&["del-port", &c.bridge, &unlabelled])?;
+    for p in [&others, &unlabelled] {
+        c.ovs().vsctl(&["del-port", &c.bridge, p])?;
+        integration::ovs::delete_link(p);
+    }
     Ok(())
 }
 

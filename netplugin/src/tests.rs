@@ -590,6 +590,32 @@ async fn reconcile_holds_a_mass_removal_until_pruned_by_hand() {
         crate::network::MASS_PRUNE_MIN + 1
     );
     assert!(report.prune_held.is_empty());
+    // A host back from a crash: every port of its own is stray, but their containers are
+    // gone (no device): they carry nobody's traffic and go; live ones beside them are held.
+    for i in 0..8 {
+        t.dp.endpoints
+            .lock()
+            .unwrap()
+            .remove(&crate::dataplane::host_if_name(&eid(100 + i)));
+    }
+    let mut dead = Vec::new();
+    for i in 0..6 {
+        let p = port_of(&eid(300 + i), "h1");
+        t.dp.no_device.lock().unwrap().insert(p.host_if.clone());
+        dead.push(p.host_if.clone());
+        put_port(&t, p);
+    }
+    let mut live = Vec::new();
+    for i in 0..crate::network::MASS_PRUNE_MIN + 1 {
+        let p = port_of(&eid(400 + i), "h1");
+        live.push(p.host_if.clone());
+        put_port(&t, p);
+    }
+    let report = t.svc.reconcile().await.unwrap();
+    let mut removed = report.ports_removed.clone();
+    removed.sort();
+    assert_eq!(removed, dead, "{report:?}");
+    assert_eq!(report.prune_held, live, "{report:?}");
 }
 
 /// Issue 14 §1: interface names on the host come from the endpoint id, never from the record:

@@ -23,6 +23,8 @@ pub struct FakeDataplane {
     pub containers: Mutex<BTreeMap<String, String>>,
     /// What the last `sync_arp` was given.
     pub arp: Mutex<Vec<ArpEntry>>,
+    /// Ports whose device is gone (`PortView::has_device` false).
+    pub no_device: Mutex<std::collections::BTreeSet<String>>,
     /// Every `delete_endpoint`, in order.
     pub deleted: Mutex<Vec<String>>,
     /// Every `announce`: (host_if, mac, ip).
@@ -153,6 +155,7 @@ impl Dataplane for FakeDataplane {
                 host_id: Some(p.host_id.clone()).filter(|h| !h.is_empty()),
                 container_id: self.containers.lock().unwrap().get(&p.host_if).cloned(),
                 ofport: Some(1),
+                has_device: !self.no_device.lock().unwrap().contains(&p.host_if),
             })
             .collect()
     }

@@ -84,6 +84,9 @@ pub struct PortView {
     /// `berth-container-id`, once learned from Docker.
     pub container_id: Option<String>,
     pub ofport: Option<i64>,
+    /// Whether its host-side device exists: a port without one (its container's namespace
+    /// is gone) carries nobody's traffic.
+    pub has_device: bool,
 }
 
 /// What a reconcile pass did.

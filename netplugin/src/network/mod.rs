@@ -671,10 +671,11 @@ impl Service {
     /// Removes ports of this host that no endpoint of the store has (left by a crash, or by
     /// a DeleteEndpoint whose datapath step failed). Only ports labelled with this host's id
     /// and named as berth names them; ports without the label (older releases) or another
-    /// host's id are left alone and logged once. A pass that would remove most of the bridge
-    /// at once (more than [`MASS_PRUNE_MIN`] ports and more than half) removes nothing: a store
-    /// that lost this host's records must not cut every container off; it is logged and held
-    /// until `netplugin reconcile --prune`.
+    /// host's id are left alone and logged once. A pass that would remove most of the bridge's
+    /// ports in use at once (more than [`MASS_PRUNE_MIN`] ports with a device, and more than
+    /// half of those) removes none of them: a store that lost this host's records must not cut
+    /// every container off; it is logged and held until `netplugin reconcile --prune`. Ports
+    /// without a device (their container is gone) carry no traffic and always go.
     async fn prune(
         &self,
         plans: &[EndpointPlan],
@@ -709,21 +710,28 @@ impl Service {
         if stray.is_empty() {
             return Ok(());
         }
-        if !force && stray.len() > MASS_PRUNE_MIN && stray.len() * 2 > ports.len() {
+        // Only ports with a device carry traffic: those are what the guard protects. Ports
+        // whose container's namespace is gone (a host back from a crash) always go.
+        let has_device = |name: &String| ports.iter().any(|p| &p.name == name && p.has_device);
+        let (live, dead): (Vec<String>, Vec<String>) = stray.into_iter().partition(has_device);
+        let in_use = ports.iter().filter(|p| p.has_device).count();
+        let mut remove = dead;
+        if !force && live.len() > MASS_PRUNE_MIN && live.len() * 2 > in_use {
             let mut held = self.prune_held.lock().unwrap_or_else(|e| e.into_inner());
-            if *held != stray {
-                warn!(ports = ?stray, of = ports.len(), host = %me,
-                    "reconcile would remove most of the bridge's ports (their endpoints are not in the store): NOT removing them; check the store (--etcd-prefix, --host-id), then run `netplugin reconcile --prune` to remove them");
-                held.clone_from(&stray);
+            if *held != live {
+                warn!(ports = ?live, of = in_use, host = %me,
+                    "reconcile would remove most of the bridge's ports in use (their endpoints are not in the store): NOT removing them; check the store (--etcd-prefix, --host-id), then run `netplugin reconcile --prune` to remove them");
+                held.clone_from(&live);
             }
-            report.prune_held = stray;
-            return Ok(());
+            report.prune_held = live;
+        } else {
+            self.prune_held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            remove.extend(live);
         }
-        self.prune_held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        for name in stray {
+        for name in remove {
             self.dp
                 .delete_endpoint(&name)
                 .await

@@ -518,6 +518,7 @@ impl Dataplane for OvsDataplane {
                     host_id: iface.external_ids.get(EXT_HOST).cloned(),
                     container_id: iface.external_ids.get(EXT_CONTAINER).cloned(),
                     ofport: iface.ofport,
+                    has_device: netlink::exists(&p.name),
                 })
             })
             .collect()
