@@ -1220,14 +1220,15 @@ fn t_rate_limits(c: &Ctx) -> Result<()> {
 }
 
 /// A port on the bridge with berth's labels but no endpoint in the store (what a crash, another
-/// host id or an older release leaves). With `device`, a dummy link stands for a running
-/// container's veth; without, it is a port whose container is gone.
+/// host id or an older release leaves). With `device`, a veth pair (both ends on the host)
+/// stands for a running container's; without, it is a port whose container is gone.
 fn fake_port(c: &Ctx, n: u32, host_id: Option<&str>, device: bool) -> Result<String> {
     let name = format!("vb{n:010x}");
+    let peer = format!("tb{n:010x}");
     if device {
         c.ovs().own_link(&name);
         for args in [
-            vec!["link", "add", &name, "type", "dummy"],
+            vec!["link", "add", &name, "type", "veth", "peer", "name", &peer],
             vec!["link", "set", &name, "up"],
         ] {
             let out = std::process::Command::new("ip").args(&args).output()?;
