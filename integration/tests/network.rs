@@ -1652,6 +1652,60 @@ fn t_live_rate_change(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Issue 16 §3: EndpointOperInfo answers the datapath with real OVS (VLAN, port with its tag
+/// and ofport, MAC, address); and what Docker 20.10 makes of it: nothing shown in
+/// `docker inspect` or `docker network inspect` (docs/protocols.md §2 says so; this fails
+/// if a Docker starts showing it, so the docs get updated).
+fn t_oper_info(c: &Ctx) -> Result<()> {
+    let net_id = c.d(&["network", "inspect", "-f", "{{.Id}}", "n1"])?;
+    let ep = c.d(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"n1\").EndpointID}}",
+        "a1",
+    ])?;
+    let (s, v) = c.net().call(
+        "NetworkDriver.EndpointOperInfo",
+        Some(&format!(
+            r#"{{"NetworkID":"{net_id}","EndpointID":"{ep}"}}"#
+        )),
+    )?;
+    ensure!(s == 200, "EndpointOperInfo: {v}");
+    let info = &v["Value"];
+    let port = format!("vb{}", &ep[..10]);
+    let vlan = c.ovs().vsctl(&["get", "port", &port, "tag"])?;
+    ensure!(info["berth.vlan"] == vlan.as_str(), "{v} (OVS tag {vlan})");
+    let ofport = c.ovs().vsctl(&["get", "interface", &port, "ofport"])?;
+    ensure!(
+        info["berth.ovs_port"] == format!("{port} (tag {vlan}, ofport {ofport})").as_str(),
+        "{v}"
+    );
+    let ip = c.ip("a1", "n1")?;
+    ensure!(
+        info["berth.address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(&format!("{ip}/"))),
+        "{v}"
+    );
+    let mac = c.d(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"n1\").MacAddress}}",
+        "a1",
+    ])?;
+    ensure!(info["berth.mac"] == mac.as_str(), "{v} (docker: {mac})");
+    for shown in [
+        c.d(&["inspect", "a1"])?,
+        c.d(&["network", "inspect", "n1"])?,
+    ] {
+        ensure!(
+            !shown.contains("berth.vlan"),
+            "Docker shows EndpointOperInfo now: update docs/protocols.md §2"
+        );
+    }
+    Ok(())
+}
+
 fn t_final_cleanup(c: &Ctx) -> Result<()> {
     for n in ["a1", "a2", "b1", "b2"] {
         c.rm(&[n]);
@@ -1698,6 +1752,7 @@ fn main() {
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),
             ("admin_cli", t_admin_cli),
             ("published_ports_refused", t_published_ports_refused),
+            ("endpoint_oper_info", t_oper_info),
             ("prune_only_own_ports", t_prune_only_own_ports),
             ("host_identity_change_refused", t_host_identity),
             ("final_no_leftovers", t_final_cleanup),
