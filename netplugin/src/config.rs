@@ -188,9 +188,7 @@ impl Config {
     pub fn from_args(args: &ServeArgs) -> anyhow::Result<Config> {
         let daemon = args.common.settings()?;
         let host_id = args.host_id.clone().unwrap_or_else(hostname);
-        if host_id.is_empty() || host_id.len() > 253 || host_id.contains('/') {
-            bail!("--host-id {host_id:?}: 1-253 characters without '/'");
-        }
+        check_host_id(&host_id)?;
         let bridge = args.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
         if bridge.is_empty() || bridge.len() > 15 {
             bail!("--bridge {bridge:?}: an interface name of 1-15 bytes");
@@ -300,6 +298,13 @@ impl Config {
             reconcile_interval: Duration::from_secs_f64(reconcile_interval),
         })
     }
+}
+
+pub fn check_host_id(host_id: &str) -> anyhow::Result<()> {
+    if host_id.is_empty() || host_id.len() > 253 || host_id.contains('/') {
+        bail!("--host-id {host_id:?}: 1-253 characters without '/'");
+    }
+    Ok(())
 }
 
 /// The embedded store's file in a state dir.

@@ -148,7 +148,9 @@ impl LeakTracker {
             match view.attachment(&ep.network_id, &ep.id) {
                 Attachment::UnknownNetwork => {}
                 Attachment::Listed(container) => {
-                    if let (Some(container), Some(have)) = (container, labels.get(&ep.host_if)) {
+                    if let (Some(container), Some(have)) =
+                        (container, labels.get(&ep.host_if_name()))
+                    {
                         if have.as_deref() != Some(container.as_str()) {
                             plan.label.push((ep.clone(), container));
                         }

@@ -81,12 +81,17 @@ pub fn plugin_router(svc: Arc<Service>) -> Router {
         })
         .post_json(
             "/NetworkDriver.EndpointOperInfo",
-            |_: EndpointRequest| async { Ok(OperInfoResponse::default()) },
+            with(&svc, |s, req: EndpointRequest| async move {
+                Ok::<_, PluginError>(s.oper_info(&req.endpoint_id).await)
+            }),
         )
         .post_json(
             "/NetworkDriver.ProgramExternalConnectivity",
-            |_: Empty| async { Ok(EmptyReply {}) },
+            |req: ExternalConnectivityRequest| async move {
+                ok(crate::network::refuse_published_ports(&req.options)).map(|_| EmptyReply {})
+            },
         )
+        // Nothing was programmed, so nothing to revoke (deliberate; docs/protocols.md §2).
         .post_json(
             "/NetworkDriver.RevokeExternalConnectivity",
             |_: Empty| async { Ok(EmptyReply {}) },
@@ -154,8 +159,9 @@ fn query_param(req: &Request, name: &str) -> Option<String> {
 }
 
 /// Admin API: `GET /networks`, `/endpoints[?network=ID]`, `/pools`, `/pools/<id|subnet|network>`,
-/// `/stats`, `/hosts`, `/audit`; `POST /reconcile`, `/hosts/reclaim`,
-/// `/addresses/reserve|unreserve|release`, `/endpoints/release`.
+/// `/stats`, `/hosts`, `/audit`; `POST /reconcile[?prune=true]`, `/hosts/reclaim`,
+/// `/addresses/reserve|unreserve|release`, `/endpoints/release`, `/endpoints/limits`,
+/// `/networks/limits`.
 pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
     let docker = Arc::new(docker);
     Router::new()
@@ -192,7 +198,10 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
         .route(
             Method::POST,
             "/reconcile",
-            with(&svc, |s, _| async move { reply(s.reconcile().await) }),
+            with(&svc, |s, req: Request| async move {
+                let prune = query_param(&req, "prune").is_some_and(|v| v == "true");
+                reply(s.reconcile_with(prune).await)
+            }),
         )
         .route(
             Method::GET,
@@ -230,6 +239,26 @@ pub fn admin_router(svc: Arc<Service>, docker: DockerClient) -> Router {
                 }
             }),
         )
+        .route(
+            Method::POST,
+            "/endpoints/limits",
+            with(&svc, |s, req: Request| async move {
+                match body_of::<SetLimitsBody>(&req) {
+                    Ok(b) => reply(s.set_endpoint_limits(&b.target, b.change).await),
+                    Err(e) => Reply::error(&PluginError::from(e)),
+                }
+            }),
+        )
+        .route(
+            Method::POST,
+            "/networks/limits",
+            with(&svc, |s, req: Request| async move {
+                match body_of::<SetLimitsBody>(&req) {
+                    Ok(b) => reply(s.set_network_limits(&b.target, b.change).await),
+                    Err(e) => Reply::error(&PluginError::from(e)),
+                }
+            }),
+        )
         .route_prefix(
             Method::POST,
             "/addresses/",
@@ -257,6 +286,14 @@ struct ReleaseEndpointBody {
     endpoint: String,
     #[serde(default)]
     force: bool,
+}
+
+/// `POST /endpoints/limits` (target: endpoint or container) and `/networks/limits`.
+#[derive(serde::Deserialize)]
+struct SetLimitsBody {
+    target: String,
+    #[serde(flatten)]
+    change: crate::network::LimitsChange,
 }
 
 #[derive(serde::Deserialize)]

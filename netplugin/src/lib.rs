@@ -14,6 +14,7 @@ pub mod docker_sync;
 pub mod error;
 pub mod fleet;
 pub mod handlers;
+pub mod identity;
 pub mod ipam;
 pub mod ipnet;
 pub mod mac;

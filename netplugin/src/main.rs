@@ -50,7 +50,7 @@ enum Command {
     #[command(subcommand)]
     Pool(PoolCommand),
     /// Re-assert the datapath now (bridge, flows, ports); prints what was fixed.
-    Reconcile(AdminArgs),
+    Reconcile(ReconcileArgs),
     /// Endpoint setup latencies, OVS connection, store and datapath in use.
     Stats(AdminArgs),
     /// Hosts of the fleet: lease state and what each holds.
@@ -61,6 +61,16 @@ enum Command {
     Store(StoreCommand),
 }
 
+#[derive(clap::Args, Debug)]
+struct ReconcileArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Also remove this host's ports without an endpoint when they are most of the bridge
+    /// (a normal pass holds those back and logs them: see `prune_held`).
+    #[arg(long)]
+    prune: bool,
+}
+
 fn main() -> anyhow::Result<()> {
     plugin_transport::daemon::main(|command| async move {
         match command {
@@ -68,7 +78,14 @@ fn main() -> anyhow::Result<()> {
             Command::Network(command) => command.run().await,
             Command::Endpoint(command) => command.run().await,
             Command::Pool(command) => command.run().await,
-            Command::Reconcile(admin) => cli::print_json(&admin, Method::POST, "/reconcile").await,
+            Command::Reconcile(a) => {
+                let path = if a.prune {
+                    "/reconcile?prune=true"
+                } else {
+                    "/reconcile"
+                };
+                cli::print_json(&a.admin, Method::POST, path).await
+            }
             Command::Stats(admin) => cli::print_json(&admin, Method::GET, "/stats").await,
             Command::Host(command) => command.run().await,
             Command::Store(command) => command.run().await,
@@ -81,20 +98,30 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     plugin_transport::logging::init(args.common.log_format());
     let config = Config::from_args(&args)?;
 
-    let store: Arc<dyn Store> = match &config.store {
+    let state_dir = &config.daemon.state_dir;
+    // Also with etcd: the host identity lives there.
+    create_private_dir(state_dir)
+        .with_context(|| format!("creating --state-dir {}", state_dir.display()))?;
+    let (store, store_desc): (Arc<dyn Store>, String) = match &config.store {
         StoreChoice::Embedded => {
-            let state_dir = &config.daemon.state_dir;
-            create_private_dir(state_dir)
-                .with_context(|| format!("creating --state-dir {}", state_dir.display()))?;
-            Arc::new(
-                RedbStore::open(&embedded_store(state_dir))
-                    .context("opening the embedded store")?,
+            let path = embedded_store(state_dir);
+            (
+                Arc::new(RedbStore::open(&path).context("opening the embedded store")?),
+                format!("embedded {}", path.display()),
             )
         }
-        StoreChoice::Etcd(etcd) => {
-            Arc::new(EtcdStore::connect(etcd).context("connecting to etcd")?)
-        }
+        StoreChoice::Etcd(etcd) => (
+            Arc::new(EtcdStore::connect(etcd).context("connecting to etcd")?),
+            format!("etcd {} prefix {}", etcd.endpoints.join(","), etcd.prefix),
+        ),
     };
+    let host_id = config.host_id.clone();
+    let (store_ref, dir) = (store.clone(), state_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        netplugin::identity::establish(&dir, &host_id, store_ref.as_ref(), &store_desc)
+    })
+    .await
+    .context("checking the host identity")??;
     let dp: Arc<dyn Dataplane> =
         Arc::new(OvsDataplane::start(config.ovs.clone()).map_err(anyhow::Error::msg)?);
     let state = State::new(store, config.host_id.clone());

@@ -106,15 +106,22 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
         "Packets a rate-limited endpoint's meter dropped since the meter was created (direction egress: sent by the container, ingress: sent to it), as of the last reconcile pass",
         dropped.clone(),
     );
+    let rate: Family<DropLabel, Gauge> = Family::default();
+    metrics.register(
+        "rate_limit_kbps",
+        "The limit in force on each rate-limited endpoint of this host, kbit/s (direction egress: sent by the container, ingress: sent to it), as of the last reconcile pass; follows `set-limits`",
+        rate.clone(),
+    );
     metrics.on_scrape(move || {
         dropped.clear();
+        rate.clear();
         for d in svc.dataplane().rate_limit_drops() {
-            dropped
-                .get_or_create(&DropLabel {
-                    endpoint: crate::state::short(&d.endpoint_id).to_string(),
-                    direction: d.direction.into(),
-                })
-                .set(d.packets as i64);
+            let label = DropLabel {
+                endpoint: crate::state::short(&d.endpoint_id).to_string(),
+                direction: d.direction.into(),
+            };
+            dropped.get_or_create(&label).set(d.packets as i64);
+            rate.get_or_create(&label).set(i64::from(d.rate_kbps));
         }
         let lost = svc.ipam().lost_races();
         if lost > lost_races.get() {

@@ -182,6 +182,74 @@ pub struct JoinResponse {
     pub disable_gateway_service: bool,
 }
 
+/// `ProgramExternalConnectivity` / `RevokeExternalConnectivity`: `Options` are the sandbox's
+/// labels (the port map and exposed ports among them).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExternalConnectivityRequest {
+    #[serde(rename = "NetworkID", default)]
+    pub network_id: String,
+    #[serde(rename = "EndpointID", default)]
+    pub endpoint_id: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+/// The option key under which Docker sends `-p`/`-P` bindings (CreateEndpoint's `Options`, and
+/// the sandbox labels of Join and ProgramExternalConnectivity).
+pub const PORT_MAP: &str = "com.docker.network.portmap";
+
+/// One entry of [`PORT_MAP`]: libnetwork's `types.PortBinding` as JSON (`Proto` 6 tcp, 17 udp,
+/// 132 sctp; IPs as strings or null).
+#[derive(Debug, Default, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortBinding {
+    #[serde(default)]
+    pub proto: u8,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(rename = "HostIP", default, deserialize_with = "nullable")]
+    pub host_ip: String,
+    #[serde(default)]
+    pub host_port: u16,
+}
+
+impl PortBinding {
+    /// As `docker run -p` reads: `[HOSTIP:]HOSTPORT:PORT/PROTO` (`HOSTPORT` empty when Docker
+    /// picks it, as with `-P`).
+    pub fn describe(&self) -> String {
+        let proto = match self.proto {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            132 => "sctp".to_string(),
+            n => format!("proto{n}"),
+        };
+        let host_port = if self.host_port == 0 {
+            String::new()
+        } else {
+            self.host_port.to_string()
+        };
+        let ip = match self.host_ip.as_str() {
+            "" | "0.0.0.0" | "::" => String::new(),
+            ip => format!("{ip}:"),
+        };
+        format!("{ip}{host_port}:{}/{proto}", self.port)
+    }
+}
+
+/// The port bindings among a request's options (none when absent, `null` or unreadable: the
+/// key is Docker's, not the user's).
+pub fn port_bindings(options: &BTreeMap<String, serde_json::Value>) -> Vec<PortBinding> {
+    options
+        .get(PORT_MAP)
+        .and_then(|v| serde_json::from_value::<Option<Vec<PortBinding>>>(v.clone()).ok())
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// `EndpointOperInfo`'s answer. Docker 20.10 shows none of it (`docker inspect` reads only
+/// its own typed port-map keys from it, which a remote driver cannot produce); it is there for
+/// tools that ask the driver, under `berth.*` keys.
 #[derive(Debug, Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct OperInfoResponse {

@@ -157,6 +157,7 @@ mod tests {
         EndpointPlan {
             endpoint_id: "e".repeat(64),
             network_id: "n".repeat(64),
+            host_id: "h1".into(),
             host_if: "vbeeeeeeeeee".into(),
             container_if: "tbeeeeeeeeee".into(),
             vlan: 100,

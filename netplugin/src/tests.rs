@@ -449,6 +449,7 @@ async fn reconcile_restores_and_removes() {
             .remove("vbaaaaaaaaaa")
             .unwrap();
     let mut stray = lost.clone();
+    stray.endpoint_id = format!("deadbeef00{}", &E1[10..]);
     stray.host_if = "vbdeadbeef00".into();
     t.dp.endpoints
         .lock()
@@ -459,6 +460,218 @@ async fn reconcile_restores_and_removes() {
     assert_eq!(report.ports_removed, vec!["vbdeadbeef00"]);
     let again = t.svc.reconcile().await.unwrap();
     assert!(again.ports_fixed.is_empty() && again.ports_removed.is_empty());
+}
+
+/// A port on the bridge as a host (or an older release, `host_id` empty) left it.
+fn port_of(endpoint_id: &str, host_id: &str) -> crate::dataplane::EndpointPlan {
+    crate::dataplane::EndpointPlan {
+        endpoint_id: endpoint_id.into(),
+        network_id: N1.into(),
+        host_id: host_id.into(),
+        host_if: crate::dataplane::host_if_name(endpoint_id),
+        container_if: crate::dataplane::container_if_name(endpoint_id),
+        vlan: 100,
+        mtu: 1500,
+        mac: [2, 0, 0, 0, 0, 9],
+        limits: Default::default(),
+    }
+}
+
+fn put_port(t: &T, plan: crate::dataplane::EndpointPlan) {
+    t.dp.endpoints
+        .lock()
+        .unwrap()
+        .insert(plan.host_if.clone(), plan);
+}
+
+fn eid(n: usize) -> String {
+    format!("{n:010x}{}", "0".repeat(54))
+}
+
+/// Issue 14 §1: a host prunes only ports labelled with its own id. Ports of another id (the
+/// host's id before a rename, a second host on the bridge) and ports without the label (older
+/// releases) stay; so does a port with a name berth does not give, whatever its labels.
+#[tokio::test]
+async fn reconcile_prunes_only_this_hosts_ports() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    put_port(&t, port_of(&eid(1), "h1"));
+    put_port(&t, port_of(&eid(2), "h2"));
+    put_port(&t, port_of(&eid(3), ""));
+    let mut eth0 = port_of(&eid(4), "h1");
+    eth0.host_if = "eth0".into();
+    put_port(&t, eth0);
+    let report = t.svc.reconcile().await.unwrap();
+    assert_eq!(
+        report.ports_removed,
+        vec![crate::dataplane::host_if_name(&eid(1))]
+    );
+    assert!(report.prune_held.is_empty());
+    let left: Vec<String> = t.dp.endpoints.lock().unwrap().keys().cloned().collect();
+    for kept in [
+        crate::dataplane::host_if_name(E1),
+        crate::dataplane::host_if_name(&eid(2)),
+        crate::dataplane::host_if_name(&eid(3)),
+        "eth0".into(),
+    ] {
+        assert!(left.contains(&kept), "{kept} removed: {left:?}");
+    }
+    assert_eq!(
+        *t.dp.deleted.lock().unwrap(),
+        vec![crate::dataplane::host_if_name(&eid(1))]
+    );
+    // The endpoint's own port carries this host's id.
+    assert_eq!(
+        t.dp.endpoints.lock().unwrap()[&crate::dataplane::host_if_name(E1)].host_id,
+        "h1"
+    );
+}
+
+/// Issue 14 §1: a pass that would remove most of the bridge's ports (the store lost this
+/// host's records) removes none and says so, until `reconcile --prune`; a few go at once.
+#[tokio::test]
+async fn reconcile_holds_a_mass_removal_until_pruned_by_hand() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    let n = crate::network::MASS_PRUNE_MIN + 1;
+    for i in 0..n {
+        put_port(&t, port_of(&eid(i + 1), "h1"));
+    }
+    let before = t.dp.endpoints.lock().unwrap().len();
+    let report = t.svc.reconcile().await.unwrap();
+    assert_eq!(report.prune_held.len(), n, "{report:?}");
+    assert!(report.ports_removed.is_empty());
+    assert_eq!(
+        t.dp.endpoints.lock().unwrap().len(),
+        before,
+        "nothing removed"
+    );
+    // Still held at the next pass.
+    assert_eq!(t.svc.reconcile().await.unwrap().prune_held.len(), n);
+    // The admin's `netplugin reconcile --prune`, through the admin API.
+    let admin = crate::handlers::admin_router(
+        t.svc.clone(),
+        plugin_transport::docker::DockerClient::new(std::path::Path::new("/nonexistent")),
+    );
+    let reply = admin
+        .dispatch(Request {
+            method: Method::POST,
+            path: "/reconcile".into(),
+            query: Some("prune=true".into()),
+            body: Bytes::new(),
+        })
+        .await;
+    assert_eq!(reply.status.as_u16(), 200);
+    let forced: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        forced["ports_removed"].as_array().unwrap().len(),
+        n,
+        "{forced}"
+    );
+    assert_eq!(t.dp.endpoints.lock().unwrap().len(), 1);
+    // A few strays among many ports go without asking.
+    for i in 0..8 {
+        put_port(&t, port_of(&eid(100 + i), "h2"));
+    }
+    for i in 0..crate::network::MASS_PRUNE_MIN + 1 {
+        put_port(&t, port_of(&eid(200 + i), "h1"));
+    }
+    let report = t.svc.reconcile().await.unwrap();
+    assert_eq!(
+        report.ports_removed.len(),
+        crate::network::MASS_PRUNE_MIN + 1
+    );
+    assert!(report.prune_held.is_empty());
+    // A host back from a crash: every port of its own is stray, but their containers are
+    // gone (no device): they carry nobody's traffic and go; live ones beside them are held.
+    for i in 0..8 {
+        t.dp.endpoints
+            .lock()
+            .unwrap()
+            .remove(&crate::dataplane::host_if_name(&eid(100 + i)));
+    }
+    let mut dead = Vec::new();
+    for i in 0..6 {
+        let p = port_of(&eid(300 + i), "h1");
+        t.dp.no_device.lock().unwrap().insert(p.host_if.clone());
+        dead.push(p.host_if.clone());
+        put_port(&t, p);
+    }
+    let mut live = Vec::new();
+    for i in 0..crate::network::MASS_PRUNE_MIN + 1 {
+        let p = port_of(&eid(400 + i), "h1");
+        live.push(p.host_if.clone());
+        put_port(&t, p);
+    }
+    let report = t.svc.reconcile().await.unwrap();
+    let mut removed = report.ports_removed.clone();
+    removed.sort();
+    assert_eq!(removed, dead, "{report:?}");
+    assert_eq!(report.prune_held, live, "{report:?}");
+}
+
+/// Issue 14 §1: interface names on the host come from the endpoint id, never from the record:
+/// a record (etcd, written by anyone) naming `eth0`/`bond0` makes the host touch neither.
+#[tokio::test]
+async fn record_cannot_name_host_interfaces() {
+    use crate::state::{encode, endpoint_key, EndpointRecord};
+    use crate::store::{Op, Txn};
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    let mut rec: EndpointRecord = t.svc.state().endpoint(E1).unwrap().unwrap();
+    rec.host_if = "eth0".into();
+    rec.container_if = "bond0".into();
+    t.svc
+        .state()
+        .store
+        .txn(Txn {
+            compare: vec![],
+            success: vec![Op::put(endpoint_key(E1), encode(&rec))],
+            failure: vec![],
+        })
+        .unwrap();
+    let mut host = port_of(&eid(9), "h1");
+    host.host_if = "docker0".into();
+    put_port(&t, host);
+    let report = t.svc.reconcile().await.unwrap();
+    let touched: Vec<&String> = report
+        .ports_fixed
+        .iter()
+        .chain(&report.ports_removed)
+        .collect();
+    assert!(touched.iter().all(|n| n.starts_with("vb")), "{report:?}");
+    let names: Vec<String> = t.dp.endpoints.lock().unwrap().keys().cloned().collect();
+    assert!(!names.contains(&"eth0".to_string()), "{names:?}");
+    let join = t
+        .ok(
+            "NetworkDriver.Join",
+            json!({"NetworkID":N1,"EndpointID":E1,"SandboxKey":"/x","Options":{}}),
+        )
+        .await;
+    assert_eq!(
+        join["InterfaceName"]["SrcName"],
+        crate::dataplane::container_if_name(E1)
+    );
+    t.ok(
+        "NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E1}),
+    )
+    .await;
+    let deleted = t.dp.deleted.lock().unwrap().clone();
+    assert_eq!(deleted, vec![crate::dataplane::host_if_name(E1)]);
+    assert!(t.dp.endpoints.lock().unwrap().contains_key("docker0"));
 }
 
 /// The same `docker network create` on two hosts (fleet store): one pool and one network,
@@ -805,4 +1018,237 @@ async fn arp_proxy_follows_other_hosts_endpoints_at_once() {
         .await
         .expect("reconciler ended on shutdown")
         .unwrap();
+}
+
+/// Issue 16 §3: `docker run -p 8080:80` on a berth-net network is refused (CreateEndpoint, as
+/// Docker 20.10 sends the bindings), saying where the container is reached; exposed ports
+/// alone (an image's EXPOSE) are fine; nothing is built for the refused endpoint.
+#[tokio::test]
+async fn published_ports_are_refused_not_ignored() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.6.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let a = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"","Options":null}),
+        )
+        .await;
+    let addr = a["Address"].as_str().unwrap().to_string();
+    let e = t
+        .err(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},
+                "Options":{"com.docker.network.endpoint.exposedports":[{"Proto":6,"Port":80}],
+                    "com.docker.network.portmap":[{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":8080,"HostPortEnd":8080}]}}),
+        )
+        .await;
+    assert!(e.contains("8080:80/tcp"), "{e}");
+    assert!(e.contains("reached at their own routable address"), "{e}");
+    assert!(t.dp.endpoints.lock().unwrap().is_empty(), "built anyway");
+    assert!(
+        t.svc.state().endpoint(E1).unwrap().is_none(),
+        "recorded anyway"
+    );
+    t.ok(
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},
+            "Options":{"com.docker.network.endpoint.exposedports":[{"Proto":6,"Port":80}],"com.docker.network.portmap":null}}),
+    )
+    .await;
+    // The gateway endpoint's call carries the sandbox's bindings too.
+    let e = t
+        .err(
+            "NetworkDriver.ProgramExternalConnectivity",
+            json!({"NetworkID":N1,"EndpointID":E1,
+                "Options":{"com.docker.network.portmap":[{"Proto":17,"IP":"","Port":53,"HostIP":"127.0.0.1","HostPort":0,"HostPortEnd":0}]}}),
+        )
+        .await;
+    assert!(e.contains("-p 127.0.0.1::53/udp"), "{e}");
+    t.ok(
+        "NetworkDriver.ProgramExternalConnectivity",
+        json!({"NetworkID":N1,"EndpointID":E1,"Options":{"com.docker.network.endpoint.exposedports":[{"Proto":6,"Port":80}]}}),
+    )
+    .await;
+    t.ok(
+        "NetworkDriver.RevokeExternalConnectivity",
+        json!({"NetworkID":N1,"EndpointID":E1}),
+    )
+    .await;
+}
+
+/// Issue 16 §3: EndpointOperInfo answers what an operator wants (it was an empty map), and
+/// never fails (dockerd fails the container on an error there).
+#[tokio::test]
+async fn endpoint_oper_info_shows_the_datapath() {
+    let t = setup();
+    let pool = t
+        .create_network(
+            N1,
+            "10.231.6.0/24",
+            json!({"vlan":"100","egress_rate":"50M"}),
+        )
+        .await
+        .unwrap();
+    let (addr, _) = t.start(N1, &pool, E1, "").await;
+    let v = t
+        .ok(
+            "NetworkDriver.EndpointOperInfo",
+            json!({"NetworkID":N1,"EndpointID":E1}),
+        )
+        .await;
+    let info = &v["Value"];
+    assert_eq!(info["berth.vlan"], "100", "{v}");
+    assert_eq!(info["berth.host_if"], "vbaaaaaaaaaa", "{v}");
+    assert_eq!(info["berth.container_if"], "tbaaaaaaaaaa", "{v}");
+    assert!(
+        info["berth.ovs_port"]
+            .as_str()
+            .unwrap()
+            .starts_with("vbaaaaaaaaaa (tag 100"),
+        "{v}"
+    );
+    assert_eq!(info["berth.address"], addr.as_str(), "{v}");
+    assert!(
+        info["berth.mac"].as_str().unwrap().starts_with("02:b7:"),
+        "{v}"
+    );
+    assert_eq!(info["berth.host_id"], "h1", "{v}");
+    assert_eq!(info["berth.egress_limit"], "50000kbit", "{v}");
+    assert_eq!(info["berth.ingress_limit"], "unlimited", "{v}");
+    // Unknown endpoint, bad id: an empty map, not an error.
+    for id in [E2, ""] {
+        let v = t
+            .ok(
+                "NetworkDriver.EndpointOperInfo",
+                json!({"NetworkID":N1,"EndpointID":id}),
+            )
+            .await;
+        assert_eq!(v, json!({"Value":{}}));
+    }
+}
+
+/// Issue 16 §1: live limit changes. An endpoint's own limits win over its network's; a
+/// network's change reaches every endpoint without its own limit in that direction (records
+/// of older releases included); `none` removes a limit, `network` follows the network again;
+/// the datapath gets the new limits at once.
+#[tokio::test]
+async fn limits_change_live() {
+    use crate::network::LimitsChange;
+    use crate::state::{encode, endpoint_key, RateLimits};
+    use crate::store::{Op, Txn};
+    let t = setup();
+    let pool = t
+        .create_network(
+            N1,
+            "10.231.6.0/24",
+            json!({"vlan":"100","egress_rate":"50M"}),
+        )
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "").await;
+    let a = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"","Options":null}),
+        )
+        .await;
+    t.ok(
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E2,"Interface":{"Address":a["Address"],"AddressIPv6":"","MacAddress":""},
+            "Options":{"ingress_rate":"10M"}}),
+    )
+    .await;
+    let limits = |id: &str| t.svc.state().endpoint(id).unwrap().unwrap().limits;
+    let in_dp =
+        |id: &str| t.dp.endpoints.lock().unwrap()[&crate::dataplane::host_if_name(id)].limits;
+    let rl = |e: Option<u32>, i: Option<u32>| RateLimits {
+        egress_kbps: e,
+        ingress_kbps: i,
+        burst_kbits: None,
+    };
+    let change = |e: Option<&str>, i: Option<&str>| LimitsChange {
+        egress: e.map(str::to_string),
+        ingress: i.map(str::to_string),
+        burst: None,
+    };
+    // E2 as a release before live changes wrote it: no own_limits.
+    let mut old = t.svc.state().endpoint(E2).unwrap().unwrap();
+    old.own_limits = None;
+    t.svc
+        .state()
+        .store
+        .txn(Txn {
+            compare: vec![],
+            success: vec![Op::put(endpoint_key(E2), encode(&old))],
+            failure: vec![],
+        })
+        .unwrap();
+    assert_eq!(limits(E2), rl(Some(50_000), Some(10_000)));
+
+    let r = t
+        .svc
+        .set_endpoint_limits(&E1[..8], change(Some("20M"), None))
+        .await
+        .unwrap();
+    assert_eq!(r.endpoints.len(), 1);
+    assert!(r.datapath_error.is_none());
+    assert_eq!(limits(E1), rl(Some(20_000), None));
+    assert_eq!(in_dp(E1), rl(Some(20_000), None), "not applied at once");
+    assert_eq!(limits(E2), rl(Some(50_000), Some(10_000)), "E2 touched");
+
+    let r = t
+        .svc
+        .set_network_limits(&N1[..6], change(Some("100M"), Some("30M")))
+        .await
+        .unwrap();
+    assert_eq!(r.network_limits, Some(rl(Some(100_000), Some(30_000))));
+    assert_eq!(r.endpoints.len(), 2);
+    assert_eq!(
+        limits(E1),
+        rl(Some(20_000), Some(30_000)),
+        "own egress kept"
+    );
+    assert_eq!(
+        limits(E2),
+        rl(Some(100_000), Some(10_000)),
+        "own ingress kept"
+    );
+    assert_eq!(in_dp(E2), rl(Some(100_000), Some(10_000)));
+
+    t.svc
+        .set_endpoint_limits(E1, change(Some("none"), None))
+        .await
+        .unwrap();
+    assert_eq!(limits(E1), rl(None, Some(30_000)), "none: no meter");
+    assert_eq!(in_dp(E1), rl(None, Some(30_000)));
+    t.svc
+        .set_endpoint_limits(E1, change(Some("network"), None))
+        .await
+        .unwrap();
+    assert_eq!(limits(E1), rl(Some(100_000), Some(30_000)));
+    t.svc
+        .set_network_limits(N1, change(Some("none"), Some("none")))
+        .await
+        .unwrap();
+    assert_eq!(limits(E1), rl(None, None));
+    assert_eq!(limits(E2), rl(None, Some(10_000)));
+    let views = t.svc.admin_networks().await.unwrap();
+    assert!(views[0].limits.is_unlimited());
+
+    for (bad, why) in [
+        (change(Some("5"), None), "8K"),
+        (change(None, None), "nothing to change"),
+    ] {
+        let e = t.svc.set_endpoint_limits(E1, bad).await.unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let e = t
+        .svc
+        .set_endpoint_limits("ffffffff", change(Some("1M"), None))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no endpoint or container"), "{e}");
 }

@@ -1,4 +1,4 @@
-//! `netplugin endpoint ls|release`.
+//! `netplugin endpoint ls|release|set-limits`.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -30,6 +30,16 @@ pub enum EndpointCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Change an endpoint's rate limits while its container runs (in force at once on this
+    /// host; persisted).
+    SetLimits {
+        /// Endpoint id or container id (or a prefix of at least 4 characters).
+        endpoint: String,
+        #[command(flatten)]
+        limits: super::LimitFlags,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 impl EndpointCommand {
@@ -41,6 +51,11 @@ impl EndpointCommand {
                 force,
                 admin,
             } => release(&endpoint, force, admin).await,
+            EndpointCommand::SetLimits {
+                endpoint,
+                limits,
+                admin,
+            } => super::set_limits(&admin, "/endpoints/limits", &endpoint, limits).await,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `netplugin network ls`.
+//! `netplugin network ls|set-limits`.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -13,12 +13,27 @@ use crate::config::AdminArgs;
 pub enum NetworkCommand {
     /// List networks: VLAN, subnet, gateway, MTU, endpoints.
     Ls(AdminArgs),
+    /// Change a network's default rate limits while containers run: every endpoint of the
+    /// network (all hosts) without a limit of its own in that direction follows.
+    SetLimits {
+        /// Network id (or a prefix of at least 4 characters).
+        network: String,
+        #[command(flatten)]
+        limits: super::LimitFlags,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 impl NetworkCommand {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             NetworkCommand::Ls(admin) => ls(admin).await,
+            NetworkCommand::SetLimits {
+                network,
+                limits,
+                admin,
+            } => super::set_limits(&admin, "/networks/limits", &network, limits).await,
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum DataplaneError {
         #[source]
         source: io::Error,
     },
+    /// An interface name that is not berth's own: nothing was done to it.
+    #[error("{0}")]
+    Refused(String),
     /// Blocking work (netlink) did not run to its end (panicked or timed out).
     #[error("{0}")]
     Worker(String),

@@ -23,6 +23,10 @@ pub struct FakeDataplane {
     pub containers: Mutex<BTreeMap<String, String>>,
     /// What the last `sync_arp` was given.
     pub arp: Mutex<Vec<ArpEntry>>,
+    /// Ports whose device is gone (`PortView::has_device` false).
+    pub no_device: Mutex<std::collections::BTreeSet<String>>,
+    /// Every `delete_endpoint`, in order.
+    pub deleted: Mutex<Vec<String>>,
     /// Every `announce`: (host_if, mac, ip).
     pub announced: Mutex<Vec<(String, [u8; 6], std::net::Ipv4Addr)>>,
 }
@@ -68,6 +72,7 @@ impl Dataplane for FakeDataplane {
 
     fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
+            self.deleted.lock().unwrap().push(host_if.to_string());
             self.endpoints.lock().unwrap().remove(host_if);
             self.containers.lock().unwrap().remove(host_if);
             Ok(())
@@ -87,16 +92,6 @@ impl Dataplane for FakeDataplane {
                     have.insert(plan.host_if.clone(), plan.clone());
                     report.ports_fixed.push(plan.host_if.clone());
                 }
-            }
-            let wanted: Vec<&String> = endpoints.iter().map(|p| &p.host_if).collect();
-            let extra: Vec<String> = have
-                .keys()
-                .filter(|k| !wanted.contains(k))
-                .cloned()
-                .collect();
-            for k in extra {
-                have.remove(&k);
-                report.ports_removed.push(k);
             }
             Ok(report)
         })
@@ -156,8 +151,11 @@ impl Dataplane for FakeDataplane {
                 tag: Some(p.vlan),
                 endpoint_id: Some(p.endpoint_id.clone()),
                 network_id: Some(p.network_id.clone()),
+                // An empty host id stands for a port of an older release (no label).
+                host_id: Some(p.host_id.clone()).filter(|h| !h.is_empty()),
                 container_id: self.containers.lock().unwrap().get(&p.host_if).cloned(),
                 ofport: Some(1),
+                has_device: !self.no_device.lock().unwrap().contains(&p.host_if),
             })
             .collect()
     }

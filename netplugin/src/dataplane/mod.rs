@@ -17,12 +17,25 @@ use std::pin::Pin;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Interface names: `vb`/`tb` + 10 hex of the endpoint id (docs/design.md, Names), within 15 bytes.
+/// Names on the host are always derived from the endpoint id, never read from a record: a
+/// record (in etcd, written by any host) must not be able to make a host touch `eth0`.
 pub fn host_if_name(endpoint_id: &str) -> String {
     format!("vb{}", hex10(endpoint_id))
 }
 
 pub fn container_if_name(endpoint_id: &str) -> String {
     format!("tb{}", hex10(endpoint_id))
+}
+
+/// Whether `name` is one berth creates (`vb`/`tb` + 10 lowercase hex): the only names the
+/// datapath creates, deletes or unplugs.
+pub fn is_berth_if_name(name: &str) -> bool {
+    let hex = name.strip_prefix("vb").or_else(|| name.strip_prefix("tb"));
+    hex.is_some_and(|h| {
+        h.len() == 10
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn hex10(id: &str) -> String {
@@ -48,6 +61,8 @@ fn hex10(id: &str) -> String {
 pub struct EndpointPlan {
     pub endpoint_id: String,
     pub network_id: String,
+    /// The host that owns it: labelled `berth-host-id` on its interface.
+    pub host_id: String,
     pub host_if: String,
     pub container_if: String,
     pub vlan: u16,
@@ -64,9 +79,14 @@ pub struct PortView {
     pub tag: Option<u16>,
     pub endpoint_id: Option<String>,
     pub network_id: Option<String>,
+    /// `berth-host-id`: the host that created it (absent on ports of older releases).
+    pub host_id: Option<String>,
     /// `berth-container-id`, once learned from Docker.
     pub container_id: Option<String>,
     pub ofport: Option<i64>,
+    /// Whether its host-side device exists: a port without one (its container's namespace
+    /// is gone) carries nobody's traffic.
+    pub has_device: bool,
 }
 
 /// What a reconcile pass did.
@@ -75,6 +95,9 @@ pub struct ReassertReport {
     pub ports_fixed: Vec<String>,
     pub ports_removed: Vec<String>,
     pub veths_removed: Vec<String>,
+    /// This host's ports without an endpoint that were NOT removed because they were most of
+    /// the bridge (`netplugin reconcile --prune` removes them).
+    pub prune_held: Vec<String>,
     pub flows_installed: bool,
     pub bridge_created: bool,
     /// ARP proxy flows added and removed (endpoints come and go: not drift).
@@ -102,6 +125,8 @@ pub struct RateLimitDrops {
     /// `egress` (what the container sent) or `ingress` (what was sent to it).
     pub direction: &'static str,
     pub packets: u64,
+    /// The meter's rate now, kbit/s (changes live with `set-limits`).
+    pub rate_kbps: u32,
 }
 
 /// One address the ARP proxy answers for: on `vlan`, `ip` is at `mac`. `local_port` is set for
@@ -124,8 +149,9 @@ pub trait Dataplane: Send + Sync {
     /// Removes the port and the veth; missing ones are fine.
     fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>>;
     /// Brings OVS to the endpoints of this host without touching what is already right:
-    /// missing bridge, flows and ports are re-created; our ports and veths that belong to no
-    /// endpoint are removed.
+    /// missing bridge, flows and ports are re-created. Removes nothing: which ports without
+    /// an endpoint go is the caller's decision (see `Service::reconcile`), through
+    /// [`Dataplane::delete_endpoint`].
     fn reassert<'a>(
         &'a self,
         endpoints: &'a [EndpointPlan],
@@ -195,5 +221,26 @@ mod tests {
         assert_eq!(parse_mac("02:b7:0a:e7:01:02").unwrap(), mac);
         assert!(parse_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_mac("zz").is_err());
+    }
+
+    #[test]
+    fn only_berth_names_pass() {
+        for id in ["x", "eth0", &"e".repeat(64), "0123456789abcdef"] {
+            assert!(is_berth_if_name(&host_if_name(id)), "{id}");
+            assert!(is_berth_if_name(&container_if_name(id)), "{id}");
+        }
+        for name in [
+            "eth0",
+            "bond0",
+            "docker0",
+            "vb",
+            "vb012345678",
+            "vb0123456789a",
+            "vbABCDEF0123",
+            "xb0123456789",
+            "vb01234567../",
+        ] {
+            assert!(!is_berth_if_name(name), "{name}");
+        }
     }
 }

@@ -70,7 +70,8 @@ impl Service {
                         .is_none_or(|n| e.network_id.starts_with(n))
                 })
                 .map(|e| {
-                    let port = ports.get(&e.host_if);
+                    let (host_if, container_if) = (e.host_if_name(), e.container_if_name());
+                    let port = ports.get(&host_if);
                     EndpointView {
                         ovs_port: if port.is_some() { "present" } else { "missing" }.into(),
                         ovs_tag: port.and_then(|p| p.0),
@@ -80,8 +81,8 @@ impl Service {
                         network_id: e.network_id,
                         address: e.address.to_string(),
                         mac: e.mac.to_string(),
-                        host_if: e.host_if,
-                        container_if: e.container_if,
+                        host_if,
+                        container_if,
                         vlan: e.vlan,
                         host_id: e.host_id,
                     }

@@ -10,10 +10,12 @@
 mod admin;
 mod ipam_driver;
 mod latency;
+mod limits;
 mod options;
 
 pub use admin::{AddressView, EndpointView, NetworkView, PoolView, Stats};
 pub use latency::{Latencies, LatencySummary};
+pub use limits::{EndpointLimits, LimitsChange, LimitsReport};
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -25,8 +27,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::dataplane::{
-    container_if_name, format_mac, host_if_name, mac_from_ip, parse_mac, ArpEntry, Dataplane,
-    EndpointPlan, ReassertReport,
+    container_if_name, format_mac, host_if_name, is_berth_if_name, mac_from_ip, parse_mac,
+    ArpEntry, Dataplane, EndpointPlan, ReassertReport,
 };
 use crate::error::{NetError, NetResult};
 use crate::ipam::{require_id, Ipam};
@@ -69,7 +71,15 @@ pub struct Service {
     /// Endpoints released because Docker no longer knew them, and by `endpoint release`.
     released_leaked: AtomicU64,
     released_by_admin: AtomicU64,
+    /// Ports a reconcile pass left alone (not this host's label), logged once each.
+    prune_logged: std::sync::Mutex<BTreeSet<String>>,
+    /// What the last pass held back as a mass removal (logged again only when it changes).
+    prune_held: std::sync::Mutex<Vec<String>>,
 }
+
+/// A reconcile pass removes up to this many stray ports whatever the bridge's size; more, and
+/// more than half of the bridge's berth ports, waits for `netplugin reconcile --prune`.
+pub const MASS_PRUNE_MIN: usize = 3;
 
 /// Why an endpoint is released outside Docker's DeleteEndpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +107,33 @@ pub struct EndpointRelease {
 /// When a joined endpoint's MAC is announced again, after the announcement at Join.
 pub const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
 
+/// `docker run -p/-P` on a berth-net network: refused, never silently ignored. berth-net gives
+/// no NAT and no proxy on the host; a container is reached at its own routable address on its
+/// container ports. Docker sends the bindings in CreateEndpoint's options (the container's
+/// first non-internal network) and in ProgramExternalConnectivity's (the network that becomes
+/// the container's gateway).
+pub fn refuse_published_ports(
+    options: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> NetResult<()> {
+    let bindings = crate::protocol::port_bindings(options);
+    if bindings.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = bindings.iter().map(|b| b.describe()).collect();
+    Err(NetError::invalid(format!(
+        "berth-net does not publish ports (-p {}): containers on a berth-net network are reached at their own routable address          (docker inspect shows it) on the container's ports; run without -p/-P, or publish through a bridge network",
+        list.join(", -p ")
+    )))
+}
+
+/// Interface names come from the id, not the record's fields (see [`EndpointRecord::host_if`]).
 fn plan_of(e: &EndpointRecord) -> EndpointPlan {
     EndpointPlan {
         endpoint_id: e.id.clone(),
         network_id: e.network_id.clone(),
-        host_if: e.host_if.clone(),
-        container_if: e.container_if.clone(),
+        host_id: e.host_id.clone(),
+        host_if: e.host_if_name(),
+        container_if: e.container_if_name(),
         vlan: e.vlan,
         mtu: e.mtu,
         limits: e.limits,
@@ -121,6 +152,8 @@ impl Service {
             reconcile_lock: tokio::sync::Mutex::new(()),
             released_leaked: AtomicU64::new(0),
             released_by_admin: AtomicU64::new(0),
+            prune_logged: Default::default(),
+            prune_held: Default::default(),
         }
     }
 
@@ -248,6 +281,7 @@ impl Service {
                 "Interface.Address is empty: berth-net endpoints need an IPv4 address from IPAM",
             ));
         }
+        refuse_published_ports(&req.options)?;
         let (ip, prefix) = parse_cidr(&req.interface.address)
             .map_err(|e| NetError::invalid(format!("Interface.Address {e}")))?;
         let given_mac = !req.interface.mac_address.is_empty();
@@ -294,6 +328,7 @@ impl Service {
             created_at: now(),
             lease: self.state.lease(),
             limits: net.limits.overridden_by(own_limits),
+            own_limits: Some(own_limits),
         };
         if let Some(e) = existing {
             if e.network_id == record.network_id && e.address == record.address {
@@ -348,7 +383,7 @@ impl Service {
                 return Err(NetError::Datapath(dp));
             }
             (Ok(()), Err(e)) => {
-                if let Err(undo) = self.dp.delete_endpoint(&record.host_if).await {
+                if let Err(undo) = self.dp.delete_endpoint(&plan.host_if).await {
                     warn!(endpoint = %record.id, error = %undo, "undoing the datapath of a failed endpoint");
                 }
                 return Err(e);
@@ -383,7 +418,7 @@ impl Service {
         self.announce_in_background(&ep);
         let reply = JoinResponse {
             interface_name: InterfaceName {
-                src_name: ep.container_if,
+                src_name: ep.container_if_name(),
                 dst_prefix: "eth".into(),
             },
             disable_gateway_service: gateway.is_empty(),
@@ -399,7 +434,7 @@ impl Service {
     /// (the endpoint works; the switches learn its place from its own traffic).
     fn announce_in_background(&self, ep: &EndpointRecord) {
         let dp = self.dp.clone();
-        let (host_if, mac, ip) = (ep.host_if.clone(), ep.mac.octets(), ep.address.ip);
+        let (host_if, mac, ip) = (ep.host_if_name(), ep.mac.octets(), ep.address.ip);
         tokio::spawn(async move {
             let mut waited = Duration::ZERO;
             for at in std::iter::once(Duration::ZERO).chain(ANNOUNCE_AGAIN) {
@@ -421,10 +456,7 @@ impl Service {
         let state = self.state.clone();
         let eid = endpoint_id.to_string();
         let record = store_op("delete endpoint", move || Ok(state.endpoint(&eid)?)).await?;
-        let host_if = record
-            .as_ref()
-            .map(|r| r.host_if.clone())
-            .unwrap_or_else(|| host_if_name(endpoint_id));
+        let host_if = host_if_name(endpoint_id);
         let _guard = self.reconcile_lock.lock().await;
         if let Err(e) = self.dp.delete_endpoint(&host_if).await {
             // The record goes anyway: the reconcile pass removes a port without an endpoint.
@@ -436,6 +468,57 @@ impl Service {
             store_op("delete endpoint", move || Ok(state.delete_endpoint(&eid)?)).await?;
         }
         Ok(())
+    }
+
+    /// EndpointOperInfo: what an operator wants to know of the endpoint, under `berth.*` keys
+    /// (VLAN, host interface, OVS port, MAC, address, host, limits). Never an error: dockerd
+    /// asks when it builds a container's network settings, and an error there fails the
+    /// container; an unknown endpoint or an unreachable store answers an empty map.
+    pub async fn oper_info(&self, endpoint_id: &str) -> OperInfoResponse {
+        let mut value = std::collections::BTreeMap::new();
+        if require_id("EndpointID", endpoint_id).is_err() {
+            return OperInfoResponse { value };
+        }
+        let state = self.state.clone();
+        let eid = endpoint_id.to_string();
+        let record = match store_op("endpoint info", move || Ok(state.endpoint(&eid)?)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return OperInfoResponse { value },
+            Err(e) => {
+                tracing::debug!(endpoint = endpoint_id, error = %e, "EndpointOperInfo without the record");
+                return OperInfoResponse { value };
+            }
+        };
+        let host_if = record.host_if_name();
+        let port = self.dp.ports().into_iter().find(|p| p.name == host_if);
+        let kbps =
+            |k: Option<u32>| k.map_or_else(|| "unlimited".to_string(), |k| format!("{k}kbit"));
+        for (k, v) in [
+            ("berth.vlan", record.vlan.to_string()),
+            ("berth.host_if", host_if.clone()),
+            ("berth.container_if", record.container_if_name()),
+            (
+                "berth.ovs_port",
+                match &port {
+                    Some(p) => format!(
+                        "{} (tag {}, ofport {})",
+                        p.name,
+                        p.tag.map_or_else(|| "-".into(), |t| t.to_string()),
+                        p.ofport.map_or_else(|| "-".into(), |o| o.to_string())
+                    ),
+                    None => "missing".into(),
+                },
+            ),
+            ("berth.mac", record.mac.to_string()),
+            ("berth.address", record.address.to_string()),
+            ("berth.host_id", record.host_id.clone()),
+            ("berth.mtu", record.mtu.to_string()),
+            ("berth.egress_limit", kbps(record.limits.egress_kbps)),
+            ("berth.ingress_limit", kbps(record.limits.ingress_kbps)),
+        ] {
+            value.insert(k.to_string(), v);
+        }
+        OperInfoResponse { value }
     }
 
     /// The endpoint with this id, or the only one whose id starts with it (at least 4
@@ -487,7 +570,7 @@ impl Service {
         let datapath_error = {
             let _guard = self.reconcile_lock.lock().await;
             self.dp
-                .delete_endpoint(&record.host_if)
+                .delete_endpoint(&record.host_if_name())
                 .await
                 .err()
                 .map(|e| e.to_string())
@@ -519,7 +602,7 @@ impl Service {
         let release = EndpointRelease {
             endpoint_id: record.id.clone(),
             network_id: record.network_id.clone(),
-            host_if: record.host_if.clone(),
+            host_if: record.host_if_name(),
             address: record.address.to_string(),
             address_released,
             datapath_error,
@@ -556,9 +639,16 @@ impl Service {
             .map_err(NetError::Datapath)
     }
 
-    /// Re-asserts the datapath of this host's endpoints without touching what is right.
-    /// Then brings the ARP proxy to every endpoint of the store (all hosts).
+    /// Re-asserts the datapath of this host's endpoints without touching what is right,
+    /// removes this host's ports that no endpoint has (see [`Service::prune`]), then brings
+    /// the ARP proxy to every endpoint of the store (all hosts).
     pub async fn reconcile(&self) -> NetResult<ReassertReport> {
+        self.reconcile_with(false).await
+    }
+
+    /// [`Service::reconcile`]; with `force_prune` (`netplugin reconcile --prune`) also when the
+    /// ports to remove are most of the bridge.
+    pub async fn reconcile_with(&self, force_prune: bool) -> NetResult<ReassertReport> {
         let _guard = self.reconcile_lock.lock().await;
         let state = self.state.clone();
         let all = store_op("reconcile", move || Ok(state.endpoints()?)).await?;
@@ -569,12 +659,88 @@ impl Service {
             .map(plan_of)
             .collect();
         let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
+        self.prune(&plans, force_prune, &mut report).await?;
         (report.arp_flows_added, report.arp_flows_removed) = self
             .dp
             .sync_arp(&self.arp_entries(&all))
             .await
             .map_err(NetError::Datapath)?;
         Ok(report)
+    }
+
+    /// Removes ports of this host that no endpoint of the store has (left by a crash, or by
+    /// a DeleteEndpoint whose datapath step failed). Only ports labelled with this host's id
+    /// and named as berth names them; ports without the label (older releases) or another
+    /// host's id are left alone and logged once. A pass that would remove most of the bridge's
+    /// ports in use at once (more than [`MASS_PRUNE_MIN`] ports with a device, and more than
+    /// half of those) removes none of them: a store that lost this host's records must not cut
+    /// every container off; it is logged and held until `netplugin reconcile --prune`. Ports
+    /// without a device (their container is gone) carry no traffic and always go.
+    async fn prune(
+        &self,
+        plans: &[EndpointPlan],
+        force: bool,
+        report: &mut ReassertReport,
+    ) -> NetResult<()> {
+        let me = &self.state.host_id;
+        let wanted: BTreeSet<&str> = plans.iter().map(|p| p.host_if.as_str()).collect();
+        let ports = self.dp.ports();
+        let mut stray = Vec::new();
+        let mut left_alone = Vec::new();
+        for p in &ports {
+            if wanted.contains(p.name.as_str()) {
+                continue;
+            }
+            let named_by_us = is_berth_if_name(&p.name)
+                && p.endpoint_id.as_deref().map(host_if_name).as_deref() == Some(p.name.as_str());
+            match &p.host_id {
+                Some(h) if h == me && named_by_us => stray.push(p.name.clone()),
+                Some(h) if h != me => {}
+                _ => left_alone.push(p.name.clone()),
+            }
+        }
+        {
+            let mut logged = self.prune_logged.lock().unwrap_or_else(|e| e.into_inner());
+            for name in &left_alone {
+                if logged.insert(name.clone()) {
+                    warn!(port = %name, host = %me, "port with a berth-endpoint-id but without this host's berth-host-id (or with a name berth does not give): left alone; remove it by hand if it is stale");
+                }
+            }
+        }
+        if stray.is_empty() {
+            return Ok(());
+        }
+        // Only ports with a device carry traffic: those are what the guard protects. Ports
+        // whose container's namespace is gone (a host back from a crash) always go.
+        let has_device = |name: &String| ports.iter().any(|p| &p.name == name && p.has_device);
+        let (live, dead): (Vec<String>, Vec<String>) = stray.into_iter().partition(has_device);
+        let in_use = ports.iter().filter(|p| p.has_device).count();
+        let mut remove = dead;
+        if !force && live.len() > MASS_PRUNE_MIN && live.len() * 2 > in_use {
+            let mut held = self.prune_held.lock().unwrap_or_else(|e| e.into_inner());
+            if *held != live {
+                warn!(ports = ?live, of = in_use, host = %me,
+                    "reconcile would remove most of the bridge's ports in use (their endpoints are not in the store): NOT removing them; check the store (--etcd-prefix, --host-id), then run `netplugin reconcile --prune` to remove them");
+                held.clone_from(&live);
+            }
+            report.prune_held = live;
+        } else {
+            self.prune_held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            remove.extend(live);
+        }
+        for name in remove {
+            self.dp
+                .delete_endpoint(&name)
+                .await
+                .map_err(NetError::Datapath)?;
+            info!(port = %name, "port without an endpoint removed");
+            report.ports_removed.push(name.clone());
+            report.veths_removed.push(name);
+        }
+        Ok(())
     }
 
     /// Brings only the ARP proxy to the store's endpoints (all hosts), at once: what the
@@ -599,7 +765,7 @@ impl Service {
                 vlan: e.vlan,
                 ip: e.address.ip,
                 mac: e.mac.octets(),
-                local_port: (e.host_id == *me).then(|| e.host_if.clone()),
+                local_port: (e.host_id == *me).then(|| e.host_if_name()),
             })
             .collect()
     }

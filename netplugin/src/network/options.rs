@@ -24,7 +24,7 @@ pub(super) struct NetOptions {
 }
 
 /// `100M` = 100 Mbit/s (decimal K, M, G; bits), as kbit/s; `0`, `off`, `max`: no limit.
-fn parse_bits(key: &str, value: &str) -> NetResult<Option<u32>> {
+pub(super) fn parse_bits(key: &str, value: &str) -> NetResult<Option<u32>> {
     let v = value.trim();
     if matches!(v, "0" | "off" | "max") {
         return Ok(None);

@@ -11,6 +11,7 @@
 //! networks/<network-id>         NetworkRecord
 //! vlans/<nnnn>                  network id holding the VLAN
 //! endpoints/<endpoint-id>       EndpointRecord
+//! identities/<host-id>          token binding the host id to one state dir (crate::identity)
 //! ```
 //!
 //! [`State`] is the store plus this host's identity: typed reads here, and the named

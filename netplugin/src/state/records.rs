@@ -159,6 +159,38 @@ impl RateLimits {
         }
     }
 
+    /// Own limits over a network's: per field, `None` follows `net`, `Some(0)` is unlimited
+    /// whatever `net` says (`--egress none` on an endpoint), `Some(k)` is `k`.
+    pub fn over(&self, net: RateLimits) -> RateLimits {
+        let one = |own: Option<u32>, net: Option<u32>| match own {
+            Some(0) => None,
+            Some(k) => Some(k),
+            None => net,
+        };
+        RateLimits {
+            egress_kbps: one(self.egress_kbps, net.egress_kbps),
+            ingress_kbps: one(self.ingress_kbps, net.ingress_kbps),
+            burst_kbits: one(self.burst_kbits, net.burst_kbits),
+        }
+    }
+
+    /// The own limits that make `effective` out of `net` (records without `own_limits`): the
+    /// fields where they differ.
+    pub fn own_from(effective: RateLimits, net: RateLimits) -> RateLimits {
+        let one = |eff: Option<u32>, net: Option<u32>| {
+            if eff == net {
+                None
+            } else {
+                Some(eff.unwrap_or(0))
+            }
+        };
+        RateLimits {
+            egress_kbps: one(effective.egress_kbps, net.egress_kbps),
+            ingress_kbps: one(effective.ingress_kbps, net.ingress_kbps),
+            burst_kbits: one(effective.burst_kbits, net.burst_kbits),
+        }
+    }
+
     /// The bucket for a meter of `rate_kbps`.
     pub fn burst_for(&self, rate_kbps: u32) -> u32 {
         self.burst_kbits
@@ -181,6 +213,18 @@ impl RateLimits {
     }
 }
 
+impl EndpointRecord {
+    /// The host end of its veth and its OVS port, from the endpoint id.
+    pub fn host_if_name(&self) -> String {
+        crate::dataplane::host_if_name(&self.id)
+    }
+
+    /// The container end, from the endpoint id.
+    pub fn container_if_name(&self) -> String {
+        crate::dataplane::container_if_name(&self.id)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
     pub id: String,
@@ -188,6 +232,9 @@ pub struct EndpointRecord {
     pub host_id: String,
     pub address: Ipv4If,
     pub mac: Mac,
+    /// As the creating host named them; informative only. Every use on a host goes through
+    /// [`EndpointRecord::host_if_name`] / [`EndpointRecord::container_if_name`], derived from
+    /// the id: a record must not choose which interface a host touches.
     pub host_if: String,
     pub container_if: String,
     pub vlan: u16,
@@ -199,6 +246,11 @@ pub struct EndpointRecord {
     /// The network's limits, with the endpoint's own `--driver-opt` ones over them.
     #[serde(default, skip_serializing_if = "RateLimits::is_unlimited")]
     pub limits: RateLimits,
+    /// The endpoint's own limits (`--driver-opt`, `netplugin endpoint set-limits`), in the
+    /// form [`RateLimits::over`] reads; `None` in records of releases before live changes
+    /// (derived from `limits` and the network's when first needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_limits: Option<RateLimits>,
 }
 
 pub fn pool_key(id: &str) -> String {

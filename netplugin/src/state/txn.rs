@@ -154,6 +154,24 @@ impl State {
             .succeeded)
     }
 
+    /// Rewrites a network or endpoint record (`key`) unless it changed since it was read at
+    /// `mod_revision` (live limit changes).
+    pub fn update_record<T: serde::Serialize>(
+        &self,
+        key: &str,
+        record: &T,
+        mod_revision: i64,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .store
+            .txn(Txn {
+                compare: vec![Compare::ModRevision(key.to_string(), mod_revision)],
+                success: vec![Op::put(key, encode(record))],
+                failure: vec![],
+            })?
+            .succeeded)
+    }
+
     /// Rewrites a pool record (its users, network, blocks flag) unless it changed since it
     /// was read at `mod_revision`.
     pub fn update_pool(&self, record: &PoolRecord, mod_revision: i64) -> StoreResult<bool> {

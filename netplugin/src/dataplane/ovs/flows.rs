@@ -181,15 +181,16 @@ impl OvsDataplane {
             let Some(ofport) = self.ofport(&plan.host_if) else {
                 continue;
             };
-            for (direction, id) in [
-                ("egress", egress_meter(ofport)),
-                ("ingress", ingress_meter(ofport)),
+            for (direction, id, rate) in [
+                ("egress", egress_meter(ofport), plan.limits.egress_kbps),
+                ("ingress", ingress_meter(ofport), plan.limits.ingress_kbps),
             ] {
-                if let Some(st) = stats.iter().find(|st| st.id == id) {
+                if let (Some(st), Some(rate_kbps)) = (stats.iter().find(|st| st.id == id), rate) {
                     drops.push(RateLimitDrops {
                         endpoint_id: plan.endpoint_id.clone(),
                         direction,
                         packets: st.bands.iter().map(|(packets, _)| packets).sum(),
+                        rate_kbps,
                     });
                 }
             }

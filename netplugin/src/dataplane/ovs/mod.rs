@@ -33,6 +33,8 @@ pub const COOKIE_QOS: u64 = 0xbe27_0000_0000_0003;
 pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
 pub const EXT_NETWORK: &str = "berth-network-id";
 pub const EXT_CONTAINER: &str = "berth-container-id";
+/// The host that created the interface: a host only ever prunes its own.
+pub const EXT_HOST: &str = "berth-host-id";
 
 /// How long a request waits for an OVSDB connection that is not up yet (see ensure_bridge).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
@@ -248,6 +250,7 @@ impl OvsDataplane {
         let mut ids = BTreeMap::new();
         ids.insert(EXT_ENDPOINT.to_string(), plan.endpoint_id.clone());
         ids.insert(EXT_NETWORK.to_string(), plan.network_id.clone());
+        ids.insert(EXT_HOST.to_string(), plan.host_id.clone());
         PortSpec {
             bridge: self.cfg.bridge.clone(),
             name: plan.host_if.clone(),
@@ -274,6 +277,8 @@ impl OvsDataplane {
     }
 
     async fn plug(&self, plan: &EndpointPlan) -> DpResult<()> {
+        check_name(&plan.host_if)?;
+        check_name(&plan.container_if)?;
         let (host, peer, mtu, mac) = (
             plan.host_if.clone(),
             plan.container_if.clone(),
@@ -319,6 +324,7 @@ impl OvsDataplane {
     }
 
     async fn unplug(&self, host_if: &str) -> DpResult<()> {
+        check_name(host_if)?;
         let mut errors = DataplaneErrors::default();
         // Its ofport may be given to another port later: its ARP flows and its meters (their
         // flows go with them) go first.
@@ -379,6 +385,18 @@ impl OvsDataplane {
     }
 }
 
+/// The last line of defence against a bad name: only berth's own names are created, deleted
+/// or unplugged (the callers derive them from endpoint ids already).
+fn check_name(name: &str) -> DpResult<()> {
+    if super::is_berth_if_name(name) {
+        Ok(())
+    } else {
+        Err(DataplaneError::Refused(format!(
+            "interface {name:?} is not one berth-net creates (vb/tb + 10 hex): not touched"
+        )))
+    }
+}
+
 impl Dataplane for OvsDataplane {
     fn ready(&self) -> BoxFuture<'_, DpResult<()>> {
         Box::pin(async move {
@@ -416,7 +434,6 @@ impl Dataplane for OvsDataplane {
                 ..Default::default()
             };
             report.flows_installed = self.ensure_flows(true).await?;
-            let wanted: BTreeSet<&str> = endpoints.iter().map(|p| p.host_if.as_str()).collect();
             for plan in endpoints {
                 if !netlink::exists(&plan.host_if) {
                     // The container's side is gone: Docker deletes the endpoint when it can;
@@ -429,25 +446,6 @@ impl Dataplane for OvsDataplane {
                     Err(e) => {
                         return Err(DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))
                     }
-                }
-            }
-            for name in self.bridge_ports() {
-                if wanted.contains(name.as_str()) {
-                    continue;
-                }
-                let ours = self
-                    .db
-                    .port(&name)
-                    .map(|p| {
-                        p.interfaces
-                            .iter()
-                            .any(|i| i.external_ids.contains_key(EXT_ENDPOINT))
-                    })
-                    .unwrap_or(false);
-                if ours {
-                    self.unplug(&name).await?;
-                    report.ports_removed.push(name.clone());
-                    report.veths_removed.push(name);
                 }
             }
             report.rate_limit_changes = self.sync_qos(endpoints).await?;
@@ -530,8 +528,10 @@ impl Dataplane for OvsDataplane {
                     tag: p.tag,
                     endpoint_id: Some(endpoint_id),
                     network_id: iface.external_ids.get(EXT_NETWORK).cloned(),
+                    host_id: iface.external_ids.get(EXT_HOST).cloned(),
                     container_id: iface.external_ids.get(EXT_CONTAINER).cloned(),
                     ofport: iface.ofport,
+                    has_device: netlink::exists(&p.name),
                 })
             })
             .collect()
