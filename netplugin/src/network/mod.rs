@@ -8,11 +8,13 @@
 //! - `admin`: the admin API's views and operations; `latency`: latency tracking.
 
 mod admin;
+mod fleet_view;
 mod ipam_driver;
 mod latency;
 mod options;
 
 pub use admin::{AddressView, EndpointView, NetworkView, PoolView, Stats};
+pub use fleet_view::FleetView;
 pub use latency::{Latencies, LatencySummary};
 
 use std::collections::BTreeSet;
@@ -25,8 +27,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::dataplane::{
-    container_if_name, format_mac, host_if_name, mac_from_ip, parse_mac, ArpEntry, Dataplane,
-    EndpointPlan, ReassertReport,
+    container_if_name, format_mac, host_if_name, mac_from_ip, parse_mac, Dataplane, EndpointPlan,
+    ReassertReport,
 };
 use crate::error::{NetError, NetResult};
 use crate::ipam::{require_id, Ipam};
@@ -69,6 +71,8 @@ pub struct Service {
     /// Endpoints released because Docker no longer knew them, and by `endpoint release`.
     released_leaked: AtomicU64,
     released_by_admin: AtomicU64,
+    /// The fleet's endpoint records, kept by a watch (`fleet_view.rs`).
+    fleet: std::sync::Mutex<FleetView>,
 }
 
 /// Why an endpoint is released outside Docker's DeleteEndpoint.
@@ -113,6 +117,7 @@ fn plan_of(e: &EndpointRecord) -> EndpointPlan {
 impl Service {
     pub fn new(state: State, ipam: Arc<Ipam>, dp: Arc<dyn Dataplane>, config: NetConfig) -> Self {
         Self {
+            fleet: std::sync::Mutex::new(FleetView::new(&state.host_id)),
             state,
             ipam,
             dp,
@@ -531,15 +536,9 @@ impl Service {
 
     /// This host's endpoints with their datapath plans, for the Docker sweep.
     pub async fn local_endpoints(&self) -> NetResult<Vec<EndpointRecord>> {
-        let state = self.state.clone();
-        store_op("list endpoints", move || {
-            Ok(state
-                .endpoints()?
-                .into_iter()
-                .filter(|e| e.host_id == state.host_id)
-                .collect())
-        })
-        .await
+        let mut all = self.fleet_records().await?;
+        all.retain(|e| e.host_id == self.state.host_id);
+        Ok(all)
     }
 
     /// Writes `berth-container-id` on the endpoint's interface.
@@ -557,11 +556,10 @@ impl Service {
     }
 
     /// Re-asserts the datapath of this host's endpoints without touching what is right.
-    /// Then brings the ARP proxy to every endpoint of the store (all hosts).
+    /// Then re-asserts every ARP proxy flow (`fleet_view.rs`: what is answered).
     pub async fn reconcile(&self) -> NetResult<ReassertReport> {
         let _guard = self.reconcile_lock.lock().await;
-        let state = self.state.clone();
-        let all = store_op("reconcile", move || Ok(state.endpoints()?)).await?;
+        let all = self.fleet_records().await?;
         let me = &self.state.host_id;
         let plans: Vec<EndpointPlan> = all
             .iter()
@@ -571,37 +569,10 @@ impl Service {
         let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
         (report.arp_flows_added, report.arp_flows_removed) = self
             .dp
-            .sync_arp(&self.arp_entries(&all))
+            .sync_arp(&self.arp_full_entries(&all))
             .await
             .map_err(NetError::Datapath)?;
         Ok(report)
-    }
-
-    /// Brings only the ARP proxy to the store's endpoints (all hosts), at once: what the
-    /// reconciler runs when the store reports an endpoint change, so every host answers for a
-    /// new or moved endpoint within moments instead of at its next full pass.
-    /// Returns (added, removed).
-    pub async fn sync_arp(&self) -> NetResult<(usize, usize)> {
-        let _guard = self.reconcile_lock.lock().await;
-        let state = self.state.clone();
-        let all = store_op("ARP proxy", move || Ok(state.endpoints()?)).await?;
-        self.dp
-            .sync_arp(&self.arp_entries(&all))
-            .await
-            .map_err(NetError::Datapath)
-    }
-
-    /// What the ARP proxy answers: every endpoint of the fleet; this host's with their port.
-    fn arp_entries(&self, all: &[EndpointRecord]) -> Vec<ArpEntry> {
-        let me = &self.state.host_id;
-        all.iter()
-            .map(|e| ArpEntry {
-                vlan: e.vlan,
-                ip: e.address.ip,
-                mac: e.mac.octets(),
-                local_port: (e.host_id == *me).then(|| e.host_if.clone()),
-            })
-            .collect()
     }
 }
 

@@ -21,7 +21,9 @@ use etcd_client::{
     KvClient, PutOptions, TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use super::{Compare, Event, KeyValue, Op, Store, StoreError, StoreResult, Txn, TxnResult};
+use super::{
+    Compare, Event, KeyValue, Listing, Op, Store, StoreError, StoreResult, Txn, TxnResult,
+};
 
 /// Keys per page of a range read (one response stays far below gRPC's message limit).
 const PAGE: i64 = 2000;
@@ -330,6 +332,42 @@ impl EtcdStore {
         })
     }
 
+    /// The keys under `prefix` and the revision they are as of (every page is read at the
+    /// first page's revision).
+    fn range_at(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, i64)> {
+        let from = self.full(prefix);
+        let end = prefix_end(&from);
+        let mut out = Vec::new();
+        let mut start = from;
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision != 0 {
+                options = options.with_revision(revision);
+            }
+            let s = start.clone();
+            let mut resp = self.call("range", true, move |m| {
+                let (mut kv, s, o) = (m.kv, s.clone(), options.clone());
+                async move { kv.get(s, Some(o)).await }
+            })?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            for kv in &kvs {
+                out.push(self.convert(kv)?);
+            }
+            match kvs.last() {
+                Some(last) if more => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((out, revision)),
+            }
+        }
+    }
+
     fn op(&self, op: &Op) -> TxnOp {
         match op {
             Op::Put { key, value, lease } => TxnOp::put(
@@ -375,37 +413,7 @@ impl Store for EtcdStore {
     }
 
     fn range(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
-        let from = self.full(prefix);
-        let end = prefix_end(&from);
-        let mut out = Vec::new();
-        let mut start = from;
-        let mut revision = 0;
-        loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if revision != 0 {
-                options = options.with_revision(revision);
-            }
-            let s = start.clone();
-            let mut resp = self.call("range", true, move |m| {
-                let (mut kv, s, o) = (m.kv, s.clone(), options.clone());
-                async move { kv.get(s, Some(o)).await }
-            })?;
-            if revision == 0 {
-                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            }
-            let more = resp.more();
-            let kvs = resp.take_kvs();
-            for kv in &kvs {
-                out.push(self.convert(kv)?);
-            }
-            match kvs.last() {
-                Some(last) if more => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => return Ok(out),
-            }
-        }
+        Ok(self.range_at(prefix)?.0)
     }
 
     fn count(&self, prefix: &str) -> StoreResult<u64> {
@@ -524,9 +532,27 @@ impl Store for EtcdStore {
     }
 
     fn watch(&self, prefix: &str) -> StoreResult<mpsc::Receiver<Event>> {
+        self.watch_from(prefix, self.revision()? + 1)
+    }
+
+    fn list_and_watch(&self, prefix: &str) -> StoreResult<Listing> {
+        let (kvs, revision) = self.range_at(prefix)?;
+        let events = self.watch_from(prefix, revision + 1)?;
+        Ok(Listing {
+            kvs,
+            revision,
+            events,
+        })
+    }
+}
+
+impl EtcdStore {
+    /// Changes under `prefix` from revision `start` on. A broken stream is resumed from the
+    /// revision after the last event seen, on the next member; the channel ends when that
+    /// revision has been compacted away (the caller lists again) or the receiver is dropped.
+    fn watch_from(&self, prefix: &str, start: i64) -> StoreResult<mpsc::Receiver<Event>> {
         let from = self.full(prefix);
         let end = prefix_end(&from);
-        let start = self.revision()? + 1;
         let (tx, rx) = mpsc::channel();
         let members = self.members.clone();
         let mut which = self.current.load(Ordering::Relaxed);
@@ -566,6 +592,11 @@ impl Store for EtcdStore {
                 }
                 // Until the stream ends or breaks: then resume from the next revision.
                 while let Ok(Some(resp)) = stream.message().await {
+                    if resp.compact_revision() > 0 {
+                        // The revisions after the last event are gone: no resuming without
+                        // a gap; ending the channel tells the caller to list again.
+                        return;
+                    }
                     if resp.canceled() {
                         break;
                     }
