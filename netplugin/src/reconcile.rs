@@ -313,6 +313,52 @@ mod tests {
         panic!("{what}: not within 2 s");
     }
 
+    /// Answers only on VLANs with a port on this host: another VLAN's endpoints are not
+    /// installed; the first local port on a VLAN brings its answers, the last one takes them.
+    #[tokio::test]
+    async fn answers_only_on_vlans_with_a_local_port() {
+        let dp = Arc::new(FakeDataplane::new());
+        let store = counting();
+        let here = endpoint(1, "h1", 100, 1);
+        let there = endpoint(2, "h2", 100, 2);
+        let elsewhere = endpoint(3, "h2", 101, 3);
+        for e in [&here, &there, &elsewhere] {
+            write(&*store, e);
+        }
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            service_on(dp.clone(), store.clone()),
+            Duration::from_secs(3600),
+            shutdown,
+        ));
+        eventually("VLAN 100 answered for, VLAN 101 not", || {
+            answers(&dp) == vec![answer(&here), answer(&there)]
+        })
+        .await;
+        let local_101 = endpoint(4, "h1", 101, 4);
+        write(&*store, &local_101);
+        eventually(
+            "the first local port on VLAN 101 brings its answers",
+            || {
+                answers(&dp)
+                    == vec![
+                        answer(&here),
+                        answer(&there),
+                        answer(&elsewhere),
+                        answer(&local_101),
+                    ]
+            },
+        )
+        .await;
+        remove(&*store, &here);
+        eventually("the last local port on VLAN 100 takes its answers", || {
+            answers(&dp) == vec![answer(&elsewhere), answer(&local_101)]
+        })
+        .await;
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
     /// OVS down at start: nothing is re-asserted until it is reachable, then at once (not
     /// after a whole interval); shutdown ends the loop.
     #[tokio::test]

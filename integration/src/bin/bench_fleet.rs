@@ -133,7 +133,7 @@ fn main() -> Result<()> {
     let pool = a.netplugin_json(&["pool", "show", "198.19.128.0/20"])?;
     let pool_id = pool["id"].as_str().context("pool id")?.to_string();
     let net_of = |h: &Host| h.ok(&["network", "inspect", "-f", "{{.Id}}", "n9"]);
-    let (net_a, net_b) = (net_of(a)?, net_of(b)?);
+    let (net_a, net_b, net_c) = (net_of(a)?, net_of(b)?, net_of(c)?);
     let made = std::cell::Cell::new(0usize);
     let endpoint = |h: &Host, net: &str| -> Result<(String, Instant)> {
         made.set(made.get() + 1);
@@ -156,6 +156,8 @@ fn main() -> Result<()> {
         ensure!(s == 200, "CreateEndpoint: {v}");
         Ok((addr.split('/').next().unwrap_or_default().to_string(), t0))
     };
+    // Host c answers ARP only on VLANs it has a port on: one endpoint there.
+    endpoint(c, &net_c)?;
     for fleet in [100usize, 1000] {
         while made.get() < fleet {
             let h = if made.get().is_multiple_of(2) { a } else { b };

@@ -7,7 +7,9 @@
 //! grow with the fleet. The periodic reconcile pass takes its records from here too and
 //! re-asserts every flow (drift repair), without reading the store.
 //!
-//! What is answered: an address with the MAC of the one endpoint that claims it; when two endpoint records claim the same address (a stale record),
+//! What is answered: an address on a VLAN that has a port on this host (requests only come
+//! from local ports, so other VLANs' answers would never be used), with the MAC of the one
+//! endpoint that claims it; when two endpoint records claim the same address (a stale record),
 //! the address record decides, and until it has, nobody is answered for (the request goes on
 //! to the trunk, where the real owner answers).
 //!
@@ -178,6 +180,9 @@ impl FleetView {
     /// What `key` is answered with: its one claimant (or the decided one), on a VLAN with a
     /// local port.
     fn entry(&self, key: ArpKey) -> Option<ArpEntry> {
+        if !self.local.contains_key(&key.0) {
+            return None;
+        }
         let claims = self.claims.get(&key)?;
         let id = if claims.len() == 1 {
             claims.iter().next()?
@@ -388,6 +393,55 @@ mod tests {
             version: 1,
             lease: 0,
         })
+    }
+
+    fn keys(changes: &[ArpChange]) -> Vec<(ArpKey, bool)> {
+        changes.iter().map(|(k, e)| (*k, e.is_some())).collect()
+    }
+
+    /// Answers only on VLANs with a local port; the first local port brings its VLAN's
+    /// answers, the last takes them away; one change touches one key.
+    #[test]
+    fn answers_follow_local_vlans_and_changes_are_per_key() {
+        let mut v = FleetView::new("me");
+        let remote = record("r1", "other", 200, "10.0.0.2");
+        v.reset(
+            &[match put(&remote, 1) {
+                Event::Put(kv) => kv,
+                _ => unreachable!(),
+            }],
+            1,
+        );
+        assert!(v.take_changes().is_none(), "a listing needs a full sync");
+        assert!(v.take_all().is_empty(), "no local port on VLAN 200");
+        // Events at or before the listing are in it already.
+        assert!(!v.apply(&put(&remote, 1)));
+        let local = record("l1", "me", 200, "10.0.0.3");
+        assert!(v.apply(&put(&local, 2)));
+        let ip2 = (200, "10.0.0.2".parse().unwrap());
+        let ip3 = (200, "10.0.0.3".parse().unwrap());
+        assert_eq!(
+            keys(&v.take_changes().unwrap()),
+            vec![(ip2, true), (ip3, true)]
+        );
+        let other = record("r2", "other", 200, "10.0.0.4");
+        v.apply(&put(&other, 3));
+        let ip4 = (200, "10.0.0.4".parse().unwrap());
+        assert_eq!(keys(&v.take_changes().unwrap()), vec![(ip4, true)]);
+        // Another VLAN without a local port: nothing to do.
+        v.apply(&put(&record("r3", "other", 300, "10.1.0.4"), 4));
+        assert_eq!(
+            keys(&v.take_changes().unwrap()),
+            vec![((300, "10.1.0.4".parse().unwrap()), false)]
+        );
+        v.apply(&Event::Delete {
+            key: format!("{PREFIX}l1"),
+            revision: 5,
+        });
+        assert_eq!(
+            keys(&v.take_changes().unwrap()),
+            vec![(ip2, false), (ip3, false), (ip4, false)]
+        );
     }
 
     /// Two records claiming one address: nobody is answered for until the address record
