@@ -108,55 +108,12 @@ mod tests {
     use crate::network::NetConfig;
     use crate::state::State;
     use crate::state::{encode, endpoint_key, EndpointRecord};
+    use crate::store::counting::Counting;
     use crate::store::memory::MemStore;
-    use crate::store::{Event, KeyValue, Op, Store, StoreResult, Txn, TxnResult};
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::mpsc;
-
-    /// A store that counts reads of the endpoint records.
-    struct Counting {
-        inner: MemStore,
-        endpoint_reads: AtomicUsize,
-    }
-
-    impl Store for Counting {
-        fn kind(&self) -> &'static str {
-            "counting"
-        }
-        fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
-            self.inner.get(key)
-        }
-        fn range(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
-            if prefix.starts_with("endpoints/") {
-                self.endpoint_reads.fetch_add(1, Ordering::SeqCst);
-            }
-            self.inner.range(prefix)
-        }
-        fn txn(&self, txn: Txn) -> StoreResult<TxnResult> {
-            self.inner.txn(txn)
-        }
-        fn revision(&self) -> StoreResult<i64> {
-            self.inner.revision()
-        }
-        fn grant_lease(&self, ttl: Duration) -> StoreResult<i64> {
-            self.inner.grant_lease(ttl)
-        }
-        fn keep_alive(&self, lease: i64) -> StoreResult<()> {
-            self.inner.keep_alive(lease)
-        }
-        fn revoke_lease(&self, lease: i64) -> StoreResult<()> {
-            self.inner.revoke_lease(lease)
-        }
-        fn watch(&self, prefix: &str) -> StoreResult<mpsc::Receiver<Event>> {
-            self.inner.watch(prefix)
-        }
-    }
+    use crate::store::{Op, Store, Txn};
 
     fn counting() -> Arc<Counting> {
-        Arc::new(Counting {
-            inner: MemStore::new(),
-            endpoint_reads: AtomicUsize::new(0),
-        })
+        Arc::new(Counting::new())
     }
 
     fn endpoint(n: u8, host: &str, vlan: u16, mac_last: u8) -> EndpointRecord {
@@ -236,7 +193,7 @@ mod tests {
         .await;
         // The first pass and the view's listing settle.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let reads = store.endpoint_reads.load(Ordering::SeqCst);
+        let reads = store.ranges("endpoints/");
         let syncs = dp.arp_syncs.load(Ordering::SeqCst);
 
         let remote = endpoint(2, "h2", 100, 2);
@@ -258,7 +215,7 @@ mod tests {
         })
         .await;
         assert_eq!(
-            store.endpoint_reads.load(Ordering::SeqCst),
+            store.ranges("endpoints/"),
             reads,
             "endpoint records read again"
         );

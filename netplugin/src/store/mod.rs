@@ -17,6 +17,8 @@
 /// The behaviour every `Store` must have; run on each implementation by its tests.
 #[cfg(any(test, feature = "test-support"))]
 pub mod contract;
+#[cfg(test)]
+pub mod counting;
 pub mod engine;
 pub mod etcd;
 pub mod memory;
