@@ -21,9 +21,6 @@ use crate::state::store_op;
 use crate::state::*;
 use crate::store::StoreError;
 
-/// TTL of a host's lease; renewed every third of it.
-pub const HOST_TTL: Duration = Duration::from_secs(10);
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HostView {
     pub host: String,
