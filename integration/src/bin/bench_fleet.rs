@@ -261,7 +261,7 @@ fn main() -> Result<()> {
             .count();
         println!(
             "ARP flows on c: {answers} answers, {on_109} of them for VLAN 109's {} endpoints",
-            made.get() + 1
+            made.get()
         );
         let (reqs, cpu) = idle_cost(&lab, IDLE)?;
         println!(
