@@ -701,12 +701,119 @@ fn t_auto_reclaim(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The LeaseKeepAlive streams a member started and the keep-alive requests it received.
+fn keep_alive_counts(endpoint: &str) -> Result<(f64, f64)> {
+    let addr = endpoint.trim_start_matches("http://");
+    let text = scrape_metrics(addr)?;
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains("grpc_method=\"LeaseKeepAlive\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Ok((
+        sum("grpc_server_started_total"),
+        sum("grpc_server_msg_received_total"),
+    ))
+}
+
+/// A host's lease renewals go over one long-lived keep-alive stream, one request each (a
+/// one-member cluster of its own, so that the counts are this store's alone).
+fn t_keep_alive_one_stream(_c: &Ctx) -> Result<()> {
+    use netplugin::store::Store;
+    let cluster = EtcdCluster::start(1)?;
+    let endpoint = cluster.endpoints();
+    let store =
+        EtcdStore::connect(&EtcdConfig::new(&endpoint, "/berth-ka/").map_err(anyhow::Error::msg)?)?;
+    let lease = store.grant_lease(Duration::from_secs(10))?;
+    let (streams0, msgs0) = keep_alive_counts(&endpoint)?;
+    for _ in 0..5 {
+        store.keep_alive(lease)?;
+    }
+    let (streams, msgs) = keep_alive_counts(&endpoint)?;
+    ensure!(
+        (streams - streams0, msgs - msgs0) == (1.0, 5.0),
+        "5 renewals took {} keep-alive streams and {} requests (want 1 and 5)",
+        streams - streams0,
+        msgs - msgs0
+    );
+    store.revoke_lease(lease)?;
+    ensure!(
+        store.keep_alive(lease).is_err(),
+        "a revoked lease was renewed"
+    );
+    Ok(())
+}
+
+/// Compacts etcd's history up to `revision` (etcd's JSON gateway; the suite has no etcdctl).
+fn compact(endpoint: &str, revision: i64) -> Result<()> {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let body = format!(r#"{{"revision":"{revision}","physical":true}}"#);
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST /v3/kv/compaction HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    ensure!(answer.starts_with("HTTP/1.1 200"), "compaction: {answer}");
+    Ok(())
+}
+
+/// A watch (the ARP proxy's, of the endpoint records) that must resume from a revision etcd
+/// has compacted ends, so that its consumer lists again, instead of retrying forever; a
+/// listing and its watch see what follows.
+fn t_watch_ends_when_compacted(c: &Ctx) -> Result<()> {
+    use netplugin::store::{Event, Op, Store, Txn};
+    let endpoints = c
+        .cluster
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .endpoints();
+    let store = EtcdStore::connect(
+        &EtcdConfig::new(&endpoints, "/berth-compact/").map_err(anyhow::Error::msg)?,
+    )?;
+    let put = |k: &str| -> Result<i64> {
+        Ok(store
+            .txn(Txn {
+                success: vec![Op::put(k, b"v".to_vec())],
+                ..Default::default()
+            })?
+            .revision)
+    };
+    let first = put("e/1")?;
+    put("e/2")?;
+    let last = put("e/3")?;
+    compact(endpoints.split(',').next().unwrap_or_default(), last)?;
+    let rx = store.watch_from("e/", first + 1)?;
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+        other => bail!("a watch from a compacted revision did not end: {other:?}"),
+    }
+    let listing = store.list_and_watch("e/")?;
+    ensure!(
+        listing.kvs.len() == 3 && listing.revision >= last,
+        "listing: {:?}",
+        listing.kvs
+    );
+    let rev = put("e/4")?;
+    match listing.events.recv_timeout(Duration::from_secs(5)) {
+        Ok(Event::Put(kv)) if kv.key == "e/4" && kv.mod_revision == rev => Ok(()),
+        other => bail!("the listing's watch: {other:?}"),
+    }
+}
+
 fn main() {
     harness::run(
         "etcd",
         setup,
         &[
             ("store_contract", t_store_contract),
+            ("keep_alive_one_stream", t_keep_alive_one_stream),
+            ("watch_ends_when_compacted", t_watch_ends_when_compacted),
             ("pool_shared_per_host", t_pool_shared_per_host),
             ("fleet_metrics", t_fleet_metrics),
             (

@@ -745,6 +745,17 @@ fn t_leaks_rates_arp_in_etcd_mode(c: &Ctx) -> Result<()> {
             h.name
         );
     }
+    // ARP answers only where a port on the VLAN can ask for them: b (r2) answers for r1's
+    // address, c (no port on VLAN 106) installs nothing for it.
+    let r1 = inspect_net(a, "r1", "n6", "IPAddress")?;
+    let on_b = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        arp_answers(b, &r1).is_ok_and(|n| n.is_some())
+    });
+    ensure!(on_b, "b does not answer ARP for r1 ({r1}) on a");
+    ensure!(
+        arp_answers(hc, &r1)?.is_none(),
+        "c answers ARP for r1 ({r1}) on VLAN 106, where it has no port"
+    );
     let bytes = 12 << 20;
     let limited = tcp_transfer(
         a,

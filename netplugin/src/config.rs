@@ -31,6 +31,7 @@ pub const DEFAULT_RECONCILE_INTERVAL: f64 = 2.0;
 /// Seconds.
 pub const DEFAULT_DOCKER_SYNC_INTERVAL: f64 = 5.0;
 pub const DEFAULT_RELEASE_LEAKED_AFTER: &str = "2m";
+pub const DEFAULT_LEASE_TTL: &str = "10s";
 /// Bound of each OVSDB and OpenFlow call.
 const OVS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -114,6 +115,11 @@ pub struct ServeArgs {
     /// off by default: a host cut off from etcd keeps its addresses until `pool reclaim`.
     #[arg(long)]
     reclaim_after: Option<String>,
+    /// TTL of this host's lease in the store (e.g. 10s, 1m), renewed every third of it: how
+    /// long after it last reached etcd a host counts as gone. --reclaim-after must be at least
+    /// twice it. [default: 10s]
+    #[arg(long)]
+    lease_ttl: Option<String>,
     /// This host's name in the store. [default: the hostname]
     #[arg(long)]
     host_id: Option<String>,
@@ -178,6 +184,7 @@ pub struct Config {
     pub ipam: IpamConfig,
     pub net: NetConfig,
     pub reclaim_after: Option<Duration>,
+    pub lease_ttl: Duration,
     pub release_leaked_after: Option<Duration>,
     pub docker_socket: PathBuf,
     pub docker_sync_interval: Duration,
@@ -231,6 +238,29 @@ impl Config {
                 )
             })
             .transpose()?;
+        let lease_ttl = parse_duration(
+            "--lease-ttl",
+            args.lease_ttl.as_deref().unwrap_or(DEFAULT_LEASE_TTL),
+            3.0,
+            "it is renewed every third of it, and etcd's shortest is a few seconds",
+        )?;
+        if lease_ttl > Duration::from_secs(3600) {
+            bail!(
+                "--lease-ttl {:?}: at most 1h",
+                args.lease_ttl.as_deref().unwrap_or_default()
+            );
+        }
+        if let Some(after) = reclaim_after {
+            // A host cut off from etcd must have had at least another TTL to notice it lost
+            // its lease (and stop) before its addresses are handed out again.
+            if after < lease_ttl * 2 {
+                bail!(
+                    "--reclaim-after {}s is shorter than twice --lease-ttl ({}s): a host cut off from etcd would lose its addresses while it may still be using them",
+                    after.as_secs_f64(),
+                    lease_ttl.as_secs_f64()
+                );
+            }
+        }
         let release_leaked_after = match args
             .release_leaked_after
             .as_deref()
@@ -289,6 +319,7 @@ impl Config {
                 default_mtu,
             },
             reclaim_after,
+            lease_ttl,
             release_leaked_after,
             docker_socket: args
                 .docker_socket
@@ -426,6 +457,7 @@ mod tests {
         assert_eq!(c.net.default_mtu, 1500);
         assert_eq!(c.ipam.default_prefix, 24);
         assert_eq!(c.reclaim_after, None);
+        assert_eq!(c.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.release_leaked_after, Some(Duration::from_secs(120)));
         assert_eq!(c.reconcile_interval, Duration::from_secs(2));
         assert_eq!(c.docker_sync_interval, Duration::from_secs(5));
@@ -493,6 +525,14 @@ mod tests {
             error(&["--store", "zk"]),
             "--store \"zk\" is not one of: embedded, etcd"
         );
+        assert!(error(&["--lease-ttl", "1s"]).contains("at least 3s"));
+        assert!(error(&["--lease-ttl", "2h"]).contains("at most 1h"));
+        assert!(
+            error(&["--lease-ttl", "1m", "--reclaim-after", "90s"]).contains("twice --lease-ttl"),
+            "reclaim before the lease had time to be missed"
+        );
+        let c = config(&["--lease-ttl", "20s", "--reclaim-after", "40s"]).unwrap();
+        assert_eq!(c.lease_ttl, Duration::from_secs(20));
         let c = config(&["--release-leaked-after", "off", "--reclaim-after", "10m"]).unwrap();
         assert_eq!(c.release_leaked_after, None);
         assert_eq!(c.reclaim_after, Some(Duration::from_secs(600)));

@@ -21,9 +21,6 @@ use crate::state::store_op;
 use crate::state::*;
 use crate::store::StoreError;
 
-/// TTL of a host's lease; renewed every third of it.
-pub const HOST_TTL: Duration = Duration::from_secs(10);
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HostView {
     pub host: String,
@@ -395,6 +392,85 @@ pub fn register(state: &State, ttl: Duration) -> NetResult<i64> {
     Ok(lease)
 }
 
+/// The hosts alive now: the keys under `hosts/` (each put with its host's lease).
+pub fn live_hosts(state: &State) -> NetResult<BTreeSet<String>> {
+    Ok(state
+        .store
+        .range("hosts/")?
+        .into_iter()
+        .filter_map(|kv| kv.key.strip_prefix("hosts/").map(str::to_string))
+        .collect())
+}
+
+/// The dead-host scan of `--reclaim-after`. Each scan reads only the live hosts' keys: a host
+/// whose key went away since the last scan is dead from then on. The scan at start (of
+/// everything, once) finds the hosts that died before this one was watching and still hold
+/// something.
+#[derive(Default)]
+struct Deaths {
+    /// The live hosts at the last scan; None before the first.
+    alive: Option<BTreeSet<String>>,
+    gone_since: HashMap<String, Instant>,
+}
+
+impl Deaths {
+    async fn scan(&mut self, ipam: &Arc<Ipam>, after: Duration) {
+        let now = Instant::now();
+        let i = ipam.clone();
+        let alive = match self.alive {
+            None => {
+                let Ok(list) = store_op("host scan", move || hosts(i.state())).await else {
+                    return;
+                };
+                for v in &list {
+                    let holds = v.addresses + v.endpoints + v.blocks > 0;
+                    if !v.alive && !v.this_host && holds {
+                        self.gone_since.insert(v.host.clone(), now);
+                    }
+                }
+                list.into_iter()
+                    .filter(|v| v.alive)
+                    .map(|v| v.host)
+                    .collect()
+            }
+            Some(ref before) => {
+                let Ok(alive) = store_op("host scan", move || live_hosts(i.state())).await else {
+                    return;
+                };
+                for gone in before.difference(&alive) {
+                    if *gone != ipam.state().host_id {
+                        self.gone_since.entry(gone.clone()).or_insert(now);
+                    }
+                }
+                alive
+            }
+        };
+        self.gone_since.retain(|h, _| !alive.contains(h));
+        self.alive = Some(alive);
+        let due: Vec<String> = self
+            .gone_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= after)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in due {
+            let i = ipam.clone();
+            let h = host.clone();
+            match store_op("reclaim", move || reclaim(&i, &h, false)).await {
+                Ok(r) => {
+                    if !(r.addresses.is_empty() && r.endpoints.is_empty() && r.blocks == 0) {
+                        warn!(host = %host, addresses = r.addresses.len(), endpoints = r.endpoints.len(),
+                            after = ?after, "host gone for --reclaim-after: its addresses were released");
+                    }
+                    self.gone_since.remove(&host);
+                }
+                // Kept: the next scan tries again (or finds the host back).
+                Err(e) => warn!(host = %host, error = %e, "automatic reclaim failed; retrying"),
+            }
+        }
+    }
+}
+
 /// The host agent: holds this host's lease (re-registers after it expired while etcd was
 /// unreachable) and, with `reclaim_after`, reclaims hosts gone for that long.
 pub async fn host_agent(
@@ -405,7 +481,7 @@ pub async fn host_agent(
 ) {
     let state = ipam.state().clone();
     let mut last_error = String::new();
-    let mut gone_since: HashMap<String, Instant> = HashMap::new();
+    let mut deaths = Deaths::default();
     let mut last_scan = Instant::now() - Duration::from_secs(3600);
     loop {
         let lease = state.lease();
@@ -447,31 +523,7 @@ pub async fn host_agent(
                 && last_scan.elapsed() >= (after / 4).min(Duration::from_secs(5))
             {
                 last_scan = Instant::now();
-                let i = ipam.clone();
-                let scanned = store_op("host scan", move || hosts(i.state())).await;
-                if let Ok(list) = scanned {
-                    let now = Instant::now();
-                    gone_since.retain(|h, _| list.iter().any(|v| v.host == *h && !v.alive));
-                    for v in list.iter().filter(|v| !v.alive && !v.this_host) {
-                        if v.addresses == 0 && v.endpoints == 0 && v.blocks == 0 {
-                            continue;
-                        }
-                        let since = *gone_since.entry(v.host.clone()).or_insert(now);
-                        if now.duration_since(since) >= after {
-                            let i = ipam.clone();
-                            let h = v.host.clone();
-                            match store_op("reclaim", move || reclaim(&i, &h, false)).await {
-                                Ok(r) => warn!(host = %v.host, addresses = r.addresses.len(),
-                                    endpoints = r.endpoints.len(), after = ?after,
-                                    "host gone for --reclaim-after: its addresses were released"),
-                                Err(e) => {
-                                    warn!(host = %v.host, error = %e, "automatic reclaim failed; retrying")
-                                }
-                            }
-                            gone_since.remove(&v.host);
-                        }
-                    }
-                }
+                deaths.scan(&ipam, after).await;
             }
         }
         let pause = if last_error.is_empty() {
@@ -483,5 +535,78 @@ pub async fn host_agent(
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::IpamConfig;
+    use crate::store::counting::Counting;
+    use crate::store::{Op, Store, Txn};
+
+    fn what_hosts_hold(store: &Counting) -> usize {
+        store.ranges("addrs/") + store.ranges("endpoints/") + store.ranges("blocks/")
+    }
+
+    /// `--reclaim-after`: a host whose lease ends is reclaimed after the delay; the scans
+    /// that find it read the live hosts' keys, not every address, endpoint and block.
+    #[tokio::test]
+    async fn dead_host_scan_reads_only_host_keys() {
+        let store = Arc::new(Counting::new());
+        let h2 = State::new(store.clone(), "h2");
+        register(&h2, Duration::from_secs(1)).unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        let endpoint = EndpointRecord {
+            id: "e2".into(),
+            network_id: "n".into(),
+            host_id: "h2".into(),
+            address: crate::ipnet::Ipv4If { ip, prefix: 24 },
+            mac: crate::mac::Mac::from_ip(ip),
+            host_if: "vbe2".into(),
+            container_if: "tbe2".into(),
+            vlan: 100,
+            mtu: 1500,
+            created_at: 0,
+            lease: 0,
+            limits: Default::default(),
+            own_limits: None,
+        };
+        store
+            .txn(Txn {
+                success: vec![Op::put(endpoint_key("e2"), encode(&endpoint))],
+                ..Default::default()
+            })
+            .unwrap();
+        let ipam = Arc::new(Ipam::new(
+            State::new(store.clone(), "h1"),
+            IpamConfig::default(),
+        ));
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(host_agent(
+            ipam,
+            Duration::from_secs(1),
+            Some(Duration::from_millis(400)),
+            shutdown,
+        ));
+        let mut reclaimed = false;
+        for _ in 0..100 {
+            if store.get(&endpoint_key("e2")).unwrap().is_none() {
+                reclaimed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(reclaimed, "h2's endpoint not reclaimed within 5 s");
+        let (held, scans) = (what_hosts_hold(&store), store.ranges("hosts/"));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(store.ranges("hosts/") > scans, "no scan meanwhile");
+        assert_eq!(
+            what_hosts_hold(&store),
+            held,
+            "a scan read addresses, endpoints or blocks"
+        );
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 }

@@ -140,7 +140,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     .await?;
     daemon.spawn(netplugin::fleet::host_agent(
         svc.ipam().clone(),
-        netplugin::fleet::HOST_TTL,
+        config.lease_ttl,
         config.reclaim_after,
         daemon.shutdown(),
     ));

@@ -1,10 +1,10 @@
 //! The reconciler: re-asserts the datapath when OVS (re)appears and then every interval, so
 //! what a restarted ovs-vswitchd or a new ovsdb-server lost comes back without a request; and
-//! brings the ARP proxy to the store as soon as the store reports an endpoint change (any
-//! host's), so other hosts' new and moved endpoints are answered within moments.
+//! pushes each endpoint change (any host's) to the ARP proxy as soon as the watch brings it,
+//! flow by flow (`network/fleet_view.rs`), so other hosts' new and moved endpoints are
+//! answered within moments whatever the size of the fleet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +16,6 @@ use crate::network::Service;
 
 /// How often OVS is looked for while it is unreachable: it comes back within a pass.
 const RECONNECT_POLL: Duration = Duration::from_millis(200);
-/// Endpoint changes arriving this close together are handled by one ARP pass (a burst of
-/// container starts is one pass, not one per container).
-const COALESCE: Duration = Duration::from_millis(20);
-/// Pause before the endpoint watch is set up again after the store lost it (etcd down).
-const REWATCH: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown` turns true. A failure is logged once until it changes or heals, so
 /// an OVS that stays down does not flood the log.
@@ -70,13 +65,14 @@ pub async fn run(svc: Arc<Service>, interval: Duration, mut shutdown: watch::Rec
                     if !was_connected {
                         continue;
                     }
-                    tokio::time::sleep(COALESCE).await;
-                    match svc.sync_arp().await {
+                    // Changes that arrive meanwhile are marked in the view and taken by the
+                    // next push: a burst needs no extra wait to be batched.
+                    match svc.push_arp().await {
                         Ok((added, removed)) if added + removed > 0 => {
                             debug!(added, removed, "ARP proxy flows follow an endpoint change");
                         }
                         Ok(_) => {}
-                        // The next full pass retries and reports it.
+                        // The next push or full pass retries and reports it.
                         Err(e) => debug!(error = %e, "ARP proxy update failed"),
                     }
                 }
@@ -90,40 +86,12 @@ pub async fn run(svc: Arc<Service>, interval: Duration, mut shutdown: watch::Rec
     }
 }
 
-/// A thread that turns the store's endpoint changes into `changed` notifications, for as
-/// long as `stop` is false (it looks every second). When the store drops the watch (etcd
-/// unreachable), it is set up again after [`REWATCH`], followed by one notification for what
-/// may have been missed meanwhile; the periodic pass covers the gap.
+/// The thread that keeps the service's view of the fleet's endpoints (list, then watch) and
+/// notifies `changed` after each change, for as long as `stop` is false.
 fn watch_endpoints(svc: Arc<Service>, changed: Arc<Notify>, stop: Arc<AtomicBool>) {
     let spawned = std::thread::Builder::new()
         .name("endpoint-watch".into())
-        .spawn(move || {
-            let mut first = true;
-            while !stop.load(Ordering::SeqCst) {
-                match svc.state().watch_endpoints() {
-                    Ok(rx) => {
-                        if !first {
-                            changed.notify_one();
-                        }
-                        first = false;
-                        loop {
-                            match rx.recv_timeout(Duration::from_secs(1)) {
-                                Ok(_) => changed.notify_one(),
-                                Err(RecvTimeoutError::Timeout) => {
-                                    if stop.load(Ordering::SeqCst) {
-                                        return;
-                                    }
-                                }
-                                Err(RecvTimeoutError::Disconnected) => break,
-                            }
-                        }
-                        debug!("endpoint watch ended; setting it up again");
-                    }
-                    Err(e) => debug!(error = %e, "endpoint watch not set up; retrying"),
-                }
-                std::thread::sleep(REWATCH);
-            }
-        });
+        .spawn(move || svc.follow_endpoints(&changed, &stop));
     if let Err(e) = spawned {
         warn!(error = %e, "no endpoint watch: other hosts' endpoints are learned at each reconcile pass only");
     }
@@ -135,12 +103,139 @@ mod tests {
     use crate::dataplane::fake::FakeDataplane;
     use crate::dataplane::{Dataplane, EndpointPlan};
     use crate::ipam::{Ipam, IpamConfig};
+    use crate::ipnet::Ipv4If;
+    use crate::mac::Mac;
     use crate::network::NetConfig;
     use crate::state::State;
+    use crate::state::{encode, endpoint_key, EndpointRecord};
+    use crate::store::counting::Counting;
     use crate::store::memory::MemStore;
+    use crate::store::{Op, Store, Txn};
+
+    fn counting() -> Arc<Counting> {
+        Arc::new(Counting::new())
+    }
+
+    fn endpoint(n: u8, host: &str, vlan: u16, mac_last: u8) -> EndpointRecord {
+        let ip = std::net::Ipv4Addr::new(10, 0, vlan as u8, n);
+        let mut mac = Mac::from_ip(ip);
+        mac.0[5] = mac_last;
+        EndpointRecord {
+            id: format!("{n:02x}").repeat(32),
+            network_id: format!("net{vlan}"),
+            host_id: host.into(),
+            address: Ipv4If { ip, prefix: 24 },
+            mac,
+            host_if: format!("vb{n:010x}"),
+            container_if: format!("tb{n:010x}"),
+            vlan,
+            mtu: 1500,
+            created_at: 0,
+            lease: 0,
+            limits: Default::default(),
+            own_limits: None,
+        }
+    }
+
+    fn write(store: &dyn Store, e: &EndpointRecord) {
+        store
+            .txn(Txn {
+                success: vec![Op::put(endpoint_key(&e.id), encode(e))],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    fn remove(store: &dyn Store, e: &EndpointRecord) {
+        store
+            .txn(Txn {
+                success: vec![Op::Delete(endpoint_key(&e.id))],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    type Answer = (u16, std::net::Ipv4Addr, [u8; 6]);
+
+    fn answers(dp: &FakeDataplane) -> Vec<Answer> {
+        let mut v: Vec<_> = dp
+            .arp
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| (e.vlan, e.ip, e.mac))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn answer(e: &EndpointRecord) -> Answer {
+        (e.vlan, e.address.ip, e.mac.octets())
+    }
+
+    /// Other hosts' endpoint changes reach the ARP proxy through the watch, one flow change
+    /// each: after the first listing the endpoint records are never read again, and no change
+    /// is a full sync (a full pass every hour here).
+    #[tokio::test]
+    async fn endpoint_changes_reach_the_arp_proxy_incrementally() {
+        let dp = Arc::new(FakeDataplane::new());
+        let store = counting();
+        let local = endpoint(1, "h1", 100, 1);
+        write(&*store, &local);
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            service_on(dp.clone(), store.clone()),
+            Duration::from_secs(3600),
+            shutdown,
+        ));
+        eventually("the local endpoint answered for", || {
+            answers(&dp) == vec![answer(&local)]
+        })
+        .await;
+        // The first pass and the view's listing settle.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let reads = store.ranges("endpoints/");
+        let syncs = dp.arp_syncs.load(Ordering::SeqCst);
+
+        let remote = endpoint(2, "h2", 100, 2);
+        write(&*store, &remote);
+        eventually("a new endpoint of another host answered for", || {
+            answers(&dp) == vec![answer(&local), answer(&remote)]
+        })
+        .await;
+        // It moved: same address, another MAC; one answer for it, the new one.
+        let moved = endpoint(2, "h3", 100, 9);
+        write(&*store, &moved);
+        eventually("a moved endpoint answered with its new MAC", || {
+            answers(&dp) == vec![answer(&local), answer(&moved)]
+        })
+        .await;
+        remove(&*store, &moved);
+        eventually("a removed endpoint no longer answered for", || {
+            answers(&dp) == vec![answer(&local)]
+        })
+        .await;
+        assert_eq!(
+            store.ranges("endpoints/"),
+            reads,
+            "endpoint records read again"
+        );
+        assert_eq!(
+            dp.arp_syncs.load(Ordering::SeqCst),
+            syncs,
+            "a full ARP sync"
+        );
+        assert!(dp.arp_updates.load(Ordering::SeqCst) >= 3);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
 
     fn service(dp: Arc<FakeDataplane>) -> Arc<Service> {
-        let state = State::new(Arc::new(MemStore::new()), "h1");
+        service_on(dp, Arc::new(MemStore::new()))
+    }
+
+    fn service_on(dp: Arc<FakeDataplane>, store: Arc<dyn Store>) -> Arc<Service> {
+        let state = State::new(store, "h1");
         let ipam = Arc::new(Ipam::new(state.clone(), IpamConfig::default()));
         Arc::new(Service::new(
             state,
@@ -175,6 +270,52 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("{what}: not within 2 s");
+    }
+
+    /// Answers only on VLANs with a port on this host: another VLAN's endpoints are not
+    /// installed; the first local port on a VLAN brings its answers, the last one takes them.
+    #[tokio::test]
+    async fn answers_only_on_vlans_with_a_local_port() {
+        let dp = Arc::new(FakeDataplane::new());
+        let store = counting();
+        let here = endpoint(1, "h1", 100, 1);
+        let there = endpoint(2, "h2", 100, 2);
+        let elsewhere = endpoint(3, "h2", 101, 3);
+        for e in [&here, &there, &elsewhere] {
+            write(&*store, e);
+        }
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            service_on(dp.clone(), store.clone()),
+            Duration::from_secs(3600),
+            shutdown,
+        ));
+        eventually("VLAN 100 answered for, VLAN 101 not", || {
+            answers(&dp) == vec![answer(&here), answer(&there)]
+        })
+        .await;
+        let local_101 = endpoint(4, "h1", 101, 4);
+        write(&*store, &local_101);
+        eventually(
+            "the first local port on VLAN 101 brings its answers",
+            || {
+                answers(&dp)
+                    == vec![
+                        answer(&here),
+                        answer(&there),
+                        answer(&elsewhere),
+                        answer(&local_101),
+                    ]
+            },
+        )
+        .await;
+        remove(&*store, &here);
+        eventually("the last local port on VLAN 100 takes its answers", || {
+            answers(&dp) == vec![answer(&elsewhere), answer(&local_101)]
+        })
+        .await;
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     /// OVS down at start: nothing is re-asserted until it is reachable, then at once (not

@@ -964,16 +964,19 @@ async fn join_announces_the_endpoint() {
 }
 
 /// Issue 13: another host's new endpoint reaches this host's ARP proxy through the store's
-/// watch at once, not at the next periodic pass (an hour here); and its removal too.
+/// watch at once, not at the next periodic pass (an hour here); and its removal too. (Host a
+/// has a port on the VLAN: answers are only installed where they can be asked for.)
 #[tokio::test]
 async fn arp_proxy_follows_other_hosts_endpoints_at_once() {
     use std::time::{Duration, Instant};
     let store = Arc::new(MemStore::new());
     let a = setup_host(store.clone(), "host-a");
     let b = setup_host(store, "host-b");
-    a.create_network(N1, "10.231.8.0/24", json!({"vlan":"130"}))
+    let pa = a
+        .create_network(N1, "10.231.8.0/24", json!({"vlan":"130"}))
         .await
         .unwrap();
+    a.start(N1, &pa, E1, "10.231.8.5").await;
     let pb = b
         .create_network(N2, "10.231.8.0/24", json!({"vlan":"130"}))
         .await

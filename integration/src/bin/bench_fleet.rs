@@ -17,8 +17,65 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use integration::lab::traffic::{first_reply_seq, ping_raw, tcp_transfer};
-use integration::lab::{Host, Lab, LabOptions};
+use integration::lab::{http_get, Host, Lab, LabOptions, ETCD_IPS};
 use integration::procs::wait_until;
+
+/// The idle window the per-host etcd requests and CPU are measured over.
+const IDLE: Duration = Duration::from_secs(20);
+
+/// Requests the etcd cluster served (unary calls, and messages on streams: lease keep-alives,
+/// watch requests), summed over the members.
+fn etcd_requests(lab: &Lab) -> Result<f64> {
+    let node = lab.etcd_node.as_ref().context("etcd node")?;
+    let mut total = 0.0;
+    for ip in ETCD_IPS {
+        let text = node.in_netns(|| http_get(ip, 2379, "/metrics"))??;
+        total += text
+            .lines()
+            .filter(|l| {
+                (l.starts_with("grpc_server_handled_total") && l.contains("grpc_type=\"unary\""))
+                    || (l.starts_with("grpc_server_msg_received_total")
+                        && !l.contains("grpc_type=\"unary\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(total)
+}
+
+/// CPU seconds the process has used (utime + stime).
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Per host, over `window` with nothing happening: etcd requests/s (the cluster's, divided by
+/// the hosts: only netplugins use it) and netplugin's CPU share.
+fn idle_cost(lab: &Lab, window: Duration) -> Result<(f64, f64)> {
+    let hosts: Vec<&Host> = ["a", "b", "c"].iter().map(|n| lab.host(n)).collect();
+    // What the last endpoints started settles first.
+    std::thread::sleep(Duration::from_secs(3));
+    let pids: Vec<u32> = hosts
+        .iter()
+        .map(|h| h.netplugin_pid().context("netplugin pid"))
+        .collect::<Result<_>>()?;
+    let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<Result<f64>>()?;
+    let req0 = etcd_requests(lab)?;
+    let t = Instant::now();
+    std::thread::sleep(window);
+    let secs = t.elapsed().as_secs_f64();
+    // The scrapes themselves are HTTP, not gRPC: not counted.
+    let reqs = (etcd_requests(lab)? - req0) / secs / hosts.len() as f64;
+    let cpu = (pids.iter().map(|p| cpu_seconds(*p)).sum::<Result<f64>>()? - cpu0)
+        / secs
+        / hosts.len() as f64;
+    Ok((reqs, cpu))
+}
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -133,7 +190,7 @@ fn main() -> Result<()> {
     let pool = a.netplugin_json(&["pool", "show", "198.19.128.0/20"])?;
     let pool_id = pool["id"].as_str().context("pool id")?.to_string();
     let net_of = |h: &Host| h.ok(&["network", "inspect", "-f", "{{.Id}}", "n9"]);
-    let (net_a, net_b) = (net_of(a)?, net_of(b)?);
+    let (net_a, net_b, net_c) = (net_of(a)?, net_of(b)?, net_of(c)?);
     let made = std::cell::Cell::new(0usize);
     let endpoint = |h: &Host, net: &str| -> Result<(String, Instant)> {
         made.set(made.get() + 1);
@@ -156,6 +213,10 @@ fn main() -> Result<()> {
         ensure!(s == 200, "CreateEndpoint: {v}");
         Ok((addr.split('/').next().unwrap_or_default().to_string(), t0))
     };
+    // Host c answers ARP only on VLANs it has a port on: one endpoint there.
+    endpoint(c, &net_c)?;
+    let mut learned: Vec<(usize, f64)> = Vec::new();
+    let mut idle: Vec<(usize, f64, f64)> = Vec::new();
     for fleet in [100usize, 1000] {
         while made.get() < fleet {
             let h = if made.get().is_multiple_of(2) { a } else { b };
@@ -189,6 +250,34 @@ fn main() -> Result<()> {
             made.get(),
             p50 * 1000.0,
             p99 * 1000.0
+        );
+        learned.push((made.get(), p99));
+        // c's ARP answers: only for the VLANs it has a port on (n9's is 109).
+        let flows = c.ofctl("dump-flows", &["table=1"])?;
+        let answers = flows.lines().filter(|l| l.contains("priority=100")).count();
+        let on_109 = flows
+            .lines()
+            .filter(|l| l.contains("priority=100") && l.contains("dl_vlan=109"))
+            .count();
+        println!(
+            "ARP flows on c: {answers} answers, {on_109} of them for VLAN 109's {} endpoints",
+            made.get()
+        );
+        let (reqs, cpu) = idle_cost(&lab, IDLE)?;
+        println!(
+            "idle, {} endpoints: {reqs:.2} etcd requests/s per host (goal < 1), netplugin CPU {:.2}% per host, over {} s",
+            made.get(),
+            cpu * 100.0,
+            IDLE.as_secs()
+        );
+        idle.push((made.get(), reqs, cpu));
+    }
+    if let ([(n0, p0), (n1, p1)], [(_, r0, c0), (_, r1, c1)]) = (&learned[..], &idle[..]) {
+        println!(
+            "flat from {n0} to {n1} endpoints (ratio at {n1} to the same run's {n0}): ARP-learn p99 {:.2}, idle etcd requests {:.2}, idle CPU {:.2}",
+            p1 / p0,
+            r1 / r0.max(1e-9),
+            c1 / c0.max(1e-9)
         );
     }
     drop(lab);

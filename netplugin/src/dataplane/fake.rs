@@ -5,11 +5,11 @@
 )]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::{
-    ArpEntry, BoxFuture, Dataplane, DataplaneError, DpResult, EndpointPlan, PortView,
+    ArpChange, ArpEntry, BoxFuture, Dataplane, DataplaneError, DpResult, EndpointPlan, PortView,
     ReassertReport,
 };
 
@@ -21,12 +21,15 @@ pub struct FakeDataplane {
     pub fail_next_create: AtomicBool,
     /// host_if → container id, as `label_container` set it.
     pub containers: Mutex<BTreeMap<String, String>>,
-    /// What the last `sync_arp` was given.
+    /// The ARP proxy's entries, as `sync_arp` and `update_arp` left them.
     pub arp: Mutex<Vec<ArpEntry>>,
     /// Ports whose device is gone (`PortView::has_device` false).
     pub no_device: Mutex<std::collections::BTreeSet<String>>,
     /// Every `delete_endpoint`, in order.
     pub deleted: Mutex<Vec<String>>,
+    /// Calls of `sync_arp` (full) and `update_arp` (incremental) so far.
+    pub arp_syncs: AtomicUsize,
+    pub arp_updates: AtomicUsize,
     /// Every `announce`: (host_if, mac, ip).
     pub announced: Mutex<Vec<(String, [u8; 6], std::net::Ipv4Addr)>>,
 }
@@ -133,11 +136,39 @@ impl Dataplane for FakeDataplane {
     fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>> {
         Box::pin(async move {
             self.check()?;
+            self.arp_syncs.fetch_add(1, Ordering::SeqCst);
             let mut have = self.arp.lock().unwrap();
             let added = entries.iter().filter(|e| !have.contains(e)).count();
             let removed = have.iter().filter(|e| !entries.contains(e)).count();
             *have = entries.to_vec();
             Ok((added, removed))
+        })
+    }
+
+    fn update_arp<'a>(
+        &'a self,
+        changes: &'a [ArpChange],
+    ) -> BoxFuture<'a, DpResult<Option<(usize, usize)>>> {
+        Box::pin(async move {
+            self.check()?;
+            if self.arp_syncs.load(Ordering::SeqCst) == 0 {
+                return Ok(None);
+            }
+            self.arp_updates.fetch_add(1, Ordering::SeqCst);
+            let mut have = self.arp.lock().unwrap();
+            let (mut added, mut removed) = (0, 0);
+            for (key, entry) in changes {
+                let before = have.len();
+                have.retain(|e| e.key() != *key || Some(e) == entry.as_ref());
+                removed += before - have.len();
+                if let Some(e) = entry {
+                    if !have.contains(e) {
+                        have.push(e.clone());
+                        added += 1;
+                    }
+                }
+            }
+            Ok(Some((added, removed)))
         })
     }
 

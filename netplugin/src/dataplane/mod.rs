@@ -139,6 +139,19 @@ pub struct ArpEntry {
     pub local_port: Option<String>,
 }
 
+impl ArpEntry {
+    pub fn key(&self) -> ArpKey {
+        (self.vlan, self.ip)
+    }
+}
+
+/// What an ARP proxy flow answers for: an address on a VLAN (two networks never share a VLAN,
+/// so a key has one owner).
+pub type ArpKey = (u16, std::net::Ipv4Addr);
+
+/// One change of the ARP proxy: what `key` is answered with from now on (None: not at all).
+pub type ArpChange = (ArpKey, Option<ArpEntry>);
+
 pub trait Dataplane: Send + Sync {
     /// `Ok` when OVS is reachable and the bridge and our base flows are in place (created if
     /// needed); otherwise a clear error saying what is missing.
@@ -163,10 +176,19 @@ pub trait Dataplane: Send + Sync {
         plan: &'a EndpointPlan,
         container_id: &'a str,
     ) -> BoxFuture<'a, DpResult<()>>;
-    /// Brings the ARP proxy flows to `entries` (every endpoint of the fleet): ARP requests from
-    /// this host's ports for a known address on their VLAN are answered by OVS itself.
+    /// Brings the ARP proxy flows to `entries` exactly (the fleet's endpoints on VLANs with a
+    /// port on this host): ARP requests from this host's ports for a known address on their
+    /// VLAN are answered by OVS itself.
     /// Returns (added, removed).
     fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>>;
+    /// Changes only the ARP proxy flows of the keys in `changes`, against what the last
+    /// `sync_arp` and `update_arp` installed (no dump: one endpoint's change is a flow mod or
+    /// two whatever the size of the fleet; `sync_arp` repairs drift). `None` when there is no
+    /// such baseline yet: the caller runs `sync_arp`. Returns (added, removed).
+    fn update_arp<'a>(
+        &'a self,
+        changes: &'a [ArpChange],
+    ) -> BoxFuture<'a, DpResult<Option<(usize, usize)>>>;
     /// Announces that `mac` (holding `ip`) is now behind the port `host_if`: a gratuitous ARP
     /// enters the bridge on that port and NORMAL floods it on the port's VLAN, so every
     /// learning switch on the way (this bridge, the trunk's, the other hosts' bridges) moves

@@ -8,12 +8,14 @@
 //! - `admin`: the admin API's views and operations; `latency`: latency tracking.
 
 mod admin;
+mod fleet_view;
 mod ipam_driver;
 mod latency;
 mod limits;
 mod options;
 
 pub use admin::{AddressView, EndpointView, NetworkView, PoolView, Stats};
+pub use fleet_view::FleetView;
 pub use latency::{Latencies, LatencySummary};
 pub use limits::{EndpointLimits, LimitsChange, LimitsReport};
 
@@ -28,7 +30,7 @@ use tracing::{info, warn};
 
 use crate::dataplane::{
     container_if_name, format_mac, host_if_name, is_berth_if_name, mac_from_ip, parse_mac,
-    ArpEntry, Dataplane, EndpointPlan, ReassertReport,
+    Dataplane, EndpointPlan, ReassertReport,
 };
 use crate::error::{NetError, NetResult};
 use crate::ipam::{require_id, Ipam};
@@ -75,6 +77,8 @@ pub struct Service {
     prune_logged: std::sync::Mutex<BTreeSet<String>>,
     /// What the last pass held back as a mass removal (logged again only when it changes).
     prune_held: std::sync::Mutex<Vec<String>>,
+    /// The fleet's endpoint records, kept by a watch (`fleet_view.rs`).
+    fleet: std::sync::Mutex<FleetView>,
 }
 
 /// A reconcile pass removes up to this many stray ports whatever the bridge's size; more, and
@@ -144,6 +148,7 @@ fn plan_of(e: &EndpointRecord) -> EndpointPlan {
 impl Service {
     pub fn new(state: State, ipam: Arc<Ipam>, dp: Arc<dyn Dataplane>, config: NetConfig) -> Self {
         Self {
+            fleet: std::sync::Mutex::new(FleetView::new(&state.host_id)),
             state,
             ipam,
             dp,
@@ -614,15 +619,9 @@ impl Service {
 
     /// This host's endpoints with their datapath plans, for the Docker sweep.
     pub async fn local_endpoints(&self) -> NetResult<Vec<EndpointRecord>> {
-        let state = self.state.clone();
-        store_op("list endpoints", move || {
-            Ok(state
-                .endpoints()?
-                .into_iter()
-                .filter(|e| e.host_id == state.host_id)
-                .collect())
-        })
-        .await
+        let mut all = self.fleet_records().await?;
+        all.retain(|e| e.host_id == self.state.host_id);
+        Ok(all)
     }
 
     /// Writes `berth-container-id` on the endpoint's interface.
@@ -640,8 +639,8 @@ impl Service {
     }
 
     /// Re-asserts the datapath of this host's endpoints without touching what is right,
-    /// removes this host's ports that no endpoint has (see [`Service::prune`]), then brings
-    /// the ARP proxy to every endpoint of the store (all hosts).
+    /// removes this host's ports that no endpoint has (see [`Service::prune`]), then
+    /// re-asserts every ARP proxy flow (`fleet_view.rs`: what is answered).
     pub async fn reconcile(&self) -> NetResult<ReassertReport> {
         self.reconcile_with(false).await
     }
@@ -650,8 +649,7 @@ impl Service {
     /// ports to remove are most of the bridge.
     pub async fn reconcile_with(&self, force_prune: bool) -> NetResult<ReassertReport> {
         let _guard = self.reconcile_lock.lock().await;
-        let state = self.state.clone();
-        let all = store_op("reconcile", move || Ok(state.endpoints()?)).await?;
+        let all = self.fleet_records().await?;
         let me = &self.state.host_id;
         let plans: Vec<EndpointPlan> = all
             .iter()
@@ -662,7 +660,7 @@ impl Service {
         self.prune(&plans, force_prune, &mut report).await?;
         (report.arp_flows_added, report.arp_flows_removed) = self
             .dp
-            .sync_arp(&self.arp_entries(&all))
+            .sync_arp(&self.arp_full_entries(&all))
             .await
             .map_err(NetError::Datapath)?;
         Ok(report)
@@ -741,33 +739,6 @@ impl Service {
             report.veths_removed.push(name);
         }
         Ok(())
-    }
-
-    /// Brings only the ARP proxy to the store's endpoints (all hosts), at once: what the
-    /// reconciler runs when the store reports an endpoint change, so every host answers for a
-    /// new or moved endpoint within moments instead of at its next full pass.
-    /// Returns (added, removed).
-    pub async fn sync_arp(&self) -> NetResult<(usize, usize)> {
-        let _guard = self.reconcile_lock.lock().await;
-        let state = self.state.clone();
-        let all = store_op("ARP proxy", move || Ok(state.endpoints()?)).await?;
-        self.dp
-            .sync_arp(&self.arp_entries(&all))
-            .await
-            .map_err(NetError::Datapath)
-    }
-
-    /// What the ARP proxy answers: every endpoint of the fleet; this host's with their port.
-    fn arp_entries(&self, all: &[EndpointRecord]) -> Vec<ArpEntry> {
-        let me = &self.state.host_id;
-        all.iter()
-            .map(|e| ArpEntry {
-                vlan: e.vlan,
-                ip: e.address.ip,
-                mac: e.mac.octets(),
-                local_port: (e.host_id == *me).then(|| e.host_if_name()),
-            })
-            .collect()
     }
 }
 

@@ -13,15 +13,17 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, Compare as ECompare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    KvClient, PutOptions, TxnOp, TxnOpResponse, WatchOptions,
+    KvClient, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use super::{Compare, Event, KeyValue, Op, Store, StoreError, StoreResult, Txn, TxnResult};
+use super::{
+    Compare, Event, KeyValue, Listing, Op, Store, StoreError, StoreResult, Txn, TxnResult,
+};
 
 /// Keys per page of a range read (one response stays far below gRPC's message limit).
 const PAGE: i64 = 2000;
@@ -82,6 +84,16 @@ pub struct EtcdStore {
     prefix: String,
     timeout: Duration,
     endpoints: String,
+    /// The host lease's keep-alive stream, open for as long as it works (one stream per
+    /// host, not one per renewal); reopened on the next member when it breaks.
+    keeper: Arc<tokio::sync::Mutex<Option<Keeper>>>,
+}
+
+struct Keeper {
+    lease: i64,
+    member: usize,
+    sender: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
 }
 
 #[derive(Clone)]
@@ -207,6 +219,7 @@ impl EtcdStore {
             prefix: config.prefix.clone(),
             timeout: config.timeout,
             endpoints,
+            keeper: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -330,6 +343,42 @@ impl EtcdStore {
         })
     }
 
+    /// The keys under `prefix` and the revision they are as of (every page is read at the
+    /// first page's revision).
+    fn range_at(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, i64)> {
+        let from = self.full(prefix);
+        let end = prefix_end(&from);
+        let mut out = Vec::new();
+        let mut start = from;
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision != 0 {
+                options = options.with_revision(revision);
+            }
+            let s = start.clone();
+            let mut resp = self.call("range", true, move |m| {
+                let (mut kv, s, o) = (m.kv, s.clone(), options.clone());
+                async move { kv.get(s, Some(o)).await }
+            })?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            for kv in &kvs {
+                out.push(self.convert(kv)?);
+            }
+            match kvs.last() {
+                Some(last) if more => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok((out, revision)),
+            }
+        }
+    }
+
     fn op(&self, op: &Op) -> TxnOp {
         match op {
             Op::Put { key, value, lease } => TxnOp::put(
@@ -346,6 +395,59 @@ impl EtcdStore {
             Op::Get(key) => TxnOp::get(self.full(key), None),
         }
     }
+}
+
+/// One renewal of `lease` on the long-lived stream in `slot`: one keep-alive request, one
+/// answer (its TTL, or 1 when a new stream renewed it; 0 = the lease is gone). A stream that fails or does not answer in time is
+/// dropped and a new one opened, starting at member `first` and moving on; opening a stream
+/// sends the first request itself (etcd-client's `lease_keep_alive`), so nothing is sent twice.
+async fn renew(
+    slot: &mut Option<Keeper>,
+    lease: i64,
+    members: &[Member],
+    first: usize,
+    deadline: tokio::time::Instant,
+) -> Result<i64, etcd_client::Error> {
+    let half = tokio::time::Instant::now() + (deadline - tokio::time::Instant::now()) / 2;
+    let mut start = first;
+    if let Some(k) = slot.as_mut().filter(|k| k.lease == lease) {
+        let sent = tokio::time::timeout_at(half, async {
+            k.sender.keep_alive().await?;
+            k.stream.message().await
+        })
+        .await;
+        if let Ok(Ok(Some(r))) = sent {
+            return Ok(r.ttl());
+        }
+        // Broken, closed or silent: that member is skipped first.
+        start = k.member + 1;
+    }
+    *slot = None;
+    let mut last = etcd_client::Error::LeaseKeepAliveError("no etcd member answered".into());
+    for i in 0..members.len() {
+        let member = (start + i) % members.len();
+        let mut client = members[member].client.clone();
+        // etcd-client sends the first request and reads its answer itself: Ok means the
+        // lease was renewed (its TTL is not passed on), "lease not found" that it is gone.
+        let opened = tokio::time::timeout_at(deadline, client.lease_keep_alive(lease)).await;
+        match opened {
+            Ok(Ok((sender, stream))) => {
+                *slot = Some(Keeper {
+                    lease,
+                    member,
+                    sender,
+                    stream,
+                });
+                return Ok(1);
+            }
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
+                return Ok(0)
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => break,
+        }
+    }
+    Err(last)
 }
 
 impl Drop for EtcdStore {
@@ -375,37 +477,7 @@ impl Store for EtcdStore {
     }
 
     fn range(&self, prefix: &str) -> StoreResult<Vec<KeyValue>> {
-        let from = self.full(prefix);
-        let end = prefix_end(&from);
-        let mut out = Vec::new();
-        let mut start = from;
-        let mut revision = 0;
-        loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            if revision != 0 {
-                options = options.with_revision(revision);
-            }
-            let s = start.clone();
-            let mut resp = self.call("range", true, move |m| {
-                let (mut kv, s, o) = (m.kv, s.clone(), options.clone());
-                async move { kv.get(s, Some(o)).await }
-            })?;
-            if revision == 0 {
-                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            }
-            let more = resp.more();
-            let kvs = resp.take_kvs();
-            for kv in &kvs {
-                out.push(self.convert(kv)?);
-            }
-            match kvs.last() {
-                Some(last) if more => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => return Ok(out),
-            }
-        }
+        Ok(self.range_at(prefix)?.0)
     }
 
     fn count(&self, prefix: &str) -> StoreResult<u64> {
@@ -495,17 +567,19 @@ impl Store for EtcdStore {
     }
 
     fn keep_alive(&self, lease: i64) -> StoreResult<()> {
-        let ttl = self.call("lease keep-alive", true, move |m| {
-            let mut c = m.client;
-            async move {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                match stream.message().await? {
-                    Some(r) => Ok(r.ttl()),
-                    None => Ok(0),
-                }
-            }
-        })?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (slot, members, timeout) = (self.keeper.clone(), self.members.clone(), self.timeout);
+        let first = self.current.load(Ordering::Relaxed);
+        self.rt().spawn(async move {
+            let mut slot = slot.lock().await;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let _ = tx.send(renew(&mut slot, lease, &members, first, deadline).await);
+        });
+        let ttl = match rx.recv_timeout(timeout + Duration::from_millis(500)) {
+            Ok(Ok(ttl)) => ttl,
+            Ok(Err(e)) => return Err(self.error("lease keep-alive", e)),
+            Err(_) => return Err(self.no_answer("lease keep-alive")),
+        };
         if ttl <= 0 {
             return Err(StoreError::LeaseNotFound(lease));
         }
@@ -524,9 +598,27 @@ impl Store for EtcdStore {
     }
 
     fn watch(&self, prefix: &str) -> StoreResult<mpsc::Receiver<Event>> {
+        self.watch_from(prefix, self.revision()? + 1)
+    }
+
+    fn list_and_watch(&self, prefix: &str) -> StoreResult<Listing> {
+        let (kvs, revision) = self.range_at(prefix)?;
+        let events = self.watch_from(prefix, revision + 1)?;
+        Ok(Listing {
+            kvs,
+            revision,
+            events,
+        })
+    }
+}
+
+impl EtcdStore {
+    /// Changes under `prefix` from revision `start` on. A broken stream is resumed from the
+    /// revision after the last event seen, on the next member; the channel ends when that
+    /// revision has been compacted away (the caller lists again) or the receiver is dropped.
+    pub fn watch_from(&self, prefix: &str, start: i64) -> StoreResult<mpsc::Receiver<Event>> {
         let from = self.full(prefix);
         let end = prefix_end(&from);
-        let start = self.revision()? + 1;
         let (tx, rx) = mpsc::channel();
         let members = self.members.clone();
         let mut which = self.current.load(Ordering::Relaxed);
@@ -566,6 +658,11 @@ impl Store for EtcdStore {
                 }
                 // Until the stream ends or breaks: then resume from the next revision.
                 while let Ok(Some(resp)) = stream.message().await {
+                    if resp.compact_revision() > 0 {
+                        // The revisions after the last event are gone: no resuming without
+                        // a gap; ending the channel tells the caller to list again.
+                        return;
+                    }
                     if resp.canceled() {
                         break;
                     }

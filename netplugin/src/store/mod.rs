@@ -17,6 +17,8 @@
 /// The behaviour every `Store` must have; run on each implementation by its tests.
 #[cfg(any(test, feature = "test-support"))]
 pub mod contract;
+#[cfg(test)]
+pub mod counting;
 pub mod engine;
 pub mod etcd;
 pub mod memory;
@@ -102,6 +104,19 @@ pub enum Event {
     },
 }
 
+/// The keys under a prefix as of one revision, and the changes after it: what a consumer keeps
+/// an in-memory copy with (list once, then follow the watch).
+#[derive(Debug)]
+pub struct Listing {
+    pub kvs: Vec<KeyValue>,
+    /// The store revision the keys are as of.
+    pub revision: i64,
+    /// Every change after `revision`, in order; it may also carry changes at or before it
+    /// (already in `kvs`), which the consumer drops. The channel ends when the watch cannot
+    /// go on without a gap (etcd compacted the revisions it needed): list again then.
+    pub events: mpsc::Receiver<Event>,
+}
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
     #[error("state store: {0}")]
@@ -149,4 +164,17 @@ pub trait Store: Send + Sync {
     fn revoke_lease(&self, lease: i64) -> StoreResult<()>;
     /// Changes under `prefix` after the current revision, until the receiver is dropped.
     fn watch(&self, prefix: &str) -> StoreResult<mpsc::Receiver<Event>>;
+    /// The keys under `prefix` and a watch of what changes after them, with nothing missed in
+    /// between. The embedded stores watch first and read second (their watches start "now"),
+    /// so an event may repeat what the read saw: [`Listing`] says how that is handled.
+    fn list_and_watch(&self, prefix: &str) -> StoreResult<Listing> {
+        let events = self.watch(prefix)?;
+        let revision = self.revision()?;
+        let kvs = self.range(prefix)?;
+        Ok(Listing {
+            kvs,
+            revision,
+            events,
+        })
+    }
 }

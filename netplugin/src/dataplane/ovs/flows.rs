@@ -3,11 +3,106 @@
 //! step with the endpoints under its own cookie.
 
 use super::*;
+use std::collections::HashMap;
 
 /// The ARP proxy's table: requests arrive there tagged with their port's VLAN.
 const ARP_TABLE: u8 = 1;
 /// Where a rate-limited sender's packets go next, for the receiver's meter.
 const QOS_TABLE: u8 = 2;
+
+/// How long an ARP update waits for a new local port's number (the port is there: its
+/// endpoint's creation, which holds the same lock, has finished).
+const OFPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The ARP proxy flows as last installed, by key: the baseline of [`Dataplane::update_arp`].
+#[derive(Default)]
+pub(super) struct ArpFlows {
+    /// Whether this is what OVS has (set by a full sync; cleared when a change failed).
+    pub(super) synced: bool,
+    by_key: HashMap<ArpKey, Vec<Flow>>,
+    /// Keys with a local port's flows, by VLAN: a VLAN's fallback flow is there while it has one.
+    local_vlans: BTreeMap<u16, usize>,
+}
+
+impl ArpFlows {
+    fn insert(&mut self, key: ArpKey, flows: Vec<Flow>) {
+        if flows.len() > 1 {
+            *self.local_vlans.entry(key.0).or_default() += 1;
+        }
+        self.by_key.insert(key, flows);
+    }
+
+    fn remove(&mut self, key: ArpKey) -> Vec<Flow> {
+        let old = self.by_key.remove(&key).unwrap_or_default();
+        if old.len() > 1 {
+            if let Some(n) = self.local_vlans.get_mut(&key.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.local_vlans.remove(&key.0);
+                }
+            }
+        }
+        old
+    }
+}
+
+/// One key's flows: the answer, and for a local port (with its number) the tagging of its
+/// requests and the hand-off of its own address to NORMAL.
+fn arp_key_flows(e: &ArpEntry, ofport: Option<u32>) -> Vec<Flow> {
+    let mut flows = vec![Flow::new(ARP_TABLE, 100)
+        .cookie(COOKIE_ARP)
+        .matching(Match::new().vlan_vid(e.vlan).arp().arp_op(1).arp_tpa(e.ip))
+        .actions(
+            [
+                Action::arp_reply(Mac(e.mac), e.ip),
+                vec![Action::PopVlan, Action::Output(Port::InPort)],
+            ]
+            .concat(),
+        )];
+    if let Some(ofport) = ofport {
+        flows.push(
+            Flow::new(0, 100)
+                .cookie(COOKIE_ARP)
+                .matching(Match::new().in_port(ofport).arp().arp_op(1))
+                .actions(vec![
+                    Action::PushVlan(0x8100),
+                    Action::SetField(SetField::VlanVid(e.vlan)),
+                ])
+                .goto_table(ARP_TABLE),
+        );
+        flows.push(
+            Flow::new(ARP_TABLE, 110)
+                .cookie(COOKIE_ARP)
+                .matching(
+                    Match::new()
+                        .in_port(ofport)
+                        .vlan_vid(e.vlan)
+                        .arp()
+                        .arp_op(1)
+                        .arp_tpa(e.ip),
+                )
+                .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
+        );
+    }
+    flows
+}
+
+/// Unknown addresses on a VLAN with a local port: back to NORMAL untagged (pop_vlan needs a
+/// VLAN match, hence one flow per VLAN).
+fn arp_vlan_flow(vlan: u16) -> Flow {
+    Flow::new(ARP_TABLE, 0)
+        .cookie(COOKIE_ARP)
+        .matching(Match::new().vlan_vid(vlan))
+        .actions(vec![Action::PopVlan, Action::Output(Port::Normal)])
+}
+
+fn delete_strict(f: &Flow) -> FlowMod {
+    FlowMod::DeleteStrict {
+        table: f.table,
+        priority: f.priority,
+        matches: f.matches.clone(),
+    }
+}
 
 /// Meter ids follow the port's ofport: stable while the port exists, nothing to allocate.
 pub(super) fn egress_meter(ofport: u32) -> u32 {
@@ -22,66 +117,84 @@ impl OvsDataplane {
     /// business), so table 0 tags this host's ARP requests with their port's VLAN and sends them
     /// to table 1, which answers known (VLAN, address) pairs back out of the port and hands the
     /// rest, untagged again, to NORMAL. A port's own address goes to NORMAL too (gratuitous ARP).
-    pub(super) fn arp_flows(&self, entries: &[ArpEntry]) -> Vec<Flow> {
-        let mut flows = Vec::new();
-        let mut answered = BTreeSet::new();
-        let mut local_vlans = BTreeSet::new();
+    /// Returns the flows, and the same by key for [`ArpFlows`].
+    pub(super) fn arp_flows(&self, entries: &[ArpEntry]) -> (Vec<Flow>, ArpFlows) {
+        let mut installed = ArpFlows {
+            synced: true,
+            ..Default::default()
+        };
         for e in entries {
-            if let Some(ofport) = e.local_port.as_deref().and_then(|p| self.ofport(p)) {
-                local_vlans.insert(e.vlan);
-                flows.push(
-                    Flow::new(0, 100)
-                        .cookie(COOKIE_ARP)
-                        .matching(Match::new().in_port(ofport).arp().arp_op(1))
-                        .actions(vec![
-                            Action::PushVlan(0x8100),
-                            Action::SetField(SetField::VlanVid(e.vlan)),
-                        ])
-                        .goto_table(ARP_TABLE),
-                );
-                flows.push(
-                    Flow::new(ARP_TABLE, 110)
-                        .cookie(COOKIE_ARP)
-                        .matching(
-                            Match::new()
-                                .in_port(ofport)
-                                .vlan_vid(e.vlan)
-                                .arp()
-                                .arp_op(1)
-                                .arp_tpa(e.ip),
-                        )
-                        .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
-                );
-            }
             // Two networks never share a VLAN, so a (VLAN, address) pair has one owner.
-            if !answered.insert((e.vlan, e.ip)) {
+            if installed.by_key.contains_key(&e.key()) {
                 continue;
             }
-            let mac = Mac(e.mac);
-            flows.push(
-                Flow::new(ARP_TABLE, 100)
-                    .cookie(COOKIE_ARP)
-                    .matching(Match::new().vlan_vid(e.vlan).arp().arp_op(1).arp_tpa(e.ip))
-                    .actions(
-                        [
-                            Action::arp_reply(mac, e.ip),
-                            vec![Action::PopVlan, Action::Output(Port::InPort)],
-                        ]
-                        .concat(),
-                    ),
-            );
+            let ofport = e.local_port.as_deref().and_then(|p| self.ofport(p));
+            installed.insert(e.key(), arp_key_flows(e, ofport));
         }
-        // Unknown addresses: back to NORMAL untagged (pop_vlan needs a VLAN match, hence one
-        // flow per VLAN with a local port).
-        for vlan in local_vlans {
-            flows.push(
-                Flow::new(ARP_TABLE, 0)
-                    .cookie(COOKIE_ARP)
-                    .matching(Match::new().vlan_vid(vlan))
-                    .actions(vec![Action::PopVlan, Action::Output(Port::Normal)]),
-            );
+        let mut flows: Vec<Flow> = installed.by_key.values().flatten().cloned().collect();
+        flows.extend(installed.local_vlans.keys().map(|v| arp_vlan_flow(*v)));
+        (flows, installed)
+    }
+
+    /// [`Dataplane::update_arp`] on OVS: the flows of each changed key against [`ArpFlows`],
+    /// then the VLAN's fallback flow when its first local port came or its last went.
+    pub(super) async fn update_arp_flows(
+        &self,
+        changes: &[ArpChange],
+    ) -> Result<Option<(usize, usize)>, ovs_ffi::Error> {
+        let mut want = Vec::with_capacity(changes.len());
+        for (key, entry) in changes {
+            let ofport = match entry.as_ref().and_then(|e| e.local_port.as_deref()) {
+                // A port created a moment ago may not have its number yet.
+                Some(port) => match self.ofport(port) {
+                    Some(p) => Some(p),
+                    None => self.db.wait_ofport(port, OFPORT_WAIT).await.ok(),
+                },
+                None => None,
+            };
+            want.push((*key, entry.as_ref().map(|e| arp_key_flows(e, ofport))));
         }
-        flows
+        let mut installed = self.arp.lock().await;
+        if !installed.synced {
+            return Ok(None);
+        }
+        let vlans_before: BTreeSet<u16> = installed.local_vlans.keys().copied().collect();
+        let mut mods = Vec::new();
+        let mut added = 0;
+        for (key, flows) in want {
+            let old = installed.remove(key);
+            for f in &old {
+                if !flows.as_ref().is_some_and(|n| n.contains(f)) {
+                    mods.push(delete_strict(f));
+                }
+            }
+            if let Some(flows) = flows {
+                for f in &flows {
+                    if !old.contains(f) {
+                        mods.push(FlowMod::Add(f.clone()));
+                        added += 1;
+                    }
+                }
+                installed.insert(key, flows);
+            }
+        }
+        let vlans_after: BTreeSet<u16> = installed.local_vlans.keys().copied().collect();
+        for v in vlans_after.difference(&vlans_before) {
+            mods.push(FlowMod::Add(arp_vlan_flow(*v)));
+            added += 1;
+        }
+        for v in vlans_before.difference(&vlans_after) {
+            mods.push(delete_strict(&arp_vlan_flow(*v)));
+        }
+        let removed = mods.len() - added;
+        if !mods.is_empty() {
+            if let Err(e) = self.of.flow_mods(&mods).await {
+                // What landed is unknown: the next full sync starts from a dump.
+                installed.synced = false;
+                return Err(e);
+            }
+        }
+        Ok(Some((added, removed)))
     }
 
     /// Rate limits as meters and flows. One flow can use one meter, so a limited sender's

@@ -20,8 +20,8 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{
-    ethtool, netlink, ArpEntry, BoxFuture, Dataplane, DataplaneError, DataplaneErrors, DpResult,
-    EndpointPlan, PortView, RateLimitDrops, ReassertReport,
+    ethtool, netlink, ArpChange, ArpEntry, ArpKey, BoxFuture, Dataplane, DataplaneError,
+    DataplaneErrors, DpResult, EndpointPlan, PortView, RateLimitDrops, ReassertReport,
 };
 
 /// Cookie of the bridge-wide flows this plugin owns (`0xbe27` marks Berth's cookies).
@@ -80,6 +80,8 @@ pub struct OvsDataplane {
     flows_conn: AtomicU64,
     /// Meter drops read at the last reconcile pass, for the metrics.
     drops: std::sync::Mutex<Vec<RateLimitDrops>>,
+    /// The ARP proxy flows as installed, for changes without a dump.
+    arp: tokio::sync::Mutex<flows::ArpFlows>,
 }
 
 fn io_err(what: &'static str, name: &str, e: std::io::Error) -> DataplaneError {
@@ -115,6 +117,7 @@ impl OvsDataplane {
             flows_ok: AtomicBool::new(false),
             flows_conn: AtomicU64::new(0),
             drops: Default::default(),
+            arp: Default::default(),
         })
     }
 
@@ -480,9 +483,29 @@ impl Dataplane for OvsDataplane {
             let err = |e: ovs_ffi::Error| {
                 DataplaneError::ovs(format!("ARP proxy flows on bridge {}", self.cfg.bridge), e)
             };
-            self.sync_flows_counted(COOKIE_ARP, self.arp_flows(entries))
+            let mut installed = self.arp.lock().await;
+            let (flows, now) = self.arp_flows(entries);
+            installed.synced = false;
+            let counts = self
+                .sync_flows_counted(COOKIE_ARP, flows)
                 .await
-                .map_err(err)
+                .map_err(err)?;
+            *installed = now;
+            Ok(counts)
+        })
+    }
+
+    fn update_arp<'a>(
+        &'a self,
+        changes: &'a [ArpChange],
+    ) -> BoxFuture<'a, DpResult<Option<(usize, usize)>>> {
+        Box::pin(async move {
+            if !self.connected() {
+                return Err(self.unreachable());
+            }
+            self.update_arp_flows(changes).await.map_err(|e| {
+                DataplaneError::ovs(format!("ARP proxy flows on bridge {}", self.cfg.bridge), e)
+            })
         })
     }
 
