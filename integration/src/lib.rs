@@ -15,6 +15,7 @@
 pub mod docker;
 pub mod etcd;
 pub mod harness;
+pub mod hostile;
 pub mod iomeasure;
 pub mod lab;
 pub mod netplugin;
