@@ -252,7 +252,7 @@ fn raw_call(socket: &Path, method: &str, body: &[u8]) -> Result<(u16, serde_json
     let mut s = std::os::unix::net::UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let head = format!(
-        "POST /{method} HTTP/1.1\r\nHost: \r\nContent-Length: {}\r\n\r\n",
+        "POST /{method} HTTP/1.1\r\nHost: \r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));

@@ -1223,39 +1223,55 @@ fn t_rate_limits(c: &Ctx) -> Result<()> {
 /// host id or an older release leaves). With `device`, a veth pair (both ends on the host)
 /// stands for a running container's; without, it is a port whose container is gone.
 fn fake_port(c: &Ctx, n: u32, host_id: Option<&str>, device: bool) -> Result<String> {
-    let name = format!("vb{n:010x}");
-    let peer = format!("tb{n:010x}");
-    if device {
-        c.ovs().own_link(&name);
-        for args in [
-            vec!["link", "add", &name, "type", "veth", "peer", "name", &peer],
-            vec!["link", "set", &name, "up"],
-        ] {
-            let out = std::process::Command::new("ip").args(&args).output()?;
-            ensure!(
-                out.status.success(),
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
+    Ok(fake_ports(c, &[(n, host_id, device)])?.remove(0))
+}
+
+/// Stray ports as a crash leaves them, all added in one OVSDB transaction (a reconcile pass
+/// in between must not see half of them).
+fn fake_ports(c: &Ctx, specs: &[(u32, Option<&str>, bool)]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    for &(n, host_id, device) in specs {
+        let name = format!("vb{n:010x}");
+        let peer = format!("tb{n:010x}");
+        if device {
+            c.ovs().own_link(&name);
+            for ip in [
+                vec!["link", "add", &name, "type", "veth", "peer", "name", &peer],
+                vec!["link", "set", &name, "up"],
+            ] {
+                let out = std::process::Command::new("ip").args(&ip).output()?;
+                ensure!(
+                    out.status.success(),
+                    "ip {}: {}",
+                    ip.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
+        let endpoint = format!("{n:010x}{}", "0".repeat(54));
+        if !args.is_empty() {
+            args.push("--".into());
+        }
+        args.extend([
+            "add-port".to_string(),
+            c.bridge.clone(),
+            name.clone(),
+            "--".into(),
+            "set".into(),
+            "interface".into(),
+            name.clone(),
+            format!("external_ids:berth-endpoint-id={endpoint}"),
+            format!("external_ids:berth-network-id={}", "f".repeat(64)),
+        ]);
+        if let Some(h) = host_id {
+            args.push(format!("external_ids:berth-host-id={h}"));
+        }
+        names.push(name);
     }
-    let endpoint = format!("{n:010x}{}", "0".repeat(54));
-    let mut set = vec![
-        "--".to_string(),
-        "set".into(),
-        "interface".into(),
-        name.clone(),
-        format!("external_ids:berth-endpoint-id={endpoint}"),
-        format!("external_ids:berth-network-id={}", "f".repeat(64)),
-    ];
-    if let Some(h) = host_id {
-        set.push(format!("external_ids:berth-host-id={h}"));
-    }
-    let mut args = vec!["add-port", &c.bridge, &name];
-    args.extend(set.iter().map(String::as_str));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     c.ovs().vsctl(&args)?;
-    Ok(name)
+    Ok(names)
 }
 
 fn on_bridge(c: &Ctx, name: &str) -> Result<bool> {
@@ -1293,14 +1309,16 @@ fn t_prune_only_own_ports(c: &Ctx) -> Result<()> {
     );
     // Most of the bridge at once: held; ports whose container is gone still go.
     let total = c.ovs().ports(&c.bridge)?.len();
-    let mut held = Vec::new();
-    for i in 0..=total as u32 {
-        held.push(fake_port(c, 0xb0 + i, Some("test-host"), true)?);
-    }
-    let mut dead = Vec::new();
-    for i in 0..4 {
-        dead.push(fake_port(c, 0xc0 + i, Some("test-host"), false)?);
-    }
+    let held_specs: Vec<(u32, Option<&str>, bool)> = (0..=total as u32)
+        .map(|i| (0x100 + i, Some("test-host"), true))
+        .collect();
+    let dead_specs: Vec<(u32, Option<&str>, bool)> = (0..4)
+        .map(|i| (0x200 + i, Some("test-host"), false))
+        .collect();
+    let all: Vec<_> = held_specs.iter().chain(&dead_specs).copied().collect();
+    let mut added = fake_ports(c, &all)?;
+    let dead = added.split_off(held_specs.len());
+    let held = added;
     std::thread::sleep(Duration::from_secs(2));
     for p in &dead {
         ensure!(

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -93,6 +94,47 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// How long a start waits for the store to check the host identity: an etcd that is slow or
+/// briefly unreachable (a host booting with the cluster) delays the start instead of failing
+/// it; systemd's restart covers a longer outage.
+const IDENTITY_STORE_WAIT: Duration = Duration::from_secs(120);
+
+/// Binds or checks this host's identity ([`netplugin::identity::establish`]); store errors
+/// are retried (the check is idempotent), a refusal is final.
+async fn establish_identity(
+    state_dir: &std::path::Path,
+    host_id: &str,
+    store: &Arc<dyn Store>,
+    store_desc: &str,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let (store, dir, id, desc) = (
+            store.clone(),
+            state_dir.to_path_buf(),
+            host_id.to_string(),
+            store_desc.to_string(),
+        );
+        let outcome = tokio::task::spawn_blocking(move || {
+            netplugin::identity::establish(&dir, &id, store.as_ref(), &desc)
+        })
+        .await
+        .context("checking the host identity")?;
+        match outcome {
+            Ok(_) => return Ok(()),
+            Err(netplugin::identity::IdentityError::Store(e))
+                if started.elapsed() < IDENTITY_STORE_WAIT =>
+            {
+                tracing::warn!(error = %e, "the store cannot check the host identity yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let args = cli.common.merge_file(&cli)?;
     plugin_transport::logging::init(args.common.log_format());
@@ -115,13 +157,7 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
             format!("etcd {} prefix {}", etcd.endpoints.join(","), etcd.prefix),
         ),
     };
-    let host_id = config.host_id.clone();
-    let (store_ref, dir) = (store.clone(), state_dir.clone());
-    tokio::task::spawn_blocking(move || {
-        netplugin::identity::establish(&dir, &host_id, store_ref.as_ref(), &store_desc)
-    })
-    .await
-    .context("checking the host identity")??;
+    establish_identity(state_dir, &config.host_id, &store, &store_desc).await?;
     let dp: Arc<dyn Dataplane> =
         Arc::new(OvsDataplane::start(config.ovs.clone()).map_err(anyhow::Error::msg)?);
     let state = State::new(store, config.host_id.clone());

@@ -708,6 +708,38 @@ impl Service {
         if stray.is_empty() {
             return Ok(());
         }
+        // `plans` may come from the watch-fed view, which can lag the store by a moment (an
+        // endpoint this host created a moment ago): a port is only stray if the store itself
+        // has no record of its endpoint on this host.
+        let candidates: Vec<(String, Option<String>)> = stray
+            .iter()
+            .map(|name| {
+                let id = ports
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .and_then(|p| p.endpoint_id.clone());
+                (name.clone(), id)
+            })
+            .collect();
+        let state = self.state.clone();
+        let me_owned = me.clone();
+        let stray: Vec<String> = store_op("confirm stray ports", move || {
+            let mut confirmed = Vec::new();
+            for (name, id) in candidates {
+                let recorded = match &id {
+                    Some(id) => state.endpoint(id)?.is_some_and(|e| e.host_id == me_owned),
+                    None => false,
+                };
+                if !recorded {
+                    confirmed.push(name);
+                }
+            }
+            Ok(confirmed)
+        })
+        .await?;
+        if stray.is_empty() {
+            return Ok(());
+        }
         // Only ports with a device carry traffic: those are what the guard protects. Ports
         // whose container's namespace is gone (a host back from a crash) always go.
         let has_device = |name: &String| ports.iter().any(|p| &p.name == name && p.has_device);
