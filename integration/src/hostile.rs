@@ -40,7 +40,12 @@ pub fn malformed(m: &Method) -> Vec<(&'static str, Vec<u8>)> {
     // Cut JSON: every prefix but the empty one and the whole (a prefix of an object is never
     // valid JSON).
     for cut in 1..text.len() {
-        out.push((m.name, text.as_bytes()[..cut].to_vec()));
+        let prefix = &text.as_bytes()[..cut];
+        out.push((m.name, prefix.to_vec()));
+        // The same prefix with a byte no JSON continues with.
+        for junk in [b"\x00".as_slice(), b",".as_slice(), b"\xff".as_slice()] {
+            out.push((m.name, [prefix, junk].concat()));
+        }
     }
     // Not an object at all, garbage, deep nesting.
     for body in [
@@ -102,6 +107,21 @@ pub fn volume_methods() -> Vec<Method> {
                 opts("/Opts/size", json!("1K")),
                 opts("/Opts/fs", json!("btrfs")),
                 opts("/Opts/fs", json!("")),
+            ],
+        },
+        Method {
+            name: "VolumeDriver.Create",
+            valid: json!({"Name": "hostile-limited", "Opts": {"size": "400M", "fs": "ext4",
+                "read_bps": "10M", "write_bps": "20M", "read_iops": "100", "write_iops": "200"}}),
+            id_fields: &["Name"],
+            bad_values: vec![
+                opts("/Opts/read_bps", json!("-5")),
+                opts("/Opts/read_bps", json!("abc")),
+                opts("/Opts/write_bps", json!("1e99")),
+                opts("/Opts/read_iops", json!("1.5")),
+                opts("/Opts/write_iops", json!("99999999999999999999")),
+                opts("/Opts/from", json!("../other")),
+                opts("/Opts/from", json!("no-such-volume")),
             ],
         },
         Method {

@@ -192,6 +192,13 @@ pub fn decode_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, PluginError> {
     let trimmed = body.trim_ascii();
     let empty = trimmed.is_empty() || trimmed == b"null";
     let source: &[u8] = if empty { b"{}" } else { trimmed };
+    // Docker always sends an object; serde would also build a request struct out of a JSON
+    // array (`[]` as "every field absent"), which would then run with all defaults.
+    if !source.starts_with(b"{") {
+        return Err(PluginError::bad_request(
+            "malformed request body: expected a JSON object",
+        ));
+    }
     serde_json::from_slice(source).map_err(|e| {
         if empty {
             PluginError::bad_request(format!("request body is empty: {e}"))
@@ -210,6 +217,29 @@ mod tests {
     #[serde(rename_all = "PascalCase")]
     struct NameReq {
         name: String,
+    }
+
+    #[derive(Deserialize, Debug, Default)]
+    #[serde(default, rename_all = "PascalCase")]
+    struct AllOptional {
+        pool: String,
+    }
+
+    #[test]
+    fn only_an_object_is_a_request() {
+        // serde alone builds a struct of defaults out of `[]`: a RequestPool with no pool,
+        // which allocated a pool from a body Docker never sends.
+        for body in ["[]", "[\"10.0.0.0/24\"]", "\"x\"", "7"] {
+            let e = decode_json::<AllOptional>(body.as_bytes()).unwrap_err();
+            assert!(e.message.contains("JSON object"), "{body}: {e}");
+        }
+        assert_eq!(decode_json::<AllOptional>(b"").unwrap().pool, "");
+        assert_eq!(
+            decode_json::<AllOptional>(b" {\"Pool\":\"p\"} ")
+                .unwrap()
+                .pool,
+            "p"
+        );
     }
 
     fn req(method: Method, path: &str, body: &'static str) -> Request {

@@ -28,6 +28,12 @@ pub fn parse_limit(option: &str, value: &str) -> Result<Option<u64>, VolError> {
     if v.eq_ignore_ascii_case("max") || v == "0" {
         return Ok(None);
     }
+    if option.ends_with("_iops") && v.contains('.') {
+        return Err(VolError::InvalidOption {
+            option: option.to_string(),
+            why: format!("{v:?}: operations per second are a whole number"),
+        });
+    }
     let parsed = parse_size(v).map_err(|why| VolError::InvalidOption {
         option: option.to_string(),
         why,
@@ -111,5 +117,8 @@ mod tests {
             .to_string()
             .contains("write_bps"));
         assert_eq!(parse_limit("write_iops", "0").unwrap(), None);
+        let e = parse_limit("read_iops", "1.5").unwrap_err().to_string();
+        assert!(e.contains("read_iops") && e.contains("whole number"), "{e}");
+        assert_eq!(parse_limit("read_bps", "1.5M").unwrap(), Some(3 << 19));
     }
 }
