@@ -457,3 +457,122 @@ fn hostile_ids_spaces_and_macs_are_refused_briefly() {
     assert_eq!(held.len(), 1, "{a}");
     assert_eq!(held[0].mac.as_deref(), Some("02:aa:bb:00:00:01"));
 }
+
+mod transport_faults {
+    //! Issue 14 §2: a write whose outcome is unknown (the connection dropped) is never
+    //! blindly retried with another address: the allocator checks whether its own claim
+    //! landed first. No address leaks; an explicit address is never reported as held by
+    //! someone else when the caller holds it.
+    use super::*;
+    use crate::store::faulty::{Fault, Faulty};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn setup() -> (Arc<Faulty>, Ipam, String) {
+        let store = Arc::new(Faulty::new());
+        let i = Ipam::new(State::new(store.clone(), "host-a"), IpamConfig::default());
+        let (pool, _) = i.request_pool("", "10.232.0.0/24", "", false).unwrap();
+        (store, i, pool)
+    }
+
+    /// The first allocation transaction (it writes an address record) gets `fault`.
+    fn fault_first_claim(store: &Faulty, fault: Fault) -> Arc<AtomicUsize> {
+        let n = Arc::new(AtomicUsize::new(0));
+        let seen = n.clone();
+        store.on_txn(move |_, t| {
+            let claims = t
+                .success
+                .iter()
+                .any(|o| matches!(o, Op::Put { key, .. } if key.starts_with("addrs/")));
+            if claims && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                fault
+            } else {
+                Fault::None
+            }
+        });
+        n
+    }
+
+    fn held(i: &Ipam, pool: &str) -> Vec<Ipv4Addr> {
+        i.state
+            .addresses(pool)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.kind == AddrKind::Address)
+            .map(|a| a.address)
+            .collect()
+    }
+
+    fn no_leaks(i: &Ipam) {
+        let audit = crate::fleet::audit(&i.state).unwrap();
+        assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+    }
+
+    #[test]
+    fn resent_claim_of_an_explicit_address_is_ours() {
+        let (store, i, pool) = setup();
+        fault_first_claim(&store, Fault::Resend);
+        let got = i.request_address(&pool, "10.232.0.40", &BTreeMap::new());
+        assert_eq!(got.unwrap(), "10.232.0.40/24");
+        assert_eq!(
+            held(&i, &pool),
+            vec!["10.232.0.40".parse::<Ipv4Addr>().unwrap()]
+        );
+        no_leaks(&i);
+        assert_eq!(i.pending_count(), 0);
+    }
+
+    #[test]
+    fn resent_claim_of_a_dynamic_address_leaks_nothing() {
+        let (store, i, pool) = setup();
+        fault_first_claim(&store, Fault::Resend);
+        let got = i.request_address(&pool, "", &BTreeMap::new()).unwrap();
+        let ip: Ipv4Addr = got.trim_end_matches("/24").parse().unwrap();
+        assert_eq!(held(&i, &pool), vec![ip], "one allocation, one address");
+        no_leaks(&i);
+    }
+
+    #[test]
+    fn dropped_answer_of_a_landed_claim_is_ours() {
+        for address in ["10.232.0.41", ""] {
+            let (store, i, pool) = setup();
+            fault_first_claim(&store, Fault::DropAnswer);
+            let got = i.request_address(&pool, address, &BTreeMap::new()).unwrap();
+            let ip: Ipv4Addr = got.trim_end_matches("/24").parse().unwrap();
+            assert_eq!(held(&i, &pool), vec![ip]);
+            no_leaks(&i);
+            // Nothing left to undo: the address is held, by this allocation.
+            assert_eq!(i.pending_count(), 0);
+        }
+    }
+
+    /// A request that never reached the store is tried again, with the same claim and the
+    /// same address: the compare on the address record lets at most one of them land.
+    #[test]
+    fn dropped_request_is_retried_with_the_same_claim() {
+        for address in ["10.232.0.42", ""] {
+            let (store, i, pool) = setup();
+            let n = fault_first_claim(&store, Fault::DropRequest);
+            let got = i.request_address(&pool, address, &BTreeMap::new()).unwrap();
+            let ip: Ipv4Addr = got.trim_end_matches("/24").parse().unwrap();
+            assert_eq!(held(&i, &pool), vec![ip]);
+            assert!(n.load(Ordering::SeqCst) >= 2, "not retried");
+            no_leaks(&i);
+            assert_eq!(i.pending_count(), 0);
+        }
+    }
+
+    /// The store stays unreachable: the request fails with the store's error (not "in use"),
+    /// holds nothing, and its undo is left for the host agent.
+    #[test]
+    fn unreachable_store_fails_cleanly() {
+        let (store, i, pool) = setup();
+        store.on_txn(|_, _| Fault::DropRequest);
+        let err = i
+            .request_address(&pool, "10.232.0.43", &BTreeMap::new())
+            .unwrap_err();
+        assert!(!err.to_string().contains("in use"), "{err}");
+        store.on_txn(|_, _| Fault::None);
+        assert!(held(&i, &pool).is_empty());
+        no_leaks(&i);
+    }
+}

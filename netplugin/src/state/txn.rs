@@ -251,8 +251,8 @@ impl State {
 
     /// The one transaction of an allocation: the address record (at `key`) and its block's
     /// bitmap (at `bkey`, guarded by `block_guard`) together, while the pool is the one created
-    /// at `pool_crev`. A lost race reads the pool and the block back in the same round trip
-    /// (`reads`: pool, block).
+    /// at `pool_crev`. A lost race reads the pool, the block and the address back in the same
+    /// round trip (`reads`: pool, block, address): a claim sent twice finds its own record.
     #[allow(clippy::too_many_arguments)]
     pub fn claim_address(
         &self,
@@ -271,7 +271,11 @@ impl State {
                 Compare::CreateRevision(pool_key(pool_id), pool_crev),
             ],
             success: vec![Op::put(key, encode(record)), Op::put(bkey, encode(block))],
-            failure: vec![Op::Get(pool_key(pool_id)), Op::Get(bkey.to_string())],
+            failure: vec![
+                Op::Get(pool_key(pool_id)),
+                Op::Get(bkey.to_string()),
+                Op::Get(key.to_string()),
+            ],
         })
     }
 
