@@ -377,7 +377,8 @@ impl Ipam {
                         // blocks): mark it so it is never picked again.
                         let mut fixed = b.clone();
                         fixed.used |= 1u64 << bit;
-                        self.state.update_block(&bkey, &fixed, kv.mod_revision)?;
+                        self.state
+                            .update_block(&bkey, &fixed, kv.mod_revision, None)?;
                         c.blocks.remove(&idx);
                         continue;
                     }
@@ -489,6 +490,17 @@ impl Ipam {
     /// Releases the address record `kv` (as read) with its block bit. False if it changed
     /// or went meanwhile (someone else released it: nothing to do).
     pub fn release_held(&self, pool_id: &str, kv: &KeyValue) -> NetResult<bool> {
+        self.release_held_of(pool_id, kv, None)
+    }
+
+    /// [`Ipam::release_held`] for a reclaim of `dead_host`: in the same transaction, only
+    /// while that host's lease key is absent; a conflict error if it registered again.
+    pub fn release_held_of(
+        &self,
+        pool_id: &str,
+        kv: &KeyValue,
+        dead_host: Option<&str>,
+    ) -> NetResult<bool> {
         let rec: AddrRecord = decode(kv)?;
         let Some(pool) = self.state.pool(pool_id)? else {
             return Ok(false);
@@ -511,7 +523,7 @@ impl Ipam {
             let block = new_block
                 .as_ref()
                 .map(|(idx, b)| (block_key(pool_id, *idx), b, block_rev));
-            let done = match self.state.release_address_txn(kv, block) {
+            let done = match self.state.release_address_txn(kv, block, dead_host) {
                 Ok(d) => d,
                 Err(e) => {
                     self.forget(pool_id);
@@ -537,6 +549,9 @@ impl Ipam {
                     }
                 }
                 return Ok(true);
+            }
+            if let Some(h) = dead_host {
+                self.state.check_host_gone(h)?;
             }
             if self.state.store.get(&kv.key)?.map(|k| k.mod_revision) != Some(kv.mod_revision) {
                 return Ok(false);

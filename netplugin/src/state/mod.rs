@@ -79,6 +79,18 @@ impl State {
         self.lease.store(lease, Ordering::Relaxed);
     }
 
+    /// A conflict error if `host` is registered (its lease key exists): a reclaim of it
+    /// that lost a transaction stops there (issue 14 §2).
+    pub fn check_host_gone(&self, host: &str) -> crate::error::NetResult<()> {
+        if let Some(kv) = self.store.get(&host_key(host))? {
+            return Err(crate::error::NetError::conflict(format!(
+                "host {host} registered again (lease {:x}) while it was being reclaimed: it keeps what it still holds",
+                kv.lease
+            )));
+        }
+        Ok(())
+    }
+
     /// The record and its mod_revision.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> StoreResult<Option<(T, i64)>> {
         match self.store.get(key)? {

@@ -5,6 +5,12 @@
 use super::*;
 use crate::store::{Compare, Op, Txn, TxnResult};
 
+/// The compare of a reclaim: the dead host's lease key is still absent. A host that registers
+/// again while it is reclaimed keeps what it holds (issue 14 §2).
+fn host_gone(dead_host: Option<&str>) -> Option<Compare> {
+    dead_host.map(|h| Compare::Version(host_key(h), 0))
+}
+
 impl State {
     /// Writes a new network record, claiming its VLAN (or, joining another host's network of
     /// the same subnet, checking that network still holds it) and linking a free pool to it.
@@ -112,12 +118,20 @@ impl State {
     }
 
     /// Deletes an endpoint's record unless it changed since it was read at `mod_revision`
-    /// (reclaiming a dead host's endpoints races with nothing but a returning host).
-    pub fn delete_endpoint_at(&self, id: &str, mod_revision: i64) -> StoreResult<bool> {
+    /// or, with `dead_host`, that host is registered (reclaiming a dead host's endpoints
+    /// races with nothing but a returning host).
+    pub fn delete_endpoint_at(
+        &self,
+        id: &str,
+        mod_revision: i64,
+        dead_host: Option<&str>,
+    ) -> StoreResult<bool> {
+        let mut compare = vec![Compare::ModRevision(endpoint_key(id), mod_revision)];
+        compare.extend(host_gone(dead_host));
         Ok(self
             .store
             .txn(Txn {
-                compare: vec![Compare::ModRevision(endpoint_key(id), mod_revision)],
+                compare,
                 success: vec![Op::Delete(endpoint_key(id))],
                 failure: vec![],
             })?
@@ -232,17 +246,20 @@ impl State {
     }
 
     /// Rewrites one block record (stored under `key`) unless it changed since it was read at
-    /// `mod_revision`.
+    /// `mod_revision` or, with `dead_host`, that host is registered (a reclaim).
     pub fn update_block(
         &self,
         key: &str,
         block: &BlockRecord,
         mod_revision: i64,
+        dead_host: Option<&str>,
     ) -> StoreResult<bool> {
+        let mut compare = vec![Compare::ModRevision(key.to_string(), mod_revision)];
+        compare.extend(host_gone(dead_host));
         Ok(self
             .store
             .txn(Txn {
-                compare: vec![Compare::ModRevision(key.to_string(), mod_revision)],
+                compare,
                 success: vec![Op::put(key, encode(block))],
                 failure: vec![],
             })?
@@ -280,13 +297,16 @@ impl State {
     }
 
     /// Deletes the address record `held` (as read) and, when given, writes its block (key,
-    /// record with the bit cleared, revision it was read at); both only if unchanged.
+    /// record with the bit cleared, revision it was read at); both only if unchanged, and
+    /// with `dead_host` only while that host is not registered (a reclaim).
     pub fn release_address_txn(
         &self,
         held: &KeyValue,
         block: Option<(String, &BlockRecord, i64)>,
+        dead_host: Option<&str>,
     ) -> StoreResult<TxnResult> {
         let mut compare = vec![Compare::ModRevision(held.key.clone(), held.mod_revision)];
+        compare.extend(host_gone(dead_host));
         let mut success = vec![Op::Delete(held.key.clone())];
         if let Some((bkey, b, rev)) = block {
             compare.push(Compare::ModRevision(bkey.clone(), rev));
