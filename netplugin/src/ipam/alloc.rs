@@ -487,6 +487,24 @@ impl Ipam {
         Ok(())
     }
 
+    /// Undo of an allocation that ended after its request timed out: releases `address` if
+    /// this host holds it for an endpoint and no endpoint is linked to it yet. Gateways stay
+    /// (shared by every host of the network). False if there was nothing to undo.
+    pub fn release_unused(&self, pool_id: &str, address: &str) -> NetResult<bool> {
+        let ip = parse_addr(address).map_err(|e| NetError::invalid(format!("Address {e}")))?;
+        let Some(kv) = self.state.store.get(&addr_key(pool_id, ip))? else {
+            return Ok(false);
+        };
+        let rec: AddrRecord = decode(&kv)?;
+        if rec.kind != AddrKind::Address
+            || rec.host_id != self.state.host_id
+            || rec.endpoint_id.is_some()
+        {
+            return Ok(false);
+        }
+        self.release_held(pool_id, &kv)
+    }
+
     /// Releases the address record `kv` (as read) with its block bit. False if it changed
     /// or went meanwhile (someone else released it: nothing to do).
     pub fn release_held(&self, pool_id: &str, kv: &KeyValue) -> NetResult<bool> {

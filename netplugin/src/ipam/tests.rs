@@ -465,6 +465,7 @@ mod transport_faults {
     //! someone else when the caller holds it.
     use super::*;
     use crate::store::faulty::{Fault, Faulty};
+    use crate::store::Store;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn setup() -> (Arc<Faulty>, Ipam, String) {
@@ -573,6 +574,151 @@ mod transport_faults {
         assert!(!err.to_string().contains("in use"), "{err}");
         store.on_txn(|_, _| Fault::None);
         assert!(held(&i, &pool).is_empty());
+        no_leaks(&i);
+    }
+
+    fn endpoint(id: &str, ip: &str) -> EndpointRecord {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        EndpointRecord {
+            id: id.into(),
+            network_id: "n1".into(),
+            host_id: "host-a".into(),
+            address: crate::ipnet::Ipv4If { ip, prefix: 24 },
+            mac: crate::mac::Mac::from_ip(ip),
+            host_if: format!("vb{id}"),
+            container_if: format!("tb{id}"),
+            vlan: 100,
+            mtu: 1500,
+            created_at: 0,
+            lease: 0,
+            limits: Default::default(),
+            own_limits: None,
+        }
+    }
+
+    fn network(pool: &str) -> NetworkRecord {
+        NetworkRecord {
+            id: "n1".into(),
+            vlan: 100,
+            vlan_auto: false,
+            mtu: 1500,
+            subnet: None,
+            gateway: None,
+            pool_id: Some(pool.into()),
+            host_id: "host-a".into(),
+            created_at: 0,
+            limits: Default::default(),
+        }
+    }
+
+    fn linked(i: &Ipam, pool: &str, ip: &str) -> Option<String> {
+        let key = addr_key(pool, ip.parse().unwrap());
+        i.state
+            .get::<AddrRecord>(&key)
+            .unwrap()
+            .unwrap()
+            .0
+            .endpoint_id
+    }
+
+    /// A late CreateEndpoint write (its request timed out; the address was released and
+    /// taken by another endpoint meanwhile) never overwrites the address record another
+    /// endpoint holds: compare-and-swap on the record's revision.
+    #[test]
+    fn late_endpoint_write_never_takes_another_endpoints_address() {
+        let (store, i, pool) = setup();
+        let net = network(&pool);
+        i.request_address(&pool, "10.232.0.50", &BTreeMap::new())
+            .unwrap();
+        // Between the late write's read of the address record and its transaction, the
+        // address changes hands (released, taken again, linked to endpoint "e-new").
+        let key = addr_key(&pool, "10.232.0.50".parse().unwrap());
+        let mut once = false;
+        store.on_txn(move |inner, t| {
+            let endpoint_write = t
+                .success
+                .iter()
+                .any(|o| matches!(o, Op::Put { key, .. } if key == "endpoints/e-late"));
+            if endpoint_write && !once {
+                once = true;
+                let kv = inner.get(&key).unwrap().unwrap();
+                let mut a: AddrRecord = decode(&kv).unwrap();
+                a.endpoint_id = Some("e-new".into());
+                a.claim = "other".into();
+                inner
+                    .txn(Txn {
+                        success: vec![Op::put(key.clone(), encode(&a))],
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+            Fault::None
+        });
+        let r = i
+            .state
+            .create_endpoint_txn(&net, &endpoint("e-late", "10.232.0.50"))
+            .unwrap();
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(linked(&i, &pool, "10.232.0.50").as_deref(), Some("e-new"));
+        assert!(i.state.endpoint("e-late").unwrap().is_none());
+        // Its own address, unlinked: linked, and a second write is a no-op.
+        store.on_txn(|_, _| Fault::None);
+        i.request_address(&pool, "10.232.0.51", &BTreeMap::new())
+            .unwrap();
+        let ep = endpoint("e-ok", "10.232.0.51");
+        assert!(matches!(
+            i.state.create_endpoint_txn(&net, &ep).unwrap(),
+            Ok(Some(_))
+        ));
+        assert_eq!(linked(&i, &pool, "10.232.0.51").as_deref(), Some("e-ok"));
+        assert_eq!(i.state.create_endpoint_txn(&net, &ep).unwrap(), Ok(None));
+    }
+
+    /// A RequestAddress that times out and lands later is undone: Docker saw an error and
+    /// will never release the address.
+    #[tokio::test]
+    async fn timed_out_request_address_is_undone_when_it_lands() {
+        let (store, i, pool) = setup();
+        store.on_txn(|_, t| {
+            if t.success
+                .iter()
+                .any(|o| matches!(o, Op::Put { key, .. } if key.starts_with("addrs/")))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            Fault::None
+        });
+        let i = Arc::new(i);
+        let req = crate::protocol::RequestAddressRequest {
+            pool_id: pool.clone(),
+            address: "10.232.0.60".into(),
+            options: BTreeMap::new(),
+        };
+        let r = crate::network::ipam_driver::request_address_within(
+            i.clone(),
+            req,
+            std::time::Duration::from_millis(50),
+        )
+        .await;
+        assert!(matches!(r, Err(NetError::Timeout { .. })), "{r:?}");
+        // Undone = landed (one write) and released (another), nothing held.
+        let before = store.revision().unwrap();
+        let mut undone = false;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if store.revision().unwrap() < before + 2 {
+                continue;
+            }
+            let (j, p) = (i.clone(), pool.clone());
+            let n = tokio::task::spawn_blocking(move || held(&j, &p).len())
+                .await
+                .unwrap();
+            if n == 0 {
+                undone = true;
+                break;
+            }
+        }
+        assert!(undone, "the late allocation is still held");
         no_leaks(&i);
     }
 }

@@ -83,29 +83,59 @@ impl State {
     }
 
     /// Writes a new endpoint record and links the address it holds in `net`'s pool to it
-    /// (and its MAC, unless the address has one). An existing record is left alone.
+    /// (and its MAC, unless the address has one). An existing record is left alone. The
+    /// address record is rewritten only if unchanged since it was read (compare-and-swap on
+    /// its revision) and not linked to another endpoint: a late write (after its request timed
+    /// out) never takes an address another endpoint holds by now (issue 14 §2). Returns the
+    /// endpoint record's revision, None if one existed already; `Err(holder)` when another
+    /// endpoint holds the address.
     pub fn create_endpoint_txn(
         &self,
         net: &NetworkRecord,
         rec: &EndpointRecord,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Result<Option<i64>, String>> {
         let ip = rec.address.ip;
-        let mut ops = vec![Op::put(endpoint_key(&rec.id), encode(rec))];
-        if let Some(pool_id) = &net.pool_id {
-            if let Some((mut a, _)) = self.get::<AddrRecord>(&addr_key(pool_id, ip))? {
-                a.endpoint_id = Some(rec.id.clone());
-                if a.mac.is_none() {
-                    a.mac = Some(rec.mac.to_string());
+        for _ in 0..16 {
+            let mut compare = vec![Compare::Version(endpoint_key(&rec.id), 0)];
+            let mut ops = vec![Op::put(endpoint_key(&rec.id), encode(rec))];
+            if let Some(pool_id) = &net.pool_id {
+                let key = addr_key(pool_id, ip);
+                match self.get::<AddrRecord>(&key)? {
+                    Some((a, _)) if a.endpoint_id.as_ref().is_some_and(|e| *e != rec.id) => {
+                        return Ok(Err(format!(
+                            "endpoint {} on host {}",
+                            a.endpoint_id.unwrap_or_default(),
+                            a.host_id
+                        )));
+                    }
+                    Some((mut a, rev)) => {
+                        a.endpoint_id = Some(rec.id.clone());
+                        if a.mac.is_none() {
+                            a.mac = Some(rec.mac.to_string());
+                        }
+                        compare.push(Compare::ModRevision(key.clone(), rev));
+                        ops.push(Op::put(key, encode(&a)));
+                    }
+                    None => compare.push(Compare::Version(key, 0)),
                 }
-                ops.push(Op::put(addr_key(pool_id, ip), encode(&a)));
             }
+            let done = self.store.txn(Txn {
+                compare,
+                success: ops,
+                failure: vec![Op::Get(endpoint_key(&rec.id))],
+            })?;
+            if done.succeeded {
+                return Ok(Ok(Some(done.revision)));
+            }
+            if done.reads.first().is_some_and(Option::is_some) {
+                return Ok(Ok(None));
+            }
+            // The address record changed between the read and the write: read it again.
         }
-        self.store.txn(Txn {
-            compare: vec![Compare::Version(endpoint_key(&rec.id), 0)],
-            success: ops,
-            failure: vec![],
-        })?;
-        Ok(())
+        Err(StoreError::Contention {
+            what: format!("endpoint {} and its address {ip}", rec.id),
+            attempts: 16,
+        })
     }
 
     /// Deletes an endpoint's record; a missing one is fine (every delete is idempotent).
