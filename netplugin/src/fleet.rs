@@ -484,6 +484,7 @@ pub async fn host_agent(
     ipam: Arc<Ipam>,
     ttl: Duration,
     reclaim_after: Option<Duration>,
+    fence: Option<Arc<crate::fence::Fence>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let state = ipam.state().clone();
@@ -493,6 +494,7 @@ pub async fn host_agent(
     loop {
         let lease = state.lease();
         let s = state.clone();
+        let sent = Instant::now();
         let result = if lease == 0 {
             store_op("host lease", move || register(&s, ttl)).await.map(|l| {
                 info!(host = %state.host_id, lease = format!("{l:x}"), "host registered with its lease");
@@ -509,6 +511,10 @@ pub async fn host_agent(
                     info!("state store reachable again; host lease held");
                 }
                 last_error.clear();
+                if let Some(f) = &fence {
+                    f.renewed(sent);
+                    f.recover().await;
+                }
                 let i = ipam.clone();
                 let _ = store_op("finish pending", move || Ok(i.finish_pending())).await;
             }
@@ -594,6 +600,7 @@ mod tests {
             ipam,
             Duration::from_secs(1),
             Some(Duration::from_millis(400)),
+            None,
             shutdown,
         ));
         let mut reclaimed = false;

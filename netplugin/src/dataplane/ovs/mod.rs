@@ -2,6 +2,7 @@
 //! flow through OpenFlow, all via ovs-ffi (never ovs-vsctl/ovs-ofctl). The ARP proxy's and
 //! the rate limits' flows and meters are in `flows.rs`.
 
+mod fence;
 mod flows;
 
 use flows::{egress_meter, ingress_meter};
@@ -476,6 +477,13 @@ impl Dataplane for OvsDataplane {
                 .map(drop)
                 .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))
         })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        host_ifs: &'a std::collections::BTreeSet<String>,
+    ) -> BoxFuture<'a, DpResult<usize>> {
+        Box::pin(self.sync_fence(host_ifs))
     }
 
     fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>> {
