@@ -25,6 +25,8 @@ pub struct Fence {
     renewed: Mutex<Instant>,
     /// The fenced access ports.
     fenced: tokio::sync::Mutex<BTreeSet<String>>,
+    /// Ports kept fenced after a re-check (logged once each).
+    kept: Mutex<BTreeSet<String>>,
     /// `fenced_ports` in the metrics.
     gauge: Gauge,
 }
@@ -37,6 +39,7 @@ impl Fence {
             dp,
             renewed: Mutex::new(Instant::now()),
             fenced: tokio::sync::Mutex::new(BTreeSet::new()),
+            kept: Mutex::new(BTreeSet::new()),
             gauge: Gauge::default(),
         })
     }
@@ -135,9 +138,11 @@ impl Fence {
                 "fence lifted: lease back and addresses still held by this host"
             );
         }
-        for p in &keep {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        for p in keep.difference(&kept) {
             warn!(port = %p, "stays fenced: its address is no longer held by this host's endpoint (reclaimed while cut off, or taken by another host)");
         }
+        kept.clone_from(&keep);
         *fenced = keep;
         self.gauge.set(fenced.len() as i64);
     }

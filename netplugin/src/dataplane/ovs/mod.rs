@@ -330,8 +330,8 @@ impl OvsDataplane {
     async fn unplug(&self, host_if: &str) -> DpResult<()> {
         check_name(host_if)?;
         let mut errors = DataplaneErrors::default();
-        // Its ofport may be given to another port later: its ARP flows and its meters (their
-        // flows go with them) go first.
+        // Its ofport may be given to another port later: its ARP and fence flows and its meters
+        // (their flows go with them) go first.
         if let Some(ofport) = self.ofport(host_if) {
             let by_port = |cookie| FlowMod::Delete {
                 table: None,
@@ -341,7 +341,11 @@ impl OvsDataplane {
             };
             if let Err(e) = self
                 .of
-                .flow_mods(&[by_port(COOKIE_ARP), by_port(COOKIE_QOS)])
+                .flow_mods(&[
+                    by_port(COOKIE_ARP),
+                    by_port(COOKIE_QOS),
+                    by_port(fence::COOKIE_FENCE),
+                ])
                 .await
             {
                 errors.push(DataplaneError::ovs(
