@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use integration::lab::traffic::{first_reply_seq, ping_counts, ping_raw, tcp_transfer};
-use integration::lab::{n_packets, Host, Lab, LabOptions};
+use integration::lab::{n_packets, Host, Lab, LabOptions, MGMT_IF};
 use integration::procs::wait_until;
 use integration::{harness, TEST_IMAGE};
 use serde_json::Value;
@@ -21,6 +21,8 @@ const N1_SUBNET: &str = "198.19.1.0/24";
 const N1_VLAN: u16 = 101;
 /// netplugin's `--release-leaked-after` in the lab: short, so the test sees the sweep act.
 const LEAK_GRACE: &str = "2s";
+/// netplugin's `--fence-after` in the lab (lease TTL: the default 10 s).
+const FENCE_AFTER: &str = "6s";
 
 struct Ctx {
     lab: Lab,
@@ -35,6 +37,8 @@ fn setup() -> Result<Ctx> {
             "0.5",
             "--release-leaked-after",
             LEAK_GRACE,
+            "--fence-after",
+            FENCE_AFTER,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -813,6 +817,83 @@ fn t_leaks_rates_arp_in_etcd_mode(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// 8. Fencing (issue 14 §2): host a cut off from etcd stops its containers' traffic before its
+// lease can expire; with the link back, traffic resumes for the addresses it still holds.
+
+fn t_partition_fences(c: &Ctx) -> Result<()> {
+    let res = partition_fences(c);
+    // Whatever happened, the link is back and the container gone.
+    let _ = c.h("a").node.ip(&["link", "set", MGMT_IF, "up"]);
+    rm(c.h("a"), &["f1"]);
+    res
+}
+
+fn partition_fences(c: &Ctx) -> Result<()> {
+    let (a, b, hc) = (c.h("a"), c.h("b"), c.h("c"));
+    base(c)?;
+    sleeper(a, "f1", N1, &[])?;
+    let f1 = ip(a, "f1")?;
+    let port = format!("vb{}", &inspect_net(a, "f1", N1, "EndpointID")?[..10]);
+    let (s, r) = ping(hc, "zc", &f1, 2, "0.2")?;
+    ensure!(r == s, "z (c) → f1 (a) before the cut: {r}/{s}");
+
+    // Host a loses etcd (its management link); the trunk, and so traffic, stays up.
+    a.node.ip(&["link", "set", MGMT_IF, "down"])?;
+    let cut = Instant::now();
+    let fenced = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        ping(hc, "zc", &f1, 1, "0.2").is_ok_and(|(_, r)| r == 0)
+    });
+    ensure!(fenced, "f1 on host a still answers 20 s after a lost etcd");
+    let after = cut.elapsed();
+    // In time: host a's lease is still alive in etcd when its traffic has stopped.
+    let alive = b.netplugin_json(&["host", "ls"])?;
+    let a_alive = alive
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|h| h["host"] == "host-a" && h["alive"] == true);
+    println!(
+        "    host a fenced {:.1}s after losing etcd (its lease alive then: {a_alive})",
+        after.as_secs_f64()
+    );
+    ensure!(
+        a_alive,
+        "host a's lease had expired before its traffic stopped: fencing came too late"
+    );
+    ensure!(
+        ports(a)?.contains(&port),
+        "fencing removed f1's port {port}: it must only drop traffic"
+    );
+    let drops = a.ofctl("dump-flows", &["cookie=0xbe270000000000f0/-1"])?;
+    ensure!(
+        drops.contains("priority=65000"),
+        "no fence flow on host a: {drops}"
+    );
+
+    // The link returns: the lease is renewed (or taken again), f1's address is still a's,
+    // the fence is lifted.
+    a.node.ip(&["link", "set", MGMT_IF, "up"])?;
+    let back = Instant::now();
+    let resumed = wait_until(Duration::from_secs(40), Duration::from_millis(300), || {
+        ping(hc, "zc", &f1, 1, "0.2").is_ok_and(|(s, r)| s > 0 && r == s)
+    });
+    ensure!(
+        resumed,
+        "f1 still cut off 40 s after host a's link came back"
+    );
+    println!(
+        "    traffic to f1 resumed {:.1}s after the link came back",
+        back.elapsed().as_secs_f64()
+    );
+    let holder = held_by(b, N1_SUBNET, &f1)?.unwrap_or_default();
+    ensure!(
+        holder.starts_with("host-a"),
+        "{f1} held by {holder:?} after the partition"
+    );
+    Ok(())
+}
+
 fn main() {
     harness::run(
         "fleet",
@@ -831,6 +912,7 @@ fn main() {
                 "leaks_rates_arp_in_etcd_mode",
                 t_leaks_rates_arp_in_etcd_mode,
             ),
+            ("partition_fences_and_resumes", t_partition_fences),
         ],
     );
 }

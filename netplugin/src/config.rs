@@ -120,6 +120,12 @@ pub struct ServeArgs {
     /// twice it. [default: 10s]
     #[arg(long)]
     lease_ttl: Option<String>,
+    /// Fleet mode: stop this host's endpoints' traffic (OVS drop flows, nothing deleted) once
+    /// its lease has not been renewed for this long (e.g. 6s), until the lease is back and
+    /// each address is checked. At least half of --lease-ttl and shorter than it, so the host
+    /// is fenced before its lease can expire and long before --reclaim-after. [default: off]
+    #[arg(long)]
+    fence_after: Option<String>,
     /// This host's name in the store. [default: the hostname]
     #[arg(long)]
     host_id: Option<String>,
@@ -185,6 +191,7 @@ pub struct Config {
     pub net: NetConfig,
     pub reclaim_after: Option<Duration>,
     pub lease_ttl: Duration,
+    pub fence_after: Option<Duration>,
     pub release_leaked_after: Option<Duration>,
     pub docker_socket: PathBuf,
     pub docker_sync_interval: Duration,
@@ -261,6 +268,25 @@ impl Config {
                 );
             }
         }
+        let fence_after = args
+            .fence_after
+            .as_deref()
+            .filter(|s| *s != "off")
+            .map(|s| parse_duration("--fence-after", s, 1.0, "renewals come every few seconds"))
+            .transpose()?;
+        if let Some(fence) = fence_after {
+            // Renewals go every third of the TTL: a healthy host must never reach the fence;
+            // and the fence must be up before the lease can expire in the store (before any
+            // host can count this one as gone, and so before --reclaim-after, at least twice
+            // the TTL, can start).
+            if fence < lease_ttl / 2 || fence >= lease_ttl {
+                bail!(
+                    "--fence-after {}s: must be at least half of --lease-ttl and shorter than it ({}s): fencing must never hit a host that renews on time, and must happen before its lease can expire and its addresses be reclaimed",
+                    fence.as_secs_f64(),
+                    lease_ttl.as_secs_f64()
+                );
+            }
+        }
         let release_leaked_after = match args
             .release_leaked_after
             .as_deref()
@@ -320,6 +346,7 @@ impl Config {
             },
             reclaim_after,
             lease_ttl,
+            fence_after,
             release_leaked_after,
             docker_socket: args
                 .docker_socket
@@ -536,6 +563,20 @@ mod tests {
         let c = config(&["--release-leaked-after", "off", "--reclaim-after", "10m"]).unwrap();
         assert_eq!(c.release_leaked_after, None);
         assert_eq!(c.reclaim_after, Some(Duration::from_secs(600)));
+    }
+
+    /// `--fence-after`: at least half of the lease TTL (a host renewing on time is never
+    /// fenced) and shorter than it (fenced before its lease can expire and be reclaimed).
+    #[test]
+    fn fence_after_flag() {
+        assert_eq!(config(&[]).unwrap().fence_after, None);
+        let c = config(&["--fence-after", "6s"]).unwrap();
+        assert_eq!(c.fence_after, Some(Duration::from_secs(6)));
+        assert!(error(&["--fence-after", "10s"]).contains("shorter than it"));
+        assert!(error(&["--fence-after", "4s"]).contains("at least half of --lease-ttl"));
+        let c = config(&["--lease-ttl", "30s", "--fence-after", "20s"]).unwrap();
+        assert_eq!(c.fence_after, Some(Duration::from_secs(20)));
+        assert_eq!(config(&["--fence-after", "off"]).unwrap().fence_after, None);
     }
 
     #[test]

@@ -142,13 +142,16 @@ pub fn reclaim(ipam: &Ipam, host: &str, force: bool) -> NetResult<ReclaimReport>
         host: host.to_string(),
         ..Default::default()
     };
+    // Every write below compares, in its own transaction, that the host's lease key is still
+    // absent: a host registering again meanwhile keeps the rest (the error says so).
+    let dead = (!force).then_some(host);
     for pool in state.pools()? {
         for kv in state.store.range(&addr_prefix(&pool.id))? {
             let a: AddrRecord = decode(&kv)?;
             if a.host_id != host || a.kind != AddrKind::Address {
                 continue;
             }
-            if ipam.release_held(&pool.id, &kv)? {
+            if ipam.release_held_of(&pool.id, &kv, dead)? {
                 report.addresses.push(AddressChange {
                     action: "released".into(),
                     address: a.address.to_string(),
@@ -165,8 +168,10 @@ pub fn reclaim(ipam: &Ipam, host: &str, force: bool) -> NetResult<ReclaimReport>
             }
             b.host = None;
             // A block written meanwhile is simply left for the next reclaim.
-            if state.update_block(&kv.key, &b, kv.mod_revision)? {
+            if state.update_block(&kv.key, &b, kv.mod_revision, dead)? {
                 report.blocks += 1;
+            } else if let Some(h) = dead {
+                state.check_host_gone(h)?;
             }
         }
     }
@@ -175,8 +180,10 @@ pub fn reclaim(ipam: &Ipam, host: &str, force: bool) -> NetResult<ReclaimReport>
         if e.host_id != host {
             continue;
         }
-        if state.delete_endpoint_at(&e.id, kv.mod_revision)? {
+        if state.delete_endpoint_at(&e.id, kv.mod_revision, dead)? {
             report.endpoints.push(e.id);
+        } else if let Some(h) = dead {
+            state.check_host_gone(h)?;
         }
     }
     info!(
@@ -477,6 +484,7 @@ pub async fn host_agent(
     ipam: Arc<Ipam>,
     ttl: Duration,
     reclaim_after: Option<Duration>,
+    fence: Option<Arc<crate::fence::Fence>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let state = ipam.state().clone();
@@ -486,6 +494,7 @@ pub async fn host_agent(
     loop {
         let lease = state.lease();
         let s = state.clone();
+        let sent = Instant::now();
         let result = if lease == 0 {
             store_op("host lease", move || register(&s, ttl)).await.map(|l| {
                 info!(host = %state.host_id, lease = format!("{l:x}"), "host registered with its lease");
@@ -502,6 +511,10 @@ pub async fn host_agent(
                     info!("state store reachable again; host lease held");
                 }
                 last_error.clear();
+                if let Some(f) = &fence {
+                    f.renewed(sent);
+                    f.recover().await;
+                }
                 let i = ipam.clone();
                 let _ = store_op("finish pending", move || Ok(i.finish_pending())).await;
             }
@@ -587,6 +600,7 @@ mod tests {
             ipam,
             Duration::from_secs(1),
             Some(Duration::from_millis(400)),
+            None,
             shutdown,
         ));
         let mut reclaimed = false;
@@ -608,5 +622,74 @@ mod tests {
         );
         stop.send(true).unwrap();
         task.await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod reclaim_tests {
+    use super::*;
+    use crate::ipam::IpamConfig;
+    use crate::store::faulty::{Fault, Faulty};
+    use crate::store::{Op, Store, Txn};
+    use std::collections::BTreeMap as Map;
+
+    /// Issue 14 §2: a host that registers again while it is being reclaimed keeps its
+    /// addresses: every reclaim write compares, in the same transaction, that the host's
+    /// lease key is still absent.
+    #[test]
+    fn host_back_during_reclaim_keeps_its_addresses() {
+        let store = Arc::new(Faulty::new());
+        let h2 = Ipam::new(State::new(store.clone(), "h2"), IpamConfig::default());
+        let lease = register(h2.state(), Duration::from_secs(30)).unwrap();
+        let (pool, _) = h2.request_pool("", "10.233.0.0/24", "", false).unwrap();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(h2.request_address(&pool, "", &Map::new()).unwrap());
+        }
+        // h2 dies (its lease ends) ...
+        store.revoke_lease(lease).unwrap();
+        let h1 = Ipam::new(State::new(store.clone(), "h1"), IpamConfig::default());
+        // ... and comes back just as h1's reclaim starts releasing its addresses.
+        let record = encode(&host_record(h2.state(), 0));
+        let mut back = false;
+        store.on_txn(move |inner, t| {
+            let releases = t
+                .success
+                .iter()
+                .any(|o| matches!(o, Op::Delete(k) if k.starts_with("addrs/")));
+            if releases && !back {
+                back = true;
+                let lease = inner.grant_lease(Duration::from_secs(30)).unwrap();
+                inner
+                    .txn(Txn {
+                        success: vec![Op::Put {
+                            key: host_key("h2"),
+                            value: record.clone(),
+                            lease,
+                        }],
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+            Fault::None
+        });
+        let result = reclaim(&h1, "h2", false);
+        assert!(
+            matches!(result, Err(NetError::Conflict(ref m)) if m.contains("registered again")),
+            "{result:?}"
+        );
+        let still: Vec<String> = h1
+            .state()
+            .addresses(&pool)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.kind == AddrKind::Address && a.host_id == "h2")
+            .map(|a| format!("{}/24", a.address))
+            .collect();
+        assert_eq!(
+            still, held,
+            "h2 lost addresses to a reclaim after it came back"
+        );
+        assert!(audit(h1.state()).unwrap().problems.is_empty());
     }
 }

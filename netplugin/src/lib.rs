@@ -12,6 +12,7 @@
 pub mod dataplane;
 pub mod docker_sync;
 pub mod error;
+pub mod fence;
 pub mod fleet;
 pub mod handlers;
 pub mod identity;

@@ -161,11 +161,21 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let dp: Arc<dyn Dataplane> =
         Arc::new(OvsDataplane::start(config.ovs.clone()).map_err(anyhow::Error::msg)?);
     let state = State::new(store, config.host_id.clone());
+    let fence = config
+        .fence_after
+        .map(|after| netplugin::fence::Fence::new(after, state.clone(), dp.clone()));
     let ipam = Arc::new(Ipam::new(state.clone(), config.ipam.clone()));
     let svc = Arc::new(Service::new(state, ipam, dp, config.net.clone()));
 
     let metrics = Metrics::new(Net::METRICS_PREFIX);
     netplugin::metrics::register(&metrics, svc.clone());
+    if let Some(f) = &fence {
+        metrics.register(
+            "fenced_ports",
+            "Access ports fenced (traffic dropped) because this host's lease was not renewed for --fence-after",
+            f.gauge(),
+        );
+    }
     let docker = DockerClient::new(&config.docker_socket);
     let mut daemon = Skeleton::start(
         &config.daemon,
@@ -178,8 +188,12 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
         svc.ipam().clone(),
         config.lease_ttl,
         config.reclaim_after,
+        fence.clone(),
         daemon.shutdown(),
     ));
+    if let Some(f) = fence {
+        daemon.spawn(netplugin::fence::watchdog(f, daemon.shutdown()));
+    }
     daemon.spawn(netplugin::docker_sync::run(
         svc.clone(),
         docker,

@@ -1255,3 +1255,72 @@ async fn limits_change_live() {
         .unwrap_err();
     assert!(e.to_string().contains("no endpoint or container"), "{e}");
 }
+
+/// Issue 14 §2, `--fence-after`: no renewal answered for that long fences every own port
+/// (drop flows, nothing deleted); with the lease back, the fence is lifted only for
+/// endpoints whose address is still theirs.
+#[tokio::test]
+async fn fence_when_cut_off_and_lift_only_where_the_address_is_still_held() {
+    use crate::fence::Fence;
+    use crate::state::{addr_key, decode, encode, AddrRecord};
+    use crate::store::{Op, Store, Txn};
+    use std::time::{Duration, Instant};
+
+    let store = Arc::new(MemStore::new());
+    let t = setup_host(store.clone(), "h1");
+    let pool = t
+        .create_network(N1, "10.231.9.0/24", json!({}))
+        .await
+        .unwrap();
+    t.start(N1, &pool, E1, "10.231.9.10").await;
+    let e2 = E2;
+    t.start(N1, &pool, e2, "10.231.9.11").await;
+    let port_of = |ep: &str| {
+        t.dp.endpoints
+            .lock()
+            .unwrap()
+            .values()
+            .find(|p| p.endpoint_id == ep)
+            .unwrap()
+            .host_if
+            .clone()
+    };
+    let (p1, p2) = (port_of(E1), port_of(e2));
+    let fence = Fence::new(
+        Duration::from_millis(200),
+        t.svc.state().clone(),
+        t.dp.clone(),
+    );
+    fence.renewed(Instant::now());
+    assert!(!fence.check().await, "fenced while renewing on time");
+    assert!(t.dp.fenced.lock().unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(fence.check().await);
+    let both: std::collections::BTreeSet<String> = [p1.clone(), p2.clone()].into();
+    assert_eq!(*t.dp.fenced.lock().unwrap(), both);
+    assert_eq!(
+        t.dp.endpoints.lock().unwrap().len(),
+        2,
+        "fencing deleted a port"
+    );
+    // Not lifted while still cut off.
+    fence.recover().await;
+    assert_eq!(*t.dp.fenced.lock().unwrap(), both);
+    // While cut off, e2's address was reclaimed and another host's endpoint took it.
+    let key = addr_key(&pool, "10.231.9.11".parse().unwrap());
+    let mut a: AddrRecord = decode(&store.get(&key).unwrap().unwrap()).unwrap();
+    a.host_id = "h2".into();
+    a.endpoint_id = Some("e9".into());
+    store
+        .txn(Txn {
+            success: vec![Op::put(key, encode(&a))],
+            ..Default::default()
+        })
+        .unwrap();
+    // The lease is back: e1's fence goes, e2's stays.
+    fence.renewed(Instant::now());
+    fence.recover().await;
+    assert_eq!(*t.dp.fenced.lock().unwrap(), [p2.clone()].into());
+    assert_eq!(fence.fenced().await, [p2].into());
+    assert!(!fence.check().await);
+}

@@ -30,6 +30,8 @@ pub struct FakeDataplane {
     /// Calls of `sync_arp` (full) and `update_arp` (incremental) so far.
     pub arp_syncs: AtomicUsize,
     pub arp_updates: AtomicUsize,
+    /// The fenced ports, as `fence` left them.
+    pub fenced: Mutex<std::collections::BTreeSet<String>>,
     /// Every `announce`: (host_if, mac, ip).
     pub announced: Mutex<Vec<(String, [u8; 6], std::net::Ipv4Addr)>>,
 }
@@ -55,6 +57,17 @@ impl FakeDataplane {
 }
 
 impl Dataplane for FakeDataplane {
+    fn fence<'a>(
+        &'a self,
+        host_ifs: &'a std::collections::BTreeSet<String>,
+    ) -> BoxFuture<'a, DpResult<usize>> {
+        Box::pin(async move {
+            self.check()?;
+            *self.fenced.lock().unwrap() = host_ifs.clone();
+            Ok(host_ifs.len())
+        })
+    }
+
     fn ready(&self) -> BoxFuture<'_, DpResult<()>> {
         Box::pin(async move { self.check() })
     }

@@ -202,6 +202,13 @@ pub trait Dataplane: Send + Sync {
         mac: [u8; 6],
         ip: std::net::Ipv4Addr,
     ) -> BoxFuture<'a, DpResult<()>>;
+    /// Fencing: makes the fence flows exactly `host_ifs` (drop everything those access ports
+    /// send; ports and veths stay). An empty set lifts every fence. Returns how many ports
+    /// are fenced (those with a port number).
+    fn fence<'a>(
+        &'a self,
+        host_ifs: &'a std::collections::BTreeSet<String>,
+    ) -> BoxFuture<'a, DpResult<usize>>;
     /// Our ports (by external_ids), from the OVSDB cache.
     fn ports(&self) -> Vec<PortView>;
     /// Packets each rate-limited endpoint's meters dropped, as of the last reconcile pass.

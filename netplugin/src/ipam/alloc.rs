@@ -163,8 +163,13 @@ impl Ipam {
         })?;
         let bkey = block_key(&pool.id, idx);
         let cache = self.cache(&pool.id);
+        let mut dropped = 0;
         for _ in 0..CAS_ATTEMPTS {
             if let Some((holder, _)) = self.state.get::<AddrRecord>(&key)? {
+                // Our own claim, landed by an earlier attempt whose answer was lost.
+                if holder.claim == record.claim {
+                    return Ok(None);
+                }
                 return Ok(Some(holder));
             }
             let (mut block, guard) = match self.state.store.get(&bkey)? {
@@ -184,8 +189,13 @@ impl Ipam {
                 Ok(d) => d,
                 Err(e) => {
                     self.forget(&pool.id);
-                    self.outcome(&pool.id, &key, &rec.claim, e)?;
-                    return Ok(None);
+                    dropped += 1;
+                    // Not landed (yet): the same claim again, for the same address; the
+                    // compare on the address record lets at most one of them land.
+                    if self.claim_landed(&pool.id, &key, &rec.claim, e, dropped)? {
+                        return Ok(None);
+                    }
+                    continue;
                 }
             };
             if done.succeeded {
@@ -195,25 +205,26 @@ impl Ipam {
                 }
                 return Ok(None);
             }
+            // The address record, read back by the transaction, is checked at the top.
             self.after_lost_race(&pool.id, crev, done.reads)?;
         }
         Err(contention("address allocation"))
     }
 
-    /// After a lost allocation transaction: the block as it is now (read back by the
-    /// transaction itself), or an error if the pool went away meanwhile.
+    /// After a lost allocation transaction: the block and the address record as they are
+    /// now (read back by the transaction itself), or an error if the pool went away meanwhile.
     pub(super) fn after_lost_race(
         &self,
         pool_id: &str,
         crev: i64,
         reads: Vec<Option<KeyValue>>,
-    ) -> NetResult<Option<KeyValue>> {
-        let [pool_now, block_now] = <[Option<KeyValue>; 2]>::try_from(reads)
+    ) -> NetResult<(Option<KeyValue>, Option<KeyValue>)> {
+        let [pool_now, block_now, addr_now] = <[Option<KeyValue>; 3]>::try_from(reads)
             .map_err(|_| NetError::Store(StoreError::Backend("txn reads missing".into())))?;
         if pool_now.map(|kv| kv.create_revision) != Some(crev) {
             return Err(self.pool_gone(pool_id));
         }
-        Ok(block_now)
+        Ok((block_now, addr_now))
     }
 
     pub(super) fn pool_gone(&self, pool_id: &str) -> NetError {
@@ -325,8 +336,17 @@ impl Ipam {
                 Ok(d) => d,
                 Err(e) => {
                     c.loaded = false;
-                    self.outcome(&pool.id, &key, &record.claim, e)?;
-                    return Ok(Some(ip));
+                    if self.claim_landed(&pool.id, &key, &record.claim, e, 1)? {
+                        return Ok(Some(ip));
+                    }
+                    // Not landed (yet): never another address while this claim may still
+                    // land; the same address with the same claim, so at most one lands.
+                    drop(c);
+                    return match self.take_explicit(pool, crev, geo, ip, &record)? {
+                        None => Ok(Some(ip)),
+                        // Another writer took it: our claim can no longer land there.
+                        Some(_) => self.take_dynamic(pool, crev, geo, lo, hi, record),
+                    };
                 }
             };
             if done.succeeded {
@@ -340,7 +360,16 @@ impl Ipam {
             self.lost_races
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             fresh = false;
-            match self.after_lost_race(&pool.id, crev, done.reads)? {
+            let (block_now, addr_now) = self.after_lost_race(&pool.id, crev, done.reads)?;
+            if let Some(a) = addr_now {
+                // Our own claim, sent twice by a lower layer after a dropped answer: the
+                // first landed, the second lost to it. Ours; picking another would leak it.
+                if decode::<AddrRecord>(&a).is_ok_and(|r| r.claim == record.claim) {
+                    c.loaded = false;
+                    return Ok(Some(ip));
+                }
+            }
+            match block_now {
                 Some(kv) => {
                     let b: BlockRecord = decode(&kv)?;
                     if b.used & (1u64 << bit) == 0 && self.state.store.get(&key)?.is_some() {
@@ -348,7 +377,8 @@ impl Ipam {
                         // blocks): mark it so it is never picked again.
                         let mut fixed = b.clone();
                         fixed.used |= 1u64 << bit;
-                        self.state.update_block(&bkey, &fixed, kv.mod_revision)?;
+                        self.state
+                            .update_block(&bkey, &fixed, kv.mod_revision, None)?;
                         c.blocks.remove(&idx);
                         continue;
                     }
@@ -375,20 +405,26 @@ impl Ipam {
         Err(contention("address allocation"))
     }
 
-    /// After an allocation transaction failed without an answer: Ok if it landed after all
-    /// (the address is ours), else the error, with an undo left for the host agent in case
-    /// it lands later or cannot be checked now.
-    pub(super) fn outcome(
+    /// After an allocation transaction failed without an answer (attempt `dropped` of this
+    /// claim): whether it landed (the address record carries our claim). `Ok(false)`: it did
+    /// not land yet and may be sent again with the same claim. An error when that cannot be
+    /// told, or after [`TRANSPORT_ATTEMPTS`], with an undo left for the host agent in case it
+    /// lands later.
+    pub(super) fn claim_landed(
         &self,
         pool_id: &str,
         key: &str,
         claim: &str,
         e: StoreError,
-    ) -> NetResult<()> {
-        if let Ok(Some((r, _))) = self.state.get::<AddrRecord>(key) {
-            if r.claim == claim {
-                return Ok(());
+        dropped: usize,
+    ) -> NetResult<bool> {
+        match self.state.get::<AddrRecord>(key) {
+            Ok(Some((r, _))) if r.claim == claim => return Ok(true),
+            Ok(_) if dropped < TRANSPORT_ATTEMPTS => {
+                tracing::info!(key, error = %e, "allocation: no answer from the store and the claim did not land; sending it again");
+                return Ok(false);
             }
+            _ => {}
         }
         self.defer(Pending::Undo {
             pool_id: pool_id.to_string(),
@@ -451,9 +487,38 @@ impl Ipam {
         Ok(())
     }
 
+    /// Undo of an allocation that ended after its request timed out: releases `address` if
+    /// this host holds it for an endpoint and no endpoint is linked to it yet. Gateways stay
+    /// (shared by every host of the network). False if there was nothing to undo.
+    pub fn release_unused(&self, pool_id: &str, address: &str) -> NetResult<bool> {
+        let ip = parse_addr(address).map_err(|e| NetError::invalid(format!("Address {e}")))?;
+        let Some(kv) = self.state.store.get(&addr_key(pool_id, ip))? else {
+            return Ok(false);
+        };
+        let rec: AddrRecord = decode(&kv)?;
+        if rec.kind != AddrKind::Address
+            || rec.host_id != self.state.host_id
+            || rec.endpoint_id.is_some()
+        {
+            return Ok(false);
+        }
+        self.release_held(pool_id, &kv)
+    }
+
     /// Releases the address record `kv` (as read) with its block bit. False if it changed
     /// or went meanwhile (someone else released it: nothing to do).
     pub fn release_held(&self, pool_id: &str, kv: &KeyValue) -> NetResult<bool> {
+        self.release_held_of(pool_id, kv, None)
+    }
+
+    /// [`Ipam::release_held`] for a reclaim of `dead_host`: in the same transaction, only
+    /// while that host's lease key is absent; a conflict error if it registered again.
+    pub fn release_held_of(
+        &self,
+        pool_id: &str,
+        kv: &KeyValue,
+        dead_host: Option<&str>,
+    ) -> NetResult<bool> {
         let rec: AddrRecord = decode(kv)?;
         let Some(pool) = self.state.pool(pool_id)? else {
             return Ok(false);
@@ -476,7 +541,7 @@ impl Ipam {
             let block = new_block
                 .as_ref()
                 .map(|(idx, b)| (block_key(pool_id, *idx), b, block_rev));
-            let done = match self.state.release_address_txn(kv, block) {
+            let done = match self.state.release_address_txn(kv, block, dead_host) {
                 Ok(d) => d,
                 Err(e) => {
                     self.forget(pool_id);
@@ -502,6 +567,9 @@ impl Ipam {
                     }
                 }
                 return Ok(true);
+            }
+            if let Some(h) = dead_host {
+                self.state.check_host_gone(h)?;
             }
             if self.state.store.get(&kv.key)?.map(|k| k.mod_revision) != Some(kv.mod_revision) {
                 return Ok(false);

@@ -36,6 +36,10 @@ pub const MAC_OPTION: &str = "com.docker.network.endpoint.macaddress";
 /// How often an allocation is retried when another writer got in between.
 const CAS_ATTEMPTS: usize = 64;
 
+/// How often one allocation claim is sent when the store's answer is lost (connection
+/// dropped); each time only after reading back that it did not land.
+const TRANSPORT_ATTEMPTS: usize = 3;
+
 #[derive(Debug, Clone)]
 pub struct IpamConfig {
     /// Where pools without `--subnet` come from.

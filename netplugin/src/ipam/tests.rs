@@ -457,3 +457,268 @@ fn hostile_ids_spaces_and_macs_are_refused_briefly() {
     assert_eq!(held.len(), 1, "{a}");
     assert_eq!(held[0].mac.as_deref(), Some("02:aa:bb:00:00:01"));
 }
+
+mod transport_faults {
+    //! Issue 14 §2: a write whose outcome is unknown (the connection dropped) is never
+    //! blindly retried with another address: the allocator checks whether its own claim
+    //! landed first. No address leaks; an explicit address is never reported as held by
+    //! someone else when the caller holds it.
+    use super::*;
+    use crate::store::faulty::{Fault, Faulty};
+    use crate::store::Store;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn setup() -> (Arc<Faulty>, Ipam, String) {
+        let store = Arc::new(Faulty::new());
+        let i = Ipam::new(State::new(store.clone(), "host-a"), IpamConfig::default());
+        let (pool, _) = i.request_pool("", "10.232.0.0/24", "", false).unwrap();
+        (store, i, pool)
+    }
+
+    /// The first allocation transaction (it writes an address record) gets `fault`.
+    fn fault_first_claim(store: &Faulty, fault: Fault) -> Arc<AtomicUsize> {
+        let n = Arc::new(AtomicUsize::new(0));
+        let seen = n.clone();
+        store.on_txn(move |_, t| {
+            let claims = t
+                .success
+                .iter()
+                .any(|o| matches!(o, Op::Put { key, .. } if key.starts_with("addrs/")));
+            if claims && seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                fault
+            } else {
+                Fault::None
+            }
+        });
+        n
+    }
+
+    fn held(i: &Ipam, pool: &str) -> Vec<Ipv4Addr> {
+        i.state
+            .addresses(pool)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.kind == AddrKind::Address)
+            .map(|a| a.address)
+            .collect()
+    }
+
+    fn no_leaks(i: &Ipam) {
+        let audit = crate::fleet::audit(&i.state).unwrap();
+        assert!(audit.problems.is_empty(), "{:?}", audit.problems);
+    }
+
+    #[test]
+    fn resent_claim_of_an_explicit_address_is_ours() {
+        let (store, i, pool) = setup();
+        fault_first_claim(&store, Fault::Resend);
+        let got = i.request_address(&pool, "10.232.0.40", &BTreeMap::new());
+        assert_eq!(got.unwrap(), "10.232.0.40/24");
+        assert_eq!(
+            held(&i, &pool),
+            vec!["10.232.0.40".parse::<Ipv4Addr>().unwrap()]
+        );
+        no_leaks(&i);
+        assert_eq!(i.pending_count(), 0);
+    }
+
+    #[test]
+    fn resent_claim_of_a_dynamic_address_leaks_nothing() {
+        let (store, i, pool) = setup();
+        fault_first_claim(&store, Fault::Resend);
+        let got = i.request_address(&pool, "", &BTreeMap::new()).unwrap();
+        let ip: Ipv4Addr = got.trim_end_matches("/24").parse().unwrap();
+        assert_eq!(held(&i, &pool), vec![ip], "one allocation, one address");
+        no_leaks(&i);
+    }
+
+    #[test]
+    fn dropped_answer_of_a_landed_claim_is_ours() {
+        for address in ["10.232.0.41", ""] {
+            let (store, i, pool) = setup();
+            fault_first_claim(&store, Fault::DropAnswer);
+            let got = i.request_address(&pool, address, &BTreeMap::new()).unwrap();
+            let ip: Ipv4Addr = got.trim_end_matches("/24").parse().unwrap();
+            assert_eq!(held(&i, &pool), vec![ip]);
+            no_leaks(&i);
+            // Nothing left to undo: the address is held, by this allocation.
+            assert_eq!(i.pending_count(), 0);
+        }
+    }
+
+    /// A request that never reached the store is tried again, with the same claim and the
+    /// same address: the compare on the address record lets at most one of them land.
+    #[test]
+    fn dropped_request_is_retried_with_the_same_claim() {
+        for address in ["10.232.0.42", ""] {
+            let (store, i, pool) = setup();
+            let n = fault_first_claim(&store, Fault::DropRequest);
+            let got = i.request_address(&pool, address, &BTreeMap::new()).unwrap();
+            let ip: Ipv4Addr = got.trim_end_matches("/24").parse().unwrap();
+            assert_eq!(held(&i, &pool), vec![ip]);
+            assert!(n.load(Ordering::SeqCst) >= 2, "not retried");
+            no_leaks(&i);
+            assert_eq!(i.pending_count(), 0);
+        }
+    }
+
+    /// The store stays unreachable: the request fails with the store's error (not "in use"),
+    /// holds nothing, and its undo is left for the host agent.
+    #[test]
+    fn unreachable_store_fails_cleanly() {
+        let (store, i, pool) = setup();
+        store.on_txn(|_, _| Fault::DropRequest);
+        let err = i
+            .request_address(&pool, "10.232.0.43", &BTreeMap::new())
+            .unwrap_err();
+        assert!(!err.to_string().contains("in use"), "{err}");
+        store.on_txn(|_, _| Fault::None);
+        assert!(held(&i, &pool).is_empty());
+        no_leaks(&i);
+    }
+
+    fn endpoint(id: &str, ip: &str) -> EndpointRecord {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        EndpointRecord {
+            id: id.into(),
+            network_id: "n1".into(),
+            host_id: "host-a".into(),
+            address: crate::ipnet::Ipv4If { ip, prefix: 24 },
+            mac: crate::mac::Mac::from_ip(ip),
+            host_if: format!("vb{id}"),
+            container_if: format!("tb{id}"),
+            vlan: 100,
+            mtu: 1500,
+            created_at: 0,
+            lease: 0,
+            limits: Default::default(),
+            own_limits: None,
+        }
+    }
+
+    fn network(pool: &str) -> NetworkRecord {
+        NetworkRecord {
+            id: "n1".into(),
+            vlan: 100,
+            vlan_auto: false,
+            mtu: 1500,
+            subnet: None,
+            gateway: None,
+            pool_id: Some(pool.into()),
+            host_id: "host-a".into(),
+            created_at: 0,
+            limits: Default::default(),
+        }
+    }
+
+    fn linked(i: &Ipam, pool: &str, ip: &str) -> Option<String> {
+        let key = addr_key(pool, ip.parse().unwrap());
+        i.state
+            .get::<AddrRecord>(&key)
+            .unwrap()
+            .unwrap()
+            .0
+            .endpoint_id
+    }
+
+    /// A late CreateEndpoint write (its request timed out; the address was released and
+    /// taken by another endpoint meanwhile) never overwrites the address record another
+    /// endpoint holds: compare-and-swap on the record's revision.
+    #[test]
+    fn late_endpoint_write_never_takes_another_endpoints_address() {
+        let (store, i, pool) = setup();
+        let net = network(&pool);
+        i.request_address(&pool, "10.232.0.50", &BTreeMap::new())
+            .unwrap();
+        // Between the late write's read of the address record and its transaction, the
+        // address changes hands (released, taken again, linked to endpoint "e-new").
+        let key = addr_key(&pool, "10.232.0.50".parse().unwrap());
+        let mut once = false;
+        store.on_txn(move |inner, t| {
+            let endpoint_write = t
+                .success
+                .iter()
+                .any(|o| matches!(o, Op::Put { key, .. } if key == "endpoints/e-late"));
+            if endpoint_write && !once {
+                once = true;
+                let kv = inner.get(&key).unwrap().unwrap();
+                let mut a: AddrRecord = decode(&kv).unwrap();
+                a.endpoint_id = Some("e-new".into());
+                a.claim = "other".into();
+                inner
+                    .txn(Txn {
+                        success: vec![Op::put(key.clone(), encode(&a))],
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+            Fault::None
+        });
+        let r = i
+            .state
+            .create_endpoint_txn(&net, &endpoint("e-late", "10.232.0.50"))
+            .unwrap();
+        assert!(r.is_err(), "{r:?}");
+        assert_eq!(linked(&i, &pool, "10.232.0.50").as_deref(), Some("e-new"));
+        assert!(i.state.endpoint("e-late").unwrap().is_none());
+        // Its own address, unlinked: linked, and a second write is a no-op.
+        store.on_txn(|_, _| Fault::None);
+        i.request_address(&pool, "10.232.0.51", &BTreeMap::new())
+            .unwrap();
+        let ep = endpoint("e-ok", "10.232.0.51");
+        assert!(matches!(
+            i.state.create_endpoint_txn(&net, &ep).unwrap(),
+            Ok(Some(_))
+        ));
+        assert_eq!(linked(&i, &pool, "10.232.0.51").as_deref(), Some("e-ok"));
+        assert_eq!(i.state.create_endpoint_txn(&net, &ep).unwrap(), Ok(None));
+    }
+
+    /// A RequestAddress that times out and lands later is undone: Docker saw an error and
+    /// will never release the address.
+    #[tokio::test]
+    async fn timed_out_request_address_is_undone_when_it_lands() {
+        let (store, i, pool) = setup();
+        store.on_txn(|_, t| {
+            if t.success
+                .iter()
+                .any(|o| matches!(o, Op::Put { key, .. } if key.starts_with("addrs/")))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            Fault::None
+        });
+        let i = Arc::new(i);
+        let req = crate::protocol::RequestAddressRequest {
+            pool_id: pool.clone(),
+            address: "10.232.0.60".into(),
+            options: BTreeMap::new(),
+        };
+        let r = crate::network::ipam_driver::request_address_within(
+            i.clone(),
+            req,
+            std::time::Duration::from_millis(50),
+        )
+        .await;
+        assert!(matches!(r, Err(NetError::Timeout { .. })), "{r:?}");
+        // Undone = landed (one write) and released (another), nothing held.
+        let before = store.revision().unwrap();
+        let mut undone = false;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if store.revision().unwrap() < before + 2 {
+                continue;
+            }
+            let (j, p) = (i.clone(), pool.clone());
+            let n = tokio::task::spawn_blocking(move || held(&j, &p).len())
+                .await
+                .unwrap();
+            if n == 0 {
+                undone = true;
+                break;
+            }
+        }
+        assert!(undone, "the late allocation is still held");
+        no_leaks(&i);
+    }
+}

@@ -9,7 +9,7 @@
 
 mod admin;
 mod fleet_view;
-mod ipam_driver;
+pub(crate) mod ipam_driver;
 mod latency;
 mod limits;
 mod options;
@@ -355,10 +355,36 @@ impl Service {
         let rec = record.clone();
         let store_task = tokio::spawn(async move {
             let t = Instant::now();
-            let r = store_op("create endpoint", move || {
-                Ok(state.create_endpoint_txn(&net, &rec)?)
-            })
-            .await;
+            let late = state.clone();
+            let eid = rec.id.clone();
+            // Docker saw a timeout and answers it by deleting nothing: a record written after
+            // that is removed again (unless changed since).
+            let undo = move |rev: Option<i64>| {
+                if let Some(rev) = rev {
+                    match late.delete_endpoint_at(&eid, rev, None) {
+                        Ok(_) => {
+                            info!(endpoint = %eid, "endpoint record written after its request timed out: removed")
+                        }
+                        Err(e) => {
+                            warn!(endpoint = %eid, error = %e, "removing an endpoint record written after its request timed out")
+                        }
+                    }
+                }
+            };
+            let ip = rec.address.ip;
+            let r = store_op_or_undo(
+                "create endpoint",
+                STORE_TIMEOUT,
+                move || match state.create_endpoint_txn(&net, &rec)? {
+                    Ok(rev) => Ok(rev),
+                    Err(holder) => Err(NetError::conflict(format!(
+                        "address {ip} is held by {holder} by now"
+                    ))),
+                },
+                undo,
+            )
+            .await
+            .map(|_| ());
             (r, t.elapsed())
         });
         let dp_started = Instant::now();

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use plugin_transport::blocking::{run_blocking, BlockingError};
+use plugin_transport::blocking::{run_blocking, run_blocking_or_undo, BlockingError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -77,6 +77,18 @@ impl State {
 
     pub fn set_lease(&self, lease: i64) {
         self.lease.store(lease, Ordering::Relaxed);
+    }
+
+    /// A conflict error if `host` is registered (its lease key exists): a reclaim of it
+    /// that lost a transaction stops there (issue 14 §2).
+    pub fn check_host_gone(&self, host: &str) -> crate::error::NetResult<()> {
+        if let Some(kv) = self.store.get(&host_key(host))? {
+            return Err(crate::error::NetError::conflict(format!(
+                "host {host} registered again (lease {:x}) while it was being reclaimed: it keeps what it still holds",
+                kv.lease
+            )));
+        }
+        Ok(())
     }
 
     /// The record and its mod_revision.
@@ -135,6 +147,38 @@ where
     F: FnOnce() -> NetResult<T> + Send + 'static,
 {
     match run_blocking(Some(STORE_TIMEOUT), f).await {
+        Ok(r) => r,
+        Err(e @ BlockingError::Worker(_)) => {
+            Err(NetError::Store(StoreError::Backend(format!("{what}: {e}"))))
+        }
+        Err(BlockingError::TimedOut { after }) => Err(NetError::Timeout {
+            what: format!("state store ({what})"),
+            secs: after.as_secs(),
+        }),
+    }
+}
+
+/// [`store_op`] for a request whose work must not outlive Docker's answer: when it ends after
+/// `deadline` (Docker saw a timeout and will not come back for it) and succeeded, `undo`
+/// gets its result on a blocking thread (issue 14 §2: a timed-out RequestAddress or
+/// CreateEndpoint that lands later is undone).
+pub async fn store_op_or_undo<T, F, U>(
+    what: &str,
+    deadline: Duration,
+    f: F,
+    undo: U,
+) -> NetResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> NetResult<T> + Send + 'static,
+    U: FnOnce(T) + Send + 'static,
+{
+    let late = move |r: NetResult<T>| {
+        if let Ok(v) = r {
+            undo(v)
+        }
+    };
+    match run_blocking_or_undo(deadline, f, late).await {
         Ok(r) => r,
         Err(e @ BlockingError::Worker(_)) => {
             Err(NetError::Store(StoreError::Backend(format!("{what}: {e}"))))

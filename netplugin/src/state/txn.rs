@@ -5,6 +5,12 @@
 use super::*;
 use crate::store::{Compare, Op, Txn, TxnResult};
 
+/// The compare of a reclaim: the dead host's lease key is still absent. A host that registers
+/// again while it is reclaimed keeps what it holds (issue 14 §2).
+fn host_gone(dead_host: Option<&str>) -> Option<Compare> {
+    dead_host.map(|h| Compare::Version(host_key(h), 0))
+}
+
 impl State {
     /// Writes a new network record, claiming its VLAN (or, joining another host's network of
     /// the same subnet, checking that network still holds it) and linking a free pool to it.
@@ -77,29 +83,59 @@ impl State {
     }
 
     /// Writes a new endpoint record and links the address it holds in `net`'s pool to it
-    /// (and its MAC, unless the address has one). An existing record is left alone.
+    /// (and its MAC, unless the address has one). An existing record is left alone. The
+    /// address record is rewritten only if unchanged since it was read (compare-and-swap on
+    /// its revision) and not linked to another endpoint: a late write (after its request timed
+    /// out) never takes an address another endpoint holds by now (issue 14 §2). Returns the
+    /// endpoint record's revision, None if one existed already; `Err(holder)` when another
+    /// endpoint holds the address.
     pub fn create_endpoint_txn(
         &self,
         net: &NetworkRecord,
         rec: &EndpointRecord,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Result<Option<i64>, String>> {
         let ip = rec.address.ip;
-        let mut ops = vec![Op::put(endpoint_key(&rec.id), encode(rec))];
-        if let Some(pool_id) = &net.pool_id {
-            if let Some((mut a, _)) = self.get::<AddrRecord>(&addr_key(pool_id, ip))? {
-                a.endpoint_id = Some(rec.id.clone());
-                if a.mac.is_none() {
-                    a.mac = Some(rec.mac.to_string());
+        for _ in 0..16 {
+            let mut compare = vec![Compare::Version(endpoint_key(&rec.id), 0)];
+            let mut ops = vec![Op::put(endpoint_key(&rec.id), encode(rec))];
+            if let Some(pool_id) = &net.pool_id {
+                let key = addr_key(pool_id, ip);
+                match self.get::<AddrRecord>(&key)? {
+                    Some((a, _)) if a.endpoint_id.as_ref().is_some_and(|e| *e != rec.id) => {
+                        return Ok(Err(format!(
+                            "endpoint {} on host {}",
+                            a.endpoint_id.unwrap_or_default(),
+                            a.host_id
+                        )));
+                    }
+                    Some((mut a, rev)) => {
+                        a.endpoint_id = Some(rec.id.clone());
+                        if a.mac.is_none() {
+                            a.mac = Some(rec.mac.to_string());
+                        }
+                        compare.push(Compare::ModRevision(key.clone(), rev));
+                        ops.push(Op::put(key, encode(&a)));
+                    }
+                    None => compare.push(Compare::Version(key, 0)),
                 }
-                ops.push(Op::put(addr_key(pool_id, ip), encode(&a)));
             }
+            let done = self.store.txn(Txn {
+                compare,
+                success: ops,
+                failure: vec![Op::Get(endpoint_key(&rec.id))],
+            })?;
+            if done.succeeded {
+                return Ok(Ok(Some(done.revision)));
+            }
+            if done.reads.first().is_some_and(Option::is_some) {
+                return Ok(Ok(None));
+            }
+            // The address record changed between the read and the write: read it again.
         }
-        self.store.txn(Txn {
-            compare: vec![Compare::Version(endpoint_key(&rec.id), 0)],
-            success: ops,
-            failure: vec![],
-        })?;
-        Ok(())
+        Err(StoreError::Contention {
+            what: format!("endpoint {} and its address {ip}", rec.id),
+            attempts: 16,
+        })
     }
 
     /// Deletes an endpoint's record; a missing one is fine (every delete is idempotent).
@@ -112,12 +148,20 @@ impl State {
     }
 
     /// Deletes an endpoint's record unless it changed since it was read at `mod_revision`
-    /// (reclaiming a dead host's endpoints races with nothing but a returning host).
-    pub fn delete_endpoint_at(&self, id: &str, mod_revision: i64) -> StoreResult<bool> {
+    /// or, with `dead_host`, that host is registered (reclaiming a dead host's endpoints
+    /// races with nothing but a returning host).
+    pub fn delete_endpoint_at(
+        &self,
+        id: &str,
+        mod_revision: i64,
+        dead_host: Option<&str>,
+    ) -> StoreResult<bool> {
+        let mut compare = vec![Compare::ModRevision(endpoint_key(id), mod_revision)];
+        compare.extend(host_gone(dead_host));
         Ok(self
             .store
             .txn(Txn {
-                compare: vec![Compare::ModRevision(endpoint_key(id), mod_revision)],
+                compare,
                 success: vec![Op::Delete(endpoint_key(id))],
                 failure: vec![],
             })?
@@ -232,17 +276,20 @@ impl State {
     }
 
     /// Rewrites one block record (stored under `key`) unless it changed since it was read at
-    /// `mod_revision`.
+    /// `mod_revision` or, with `dead_host`, that host is registered (a reclaim).
     pub fn update_block(
         &self,
         key: &str,
         block: &BlockRecord,
         mod_revision: i64,
+        dead_host: Option<&str>,
     ) -> StoreResult<bool> {
+        let mut compare = vec![Compare::ModRevision(key.to_string(), mod_revision)];
+        compare.extend(host_gone(dead_host));
         Ok(self
             .store
             .txn(Txn {
-                compare: vec![Compare::ModRevision(key.to_string(), mod_revision)],
+                compare,
                 success: vec![Op::put(key, encode(block))],
                 failure: vec![],
             })?
@@ -251,8 +298,8 @@ impl State {
 
     /// The one transaction of an allocation: the address record (at `key`) and its block's
     /// bitmap (at `bkey`, guarded by `block_guard`) together, while the pool is the one created
-    /// at `pool_crev`. A lost race reads the pool and the block back in the same round trip
-    /// (`reads`: pool, block).
+    /// at `pool_crev`. A lost race reads the pool, the block and the address back in the same
+    /// round trip (`reads`: pool, block, address): a claim sent twice finds its own record.
     #[allow(clippy::too_many_arguments)]
     pub fn claim_address(
         &self,
@@ -271,18 +318,25 @@ impl State {
                 Compare::CreateRevision(pool_key(pool_id), pool_crev),
             ],
             success: vec![Op::put(key, encode(record)), Op::put(bkey, encode(block))],
-            failure: vec![Op::Get(pool_key(pool_id)), Op::Get(bkey.to_string())],
+            failure: vec![
+                Op::Get(pool_key(pool_id)),
+                Op::Get(bkey.to_string()),
+                Op::Get(key.to_string()),
+            ],
         })
     }
 
     /// Deletes the address record `held` (as read) and, when given, writes its block (key,
-    /// record with the bit cleared, revision it was read at); both only if unchanged.
+    /// record with the bit cleared, revision it was read at); both only if unchanged, and
+    /// with `dead_host` only while that host is not registered (a reclaim).
     pub fn release_address_txn(
         &self,
         held: &KeyValue,
         block: Option<(String, &BlockRecord, i64)>,
+        dead_host: Option<&str>,
     ) -> StoreResult<TxnResult> {
         let mut compare = vec![Compare::ModRevision(held.key.clone(), held.mod_revision)];
+        compare.extend(host_gone(dead_host));
         let mut success = vec![Op::Delete(held.key.clone())];
         if let Some((bkey, b, rev)) = block {
             compare.push(Compare::ModRevision(bkey.clone(), rev));

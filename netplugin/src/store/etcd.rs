@@ -115,7 +115,10 @@ fn retryable(e: &etcd_client::Error, idempotent: bool) -> bool {
             // gRPC codes: 1 cancelled, 2 unknown, 4 deadline exceeded, 14 unavailable.
             not_sent || (idempotent && matches!(s.code() as i32, 1 | 2 | 4 | 14))
         }
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // The connection broke: a write may have been applied before it did. Sending it again
+        // would make a create-if-absent lose to itself (issue 14 §2); the caller reads back
+        // what landed instead.
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => idempotent,
         _ => idempotent,
     }
 }

@@ -21,6 +21,8 @@ pub mod contract;
 pub mod counting;
 pub mod engine;
 pub mod etcd;
+#[cfg(test)]
+pub mod faulty;
 pub mod memory;
 pub mod redb;
 

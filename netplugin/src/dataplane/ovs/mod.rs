@@ -2,6 +2,7 @@
 //! flow through OpenFlow, all via ovs-ffi (never ovs-vsctl/ovs-ofctl). The ARP proxy's and
 //! the rate limits' flows and meters are in `flows.rs`.
 
+mod fence;
 mod flows;
 
 use flows::{egress_meter, ingress_meter};
@@ -329,8 +330,8 @@ impl OvsDataplane {
     async fn unplug(&self, host_if: &str) -> DpResult<()> {
         check_name(host_if)?;
         let mut errors = DataplaneErrors::default();
-        // Its ofport may be given to another port later: its ARP flows and its meters (their
-        // flows go with them) go first.
+        // Its ofport may be given to another port later: its ARP and fence flows and its meters
+        // (their flows go with them) go first.
         if let Some(ofport) = self.ofport(host_if) {
             let by_port = |cookie| FlowMod::Delete {
                 table: None,
@@ -340,7 +341,11 @@ impl OvsDataplane {
             };
             if let Err(e) = self
                 .of
-                .flow_mods(&[by_port(COOKIE_ARP), by_port(COOKIE_QOS)])
+                .flow_mods(&[
+                    by_port(COOKIE_ARP),
+                    by_port(COOKIE_QOS),
+                    by_port(fence::COOKIE_FENCE),
+                ])
                 .await
             {
                 errors.push(DataplaneError::ovs(
@@ -476,6 +481,13 @@ impl Dataplane for OvsDataplane {
                 .map(drop)
                 .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))
         })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        host_ifs: &'a std::collections::BTreeSet<String>,
+    ) -> BoxFuture<'a, DpResult<usize>> {
+        Box::pin(self.sync_fence(host_ifs))
     }
 
     fn sync_arp<'a>(&'a self, entries: &'a [ArpEntry]) -> BoxFuture<'a, DpResult<(usize, usize)>> {
