@@ -989,7 +989,7 @@ fn flow_packets(c: &Ctx, filter: &str, has: &[&str]) -> Result<u64> {
 fn arp_answers(c: &Ctx, ip: &str) -> Result<u64> {
     flow_packets(
         c,
-        &format!("table=1,arp,arp_tpa={ip}"),
+        &format!("table=2,arp,arp_tpa={ip}"),
         &["priority=100", "IN_PORT"],
     )
 }
@@ -1071,7 +1071,7 @@ fn t_arp_proxy(c: &Ctx) -> Result<()> {
     let passed_on = |c: &Ctx| {
         flow_packets(
             c,
-            &format!("table=1,dl_vlan={vlan}"),
+            &format!("table=2,dl_vlan={vlan}"),
             &["priority=0", "NORMAL"],
         )
     };

@@ -474,6 +474,8 @@ fn port_of(endpoint_id: &str, host_id: &str) -> crate::dataplane::EndpointPlan {
         mtu: 1500,
         mac: [2, 0, 0, 0, 0, 9],
         limits: Default::default(),
+        ip: std::net::Ipv4Addr::new(10, 0, 0, 9),
+        anti_spoof: true,
     }
 }
 
