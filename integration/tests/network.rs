@@ -700,6 +700,16 @@ fn t_restart_ovs(c: &Ctx) -> Result<()> {
         "lost {} of {sent} pings across an ovs-vswitchd restart",
         sent - got
     );
+    // The anti-spoofing guard comes back with the other flows (traffic alone would not show it:
+    // the guard's base flow passes everything).
+    let guarded = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        spoof_dropped(c, "a1").is_ok() && spoof_dropped(c, "a2").is_ok()
+    });
+    ensure!(
+        guarded,
+        "anti-spoofing flows not re-installed after the restart: {:?}",
+        c.ovs().dump_flows(&c.bridge)
+    );
     // Both daemons.
     let (sent, got) = traffic_across(c, 10, || {
         let mut ovs = c.ovs();
