@@ -453,7 +453,6 @@ impl Dataplane for OvsDataplane {
                 bridge_created: self.ensure_bridge().await?,
                 ..Default::default()
             };
-            report.flows_installed = self.ensure_flows(true).await?;
             for plan in endpoints {
                 if !netlink::exists(&plan.host_if) {
                     // The container's side is gone: Docker deletes the endpoint when it can;
@@ -468,8 +467,12 @@ impl Dataplane for OvsDataplane {
                     }
                 }
             }
-            report.rate_limit_changes = self.sync_qos(endpoints).await?;
+            // The guard before the base flows: after an ovs-vswitchd restart the ports pass
+            // nothing until both are in, rather than everything for a moment.
+            self.wait_for_mgmt_socket().await;
             report.spoof_flow_changes = self.sync_spoof(endpoints).await?;
+            report.flows_installed = self.ensure_flows(true).await?;
+            report.rate_limit_changes = self.sync_qos(endpoints).await?;
             Ok(report)
         })
     }
