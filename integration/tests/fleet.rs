@@ -140,7 +140,7 @@ fn arping(h: &Host, from: &str, ip: &str, count: u32) -> Result<(Vec<String>, St
 
 /// `n_packets` of host `h`'s ARP proxy answer for `ip` (table 1, priority 100), if installed.
 fn arp_answers(h: &Host, ip: &str) -> Result<Option<u64>> {
-    let dump = h.ofctl("dump-flows", &[&format!("table=1,arp,arp_tpa={ip}")])?;
+    let dump = h.ofctl("dump-flows", &[&format!("table=2,arp,arp_tpa={ip}")])?;
     Ok(dump
         .lines()
         .any(|l| l.contains("priority=100") && l.contains("IN_PORT"))

@@ -22,6 +22,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DropLabel {
     endpoint: String,
     direction: String,
@@ -112,7 +117,21 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
         "The limit in force on each rate-limited endpoint of this host, kbit/s (direction egress: sent by the container, ingress: sent to it), as of the last reconcile pass; follows `set-limits`",
         rate.clone(),
     );
+    let spoofed: Family<EndpointLabel, Gauge> = Family::default();
+    metrics.register(
+        "spoofed_dropped_packets",
+        "Packets an endpoint's port dropped because their source MAC or address was not the endpoint's (anti-spoofing; networks with allow_spoofing=true have none), since its flows were installed, as of the last reconcile pass",
+        spoofed.clone(),
+    );
     metrics.on_scrape(move || {
+        spoofed.clear();
+        for d in svc.dataplane().spoof_drops() {
+            spoofed
+                .get_or_create(&EndpointLabel {
+                    endpoint: crate::state::short(&d.endpoint_id).to_string(),
+                })
+                .set(d.packets as i64);
+        }
         dropped.clear();
         rate.clear();
         for d in svc.dataplane().rate_limit_drops() {

@@ -134,6 +134,7 @@ mod tests {
             lease: 0,
             limits: Default::default(),
             own_limits: None,
+            allow_spoofing: false,
         }
     }
 
@@ -259,6 +260,8 @@ mod tests {
             mtu: 1500,
             mac: [2, 0, 0, 0, 0, 1],
             limits: Default::default(),
+            ip: std::net::Ipv4Addr::new(10, 0, 0, 9),
+            anti_spoof: true,
         }
     }
 

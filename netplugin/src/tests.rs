@@ -474,6 +474,8 @@ fn port_of(endpoint_id: &str, host_id: &str) -> crate::dataplane::EndpointPlan {
         mtu: 1500,
         mac: [2, 0, 0, 0, 0, 9],
         limits: Default::default(),
+        ip: std::net::Ipv4Addr::new(10, 0, 0, 9),
+        anti_spoof: true,
     }
 }
 
@@ -938,6 +940,46 @@ async fn rate_limits_from_network_and_endpoint_options() {
     };
     assert_eq!(unlimited.burst_for(10_000), 8_000);
     assert_eq!(unlimited.describe(), "10M/-");
+}
+
+/// Issue 16 §2: ports are guarded unless their network says `allow_spoofing=true`, and the
+/// datapath gets the endpoint's own address and MAC to guard with (the reconciler's plans too).
+#[tokio::test]
+async fn anti_spoofing_follows_the_network_option() {
+    let t = setup();
+    let e = t
+        .create_network(N1, "10.231.9.0/24", json!({"allow_spoofing":"maybe"}))
+        .await
+        .unwrap_err();
+    assert!(e.contains("allow_spoofing=maybe"), "{e}");
+    for (net, subnet, allow, ep, want) in [
+        (N1, "10.231.9.0/24", None, E1, true),
+        (N2, "10.231.10.0/24", Some("true"), E2, false),
+    ] {
+        let opts = match allow {
+            Some(v) => json!({ "allow_spoofing": v }),
+            None => json!({}),
+        };
+        let pool = t.create_network(net, subnet, opts).await.unwrap();
+        let (addr, _) = t.start(net, &pool, ep, "").await;
+        let ip: std::net::Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
+        let plan = t.dp.endpoints.lock().unwrap()[&crate::dataplane::host_if_name(ep)].clone();
+        assert_eq!(plan.anti_spoof, want, "{net}");
+        assert_eq!(plan.ip, ip);
+        assert_eq!(plan.mac, crate::dataplane::mac_from_ip(ip));
+    }
+    // The reconciler hands the same plans to the datapath (a restarted OVS gets the guard back).
+    t.dp.endpoints.lock().unwrap().clear();
+    t.svc.reconcile().await.unwrap();
+    let guarded: Vec<bool> =
+        t.dp.endpoints
+            .lock()
+            .unwrap()
+            .values()
+            .map(|p| p.anti_spoof)
+            .collect();
+    assert_eq!(guarded.len(), 2);
+    assert_eq!(guarded.iter().filter(|g| **g).count(), 1);
 }
 
 /// Issue 13: a joined endpoint's MAC is announced from its port (gratuitous ARP) at Join and

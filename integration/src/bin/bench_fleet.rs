@@ -233,7 +233,7 @@ fn main() -> Result<()> {
         let mut missed = 0;
         for _ in 0..samples {
             let (ip, t0) = endpoint(a, &net_a)?;
-            let filter = format!("table=1,arp,arp_tpa={ip}");
+            let filter = format!("table=2,arp,arp_tpa={ip}");
             let seen = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
                 c.ofctl("dump-flows", &[&filter])
                     .is_ok_and(|d| d.lines().any(|l| l.contains("priority=100")))
@@ -253,7 +253,7 @@ fn main() -> Result<()> {
         );
         learned.push((made.get(), p99));
         // c's ARP answers: only for the VLANs it has a port on (n9's is 109).
-        let flows = c.ofctl("dump-flows", &["table=1"])?;
+        let flows = c.ofctl("dump-flows", &["table=2"])?;
         let answers = flows.lines().filter(|l| l.contains("priority=100")).count();
         let on_109 = flows
             .lines()

@@ -6,7 +6,9 @@
 //! - CreateEndpoint + Join server-side latency p50/p99 from netplugin's own metrics
 //!   (`berth_net_endpoint_setup_milliseconds` on its Prometheus endpoint);
 //! - endpoint time (CreateEndpoint + Join, Docker's exact requests on the plugin socket) at the
-//!   1st vs the 500th endpoint alive on this host, each with its veth and OVS port.
+//!   1st vs the 500th endpoint alive on this host, each with its veth and OVS port;
+//! - TCP throughput between two containers on an anti-spoofed network (the default) vs two on
+//!   a network with `allow_spoofing=true` (no guard flows), interleaved, as a ratio.
 //!
 //! Usage (root; the same packages as the network tests):
 //!     cargo run --release -p integration --bin bench_network [-- RUNS ENDPOINTS]
@@ -16,6 +18,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context as _, Result};
+use integration::lab::traffic::tcp_send_from;
 use integration::netplugin::Netplugin;
 use integration::ovs::{delete_link, OvsEnv};
 use integration::plugins::{binary, docker_call, metric_value, scrape_metrics, DOCKER_PLUGIN_DIR};
@@ -143,6 +146,63 @@ fn main() -> Result<()> {
         }
     }
     let med: Vec<f64> = times.iter_mut().map(|v| median(v)).collect();
+
+    // Anti-spoofing's cost: the same transfer on a guarded and an unguarded network.
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let spoof_nets = [
+        ("bench-guarded", "10.231.95.0/24", "vlan=202", None),
+        (
+            "bench-open",
+            "10.231.94.0/24",
+            "vlan=203",
+            Some("allow_spoofing=true"),
+        ),
+    ];
+    for (name, subnet, vlan, extra) in spoof_nets {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "berth-net",
+            "--ipam-driver",
+            "berth-net",
+            "--subnet",
+            subnet,
+            "-o",
+            vlan,
+        ];
+        if let Some(e) = extra {
+            args.extend(["-o", e]);
+        }
+        args.push(name);
+        docker.ok(&args)?;
+        for side in ["tx", "rx"] {
+            docker.ok(&[
+                "run",
+                "-d",
+                "--name",
+                &format!("{name}-{side}"),
+                "--network",
+                name,
+                TEST_IMAGE,
+                "sleep",
+                "3600",
+            ])?;
+        }
+    }
+    let tcp_bytes = 128 << 20;
+    for round in 0..5 {
+        for k in 0..2 {
+            let i = (k + round) % 2;
+            let name = spoof_nets[i].0;
+            rates[i].push(tcp_rate(&docker, name, tcp_bytes)?);
+        }
+    }
+    for (name, _, _, _) in spoof_nets {
+        docker.ok(&["rm", "-f", &format!("{name}-tx"), &format!("{name}-rx")])?;
+        docker.ok(&["network", "rm", name])?;
+    }
+    let (guarded, open) = (median(&mut rates[0]), median(&mut rates[1]));
     let text = scrape_metrics(METRICS).context("scraping netplugin's metrics")?;
     let ce = (
         metric(&text, "create_endpoint", "0.5"),
@@ -291,12 +351,67 @@ fn main() -> Result<()> {
             left
         );
     }
+    println!(
+        "TCP between two containers, {} MiB x 5 each, median: anti-spoofed {guarded:.0} Mbit/s, allow_spoofing=true {open:.0} Mbit/s: ratio {:.3}",
+        tcp_bytes >> 20,
+        guarded / open
+    );
     if left > 0 {
         bail!("{left} ports left on the bridge after deleting every endpoint");
     }
     drop(docker);
     net.stop()?;
     Ok(())
+}
+
+/// One TCP transfer of `bytes` from `{net}-tx` to `{net}-rx`, in Mbit/s (sender in the
+/// container's namespace, busybox nc receiving).
+fn tcp_rate(docker: &DockerEnv, net: &str, bytes: usize) -> Result<f64> {
+    let (tx, rx) = (format!("{net}-tx"), format!("{net}-rx"));
+    let ip = docker.ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        &rx,
+    ])?;
+    let pid: u32 = docker
+        .ok(&["inspect", "-f", "{{.State.Pid}}", &tx])?
+        .trim()
+        .parse()
+        .context("pid of the sender")?;
+    docker.ok(&[
+        "exec",
+        "-d",
+        &rx,
+        "sh",
+        "-c",
+        "rm -f /tmp/got; nc -l -p 5001 | wc -c > /tmp/got",
+    ])?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t0 = Instant::now();
+    tcp_send_from(pid, format!("{}:5001", ip.trim()).parse()?, bytes)?;
+    // Timed at the sender's close (what is still in flight then is a socket buffer, a few
+    // MiB at most): polling the receiver through docker exec would add its own latency.
+    let secs = t0.elapsed().as_secs_f64();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let got = docker
+            .ok(&["exec", &rx, "cat", "/tmp/got"])
+            .unwrap_or_default();
+        if !got.trim().is_empty() {
+            ensure!(
+                got.trim() == bytes.to_string(),
+                "{tx} → {rx}: received {got:?} of {bytes} bytes"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{tx} → {rx}: nothing received in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(bytes as f64 * 8.0 / 1e6 / secs)
 }
 
 fn num_cpus() -> usize {

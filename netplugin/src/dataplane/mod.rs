@@ -70,6 +70,11 @@ pub struct EndpointPlan {
     /// Of the container end.
     pub mac: [u8; 6],
     pub limits: crate::state::RateLimits,
+    /// The container's address: with `anti_spoof`, the only source its port admits.
+    pub ip: std::net::Ipv4Addr,
+    /// Whether its port drops frames from any other MAC or address (network option
+    /// `allow_spoofing`, off by default, turns this off).
+    pub anti_spoof: bool,
 }
 
 /// One of our OVS ports as OVS shows it.
@@ -105,6 +110,8 @@ pub struct ReassertReport {
     pub arp_flows_removed: usize,
     /// Meters and rate-limit flows added, changed or removed.
     pub rate_limit_changes: usize,
+    /// Anti-spoofing flows added or removed (endpoints come and go, so not drift by itself).
+    pub spoof_flow_changes: usize,
 }
 
 impl ReassertReport {
@@ -127,6 +134,14 @@ pub struct RateLimitDrops {
     pub packets: u64,
     /// The meter's rate now, kbit/s (changes live with `set-limits`).
     pub rate_kbps: u32,
+}
+
+/// Packets a guarded endpoint's port dropped as spoofed (a source MAC or address not its
+/// own), since its anti-spoofing flows were installed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SpoofDrops {
+    pub endpoint_id: String,
+    pub packets: u64,
 }
 
 /// One address the ARP proxy answers for: on `vlan`, `ip` is at `mac`. `local_port` is set for
@@ -213,6 +228,10 @@ pub trait Dataplane: Send + Sync {
     fn ports(&self) -> Vec<PortView>;
     /// Packets each rate-limited endpoint's meters dropped, as of the last reconcile pass.
     fn rate_limit_drops(&self) -> Vec<RateLimitDrops> {
+        Vec::new()
+    }
+    /// Packets each guarded endpoint's port dropped as spoofed, as of the last reconcile pass.
+    fn spoof_drops(&self) -> Vec<SpoofDrops> {
         Vec::new()
     }
     /// `system` or `netdev`.

@@ -24,6 +24,8 @@ pub struct Stats {
     pub latencies: BTreeMap<String, LatencySummary>,
     pub ovs_connected: bool,
     pub rate_limit_drops: Vec<RateLimitDrops>,
+    /// Packets each guarded endpoint's port dropped as spoofed (as of the last reconcile).
+    pub spoof_drops: Vec<crate::dataplane::SpoofDrops>,
     pub store: &'static str,
 }
 
@@ -133,6 +135,7 @@ impl Service {
             store: self.state.store.kind(),
             host_id: self.state.host_id.clone(),
             rate_limit_drops: self.dp.rate_limit_drops(),
+            spoof_drops: self.dp.spoof_drops(),
         }
     }
 

@@ -382,6 +382,7 @@ mod tests {
             lease: 0,
             limits: Default::default(),
             own_limits: None,
+            allow_spoofing: false,
         }
     }
 

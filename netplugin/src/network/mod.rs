@@ -142,6 +142,8 @@ fn plan_of(e: &EndpointRecord) -> EndpointPlan {
         mtu: e.mtu,
         limits: e.limits,
         mac: e.mac.octets(),
+        ip: e.address.ip,
+        anti_spoof: !e.allow_spoofing,
     }
 }
 
@@ -334,6 +336,7 @@ impl Service {
             lease: self.state.lease(),
             limits: net.limits.overridden_by(own_limits),
             own_limits: Some(own_limits),
+            allow_spoofing: net.allow_spoofing,
         };
         if let Some(e) = existing {
             if e.network_id == record.network_id && e.address == record.address {
@@ -893,6 +896,7 @@ fn create_network_record(
             host_id: state.host_id.clone(),
             created_at: now(),
             limits: opts.limits,
+            allow_spoofing: opts.allow_spoofing,
         };
         let pool = match pool.filter(|_| shared.is_none()) {
             Some(p) => {

@@ -14,6 +14,7 @@ pub(super) const KNOWN_OPTIONS: &[&str] = &[
     "egress_rate",
     "ingress_rate",
     "rate_burst",
+    "allow_spoofing",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,7 @@ pub(super) struct NetOptions {
     pub vlan: Option<u16>,
     pub mtu: u32,
     pub limits: RateLimits,
+    pub allow_spoofing: bool,
 }
 
 /// `100M` = 100 Mbit/s (decimal K, M, G; bits), as kbit/s; `0`, `off`, `max`: no limit.
@@ -82,6 +84,7 @@ pub(super) fn parse_options(
         vlan: None,
         mtu: default_mtu,
         limits: parse_limits(generic.iter().map(|(k, v)| (k.as_str(), v.as_str())), "-o ")?,
+        allow_spoofing: false,
     };
     for (k, v) in generic {
         match k.as_str() {
@@ -108,6 +111,17 @@ pub(super) fn parse_options(
                         NetError::invalid(format!("-o mtu={v}: must be an integer from 68 to 9216"))
                     })?;
             }
+            "allow_spoofing" => {
+                out.allow_spoofing = match v.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(NetError::invalid(format!(
+                            "-o allow_spoofing={v}: must be true or false"
+                        )))
+                    }
+                };
+            }
             "rate" | "egress_rate" | "ingress_rate" | "rate_burst" => {}
             other if other.starts_with("com.docker.") => {}
             other => {
@@ -119,4 +133,26 @@ pub(super) fn parse_options(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> NetResult<NetOptions> {
+        let generic = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_options(&generic, 1500)
+    }
+
+    #[test]
+    fn anti_spoofing_is_on_unless_turned_off() {
+        assert!(!opts(&[]).unwrap().allow_spoofing);
+        assert!(opts(&[("allow_spoofing", "true")]).unwrap().allow_spoofing);
+        assert!(!opts(&[("allow_spoofing", "false")]).unwrap().allow_spoofing);
+        let err = opts(&[("allow_spoofing", "yes")]).unwrap_err().to_string();
+        assert!(err.contains("allow_spoofing=yes"), "{err}");
+    }
 }

@@ -129,6 +129,9 @@ pub struct NetworkRecord {
     /// Each container's limits on this network (`-o rate=...`).
     #[serde(default, skip_serializing_if = "RateLimits::is_unlimited")]
     pub limits: RateLimits,
+    /// `-o allow_spoofing=true`: its ports admit any source address and MAC.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_spoofing: bool,
 }
 
 /// Per-container rate limits, enforced by OpenFlow meters; `None` = unlimited.
@@ -251,6 +254,13 @@ pub struct EndpointRecord {
     /// (derived from `limits` and the network's when first needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_limits: Option<RateLimits>,
+    /// Its network's `allow_spoofing` when it was created (the datapath needs it per port).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_spoofing: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 pub fn pool_key(id: &str) -> String {

@@ -6,9 +6,9 @@ use super::*;
 use std::collections::HashMap;
 
 /// The ARP proxy's table: requests arrive there tagged with their port's VLAN.
-const ARP_TABLE: u8 = 1;
+const ARP_TABLE: u8 = 2;
 /// Where a rate-limited sender's packets go next, for the receiver's meter.
-const QOS_TABLE: u8 = 2;
+const QOS_TABLE: u8 = 3;
 
 /// How long an ARP update waits for a new local port's number (the port is there: its
 /// endpoint's creation, which holds the same lock, has finished).
@@ -61,7 +61,7 @@ fn arp_key_flows(e: &ArpEntry, ofport: Option<u32>) -> Vec<Flow> {
         )];
     if let Some(ofport) = ofport {
         flows.push(
-            Flow::new(0, 100)
+            Flow::new(CLASSIFY_TABLE, 100)
                 .cookie(COOKIE_ARP)
                 .matching(Match::new().in_port(ofport).arp().arp_op(1))
                 .actions(vec![
@@ -215,7 +215,7 @@ impl OvsDataplane {
                 let id = egress_meter(ofport);
                 meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
                 flows.push(
-                    Flow::new(0, 50)
+                    Flow::new(CLASSIFY_TABLE, 50)
                         .cookie(COOKIE_QOS)
                         .matching(Match::new().in_port(ofport))
                         .meter(id)
@@ -225,7 +225,7 @@ impl OvsDataplane {
             if let Some(rate) = limits.ingress_kbps {
                 let id = ingress_meter(ofport);
                 meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
-                for (table, priority) in [(0, 40), (QOS_TABLE, 50)] {
+                for (table, priority) in [(CLASSIFY_TABLE, 40), (QOS_TABLE, 50)] {
                     flows.push(
                         Flow::new(table, priority)
                             .cookie(COOKIE_QOS)

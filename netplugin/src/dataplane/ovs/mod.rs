@@ -4,6 +4,7 @@
 
 mod fence;
 mod flows;
+mod spoof;
 
 use flows::{egress_meter, ingress_meter};
 
@@ -22,7 +23,7 @@ use tracing::{info, warn};
 
 use super::{
     ethtool, netlink, ArpChange, ArpEntry, ArpKey, BoxFuture, Dataplane, DataplaneError,
-    DataplaneErrors, DpResult, EndpointPlan, PortView, RateLimitDrops, ReassertReport,
+    DataplaneErrors, DpResult, EndpointPlan, PortView, RateLimitDrops, ReassertReport, SpoofDrops,
 };
 
 /// Cookie of the bridge-wide flows this plugin owns (`0xbe27` marks Berth's cookies).
@@ -31,6 +32,13 @@ pub const COOKIE_BASE: u64 = 0xbe27_0000_0000_0001;
 pub const COOKIE_ARP: u64 = 0xbe27_0000_0000_0002;
 /// Cookie of every rate-limit flow.
 pub const COOKIE_QOS: u64 = 0xbe27_0000_0000_0003;
+/// Cookie of every anti-spoofing flow.
+pub const COOKIE_SPOOF: u64 = 0xbe27_0000_0000_0005;
+
+/// The guard: where every packet starts, and where a port's spoofed packets end.
+const GUARD_TABLE: u8 = 0;
+/// What passed the guard: the ARP proxy's and the rate limits' dispatch, then NORMAL.
+const CLASSIFY_TABLE: u8 = 1;
 pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
 pub const EXT_NETWORK: &str = "berth-network-id";
 pub const EXT_CONTAINER: &str = "berth-container-id";
@@ -81,6 +89,8 @@ pub struct OvsDataplane {
     flows_conn: AtomicU64,
     /// Meter drops read at the last reconcile pass, for the metrics.
     drops: std::sync::Mutex<Vec<RateLimitDrops>>,
+    /// Anti-spoofing drops read at the last reconcile pass, for the metrics.
+    spoof_drops: std::sync::Mutex<Vec<SpoofDrops>>,
     /// The ARP proxy flows as installed, for changes without a dump.
     arp: tokio::sync::Mutex<flows::ArpFlows>,
 }
@@ -118,6 +128,7 @@ impl OvsDataplane {
             flows_ok: AtomicBool::new(false),
             flows_conn: AtomicU64::new(0),
             drops: Default::default(),
+            spoof_drops: Default::default(),
             arp: Default::default(),
         })
     }
@@ -147,10 +158,17 @@ impl OvsDataplane {
         u32::try_from(ofport).ok().filter(|p| *p > 0)
     }
 
-    fn base_flow(&self) -> Flow {
-        Flow::new(0, 0)
-            .cookie(COOKIE_BASE)
-            .actions(vec![Action::Output(Port::Normal)])
+    /// Past the guard for what no anti-spoofing flow catches, then NORMAL for what no ARP
+    /// proxy or rate-limit flow takes.
+    fn base_flows(&self) -> [Flow; 2] {
+        [
+            Flow::new(GUARD_TABLE, 0)
+                .cookie(COOKIE_BASE)
+                .goto_table(CLASSIFY_TABLE),
+            Flow::new(CLASSIFY_TABLE, 0)
+                .cookie(COOKIE_BASE)
+                .actions(vec![Action::Output(Port::Normal)]),
+        ]
     }
 
     async fn ensure_bridge(&self) -> DpResult<bool> {
@@ -228,26 +246,17 @@ impl OvsDataplane {
             )
         };
         self.wait_for_mgmt_socket().await;
-        let want = self.base_flow();
-        let have = self
-            .of
-            .dump_flows(&FlowFilter {
-                table: Some(0),
-                cookie: COOKIE_BASE,
-                cookie_mask: u64::MAX,
-                ..Default::default()
-            })
+        // Add replaces a flow with the same match and priority in place: no gap (a base flow
+        // of a release before the guard, NORMAL in table 0, is replaced so).
+        let (added, _) = self
+            .sync_flows_counted(COOKIE_BASE, self.base_flows().to_vec())
             .await
             .map_err(flow_err)?;
-        if have.iter().any(|f| f.flow.to_ofctl() == want.to_ofctl()) {
-            self.flows_ok.store(true, Ordering::SeqCst);
-            return Ok(false);
-        }
-        // Add replaces a flow with the same match and priority in place: no gap.
-        self.of.add_flow(&want).await.map_err(flow_err)?;
         self.flows_ok.store(true, Ordering::SeqCst);
-        info!(bridge = %self.cfg.bridge, "base flow installed");
-        Ok(true)
+        if added > 0 {
+            info!(bridge = %self.cfg.bridge, "base flows installed");
+        }
+        Ok(added > 0)
     }
 
     fn port_spec(&self, plan: &EndpointPlan) -> PortSpec {
@@ -308,12 +317,16 @@ impl OvsDataplane {
             .ensure_port(&self.port_spec(plan))
             .await
             .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))?;
-        if !plan.limits.is_unlimited() {
+        if plan.anti_spoof || !plan.limits.is_unlimited() {
             // In place before the container can send: its port's number is needed for that.
-            self.db
+            let ofport = self
+                .db
                 .wait_ofport(&plan.host_if, self.cfg.call_timeout)
                 .await
                 .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))?;
+            self.add_spoof_flows(plan, ofport).await?;
+        }
+        if !plan.limits.is_unlimited() {
             let err = |e: ovs_ffi::Error| {
                 DataplaneError::ovs(format!("rate limits of {}", plan.host_if), e)
             };
@@ -345,11 +358,12 @@ impl OvsDataplane {
                     by_port(COOKIE_ARP),
                     by_port(COOKIE_QOS),
                     by_port(fence::COOKIE_FENCE),
+                    by_port(COOKIE_SPOOF),
                 ])
                 .await
             {
                 errors.push(DataplaneError::ovs(
-                    format!("ARP and rate-limit flows of {host_if}"),
+                    format!("ARP, rate-limit, fence and anti-spoofing flows of {host_if}"),
                     e,
                 ));
             }
@@ -441,7 +455,6 @@ impl Dataplane for OvsDataplane {
                 bridge_created: self.ensure_bridge().await?,
                 ..Default::default()
             };
-            report.flows_installed = self.ensure_flows(true).await?;
             for plan in endpoints {
                 if !netlink::exists(&plan.host_if) {
                     // The container's side is gone: Docker deletes the endpoint when it can;
@@ -456,6 +469,11 @@ impl Dataplane for OvsDataplane {
                     }
                 }
             }
+            // The guard before the base flows: after an ovs-vswitchd restart the ports pass
+            // nothing until both are in, rather than everything for a moment.
+            self.wait_for_mgmt_socket().await;
+            report.spoof_flow_changes = self.sync_spoof(endpoints).await?;
+            report.flows_installed = self.ensure_flows(true).await?;
             report.rate_limit_changes = self.sync_qos(endpoints).await?;
             Ok(report)
         })
@@ -549,6 +567,13 @@ impl Dataplane for OvsDataplane {
 
     fn rate_limit_drops(&self) -> Vec<RateLimitDrops> {
         self.drops.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn spoof_drops(&self) -> Vec<SpoofDrops> {
+        self.spoof_drops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn ports(&self) -> Vec<PortView> {
