@@ -593,6 +593,7 @@ mod transport_faults {
             lease: 0,
             limits: Default::default(),
             own_limits: None,
+            allow_spoofing: false,
         }
     }
 
@@ -608,6 +609,7 @@ mod transport_faults {
             host_id: "host-a".into(),
             created_at: 0,
             limits: Default::default(),
+            allow_spoofing: false,
         }
     }
 
