@@ -27,6 +27,9 @@ pub async fn run(svc: Arc<Service>, interval: Duration, mut shutdown: watch::Rec
     let mut last_error = String::new();
     loop {
         let connected = svc.dataplane().connected();
+        // The limits this pass applies; a watch event that changes them asks for a pass at
+        // once (a `set-limits` run on another host is in force here within moments).
+        let mut applied_limits = svc.local_limits();
         if connected {
             match svc.reconcile().await {
                 Ok(report) => {
@@ -74,6 +77,19 @@ pub async fn run(svc: Arc<Service>, interval: Duration, mut shutdown: watch::Rec
                         Ok(_) => {}
                         // The next push or full pass retries and reports it.
                         Err(e) => debug!(error = %e, "ARP proxy update failed"),
+                    }
+                    // Only a changed limit of an endpoint the pass knew: a new endpoint got its
+                    // meters when it was created, a removed one has none left.
+                    if let Some(now) = svc.local_limits() {
+                        let changed_limit = applied_limits.as_ref().is_some_and(|before| {
+                            now.iter()
+                                .any(|(id, l)| before.get(id).is_some_and(|b| b != l))
+                        });
+                        if changed_limit {
+                            debug!("a local endpoint's limits changed in the store: a pass now");
+                            break;
+                        }
+                        applied_limits = Some(now);
                     }
                 }
                 // (The guard wait_for returns must not live across the other branch's awaits.)
@@ -172,6 +188,46 @@ mod tests {
 
     fn answer(e: &EndpointRecord) -> Answer {
         (e.vlan, e.address.ip, e.mac.octets())
+    }
+
+    /// A local endpoint's limits changed in the store (`set-limits` run on another host of
+    /// the fleet) are applied at once, not at the next full pass (an hour here).
+    #[tokio::test]
+    async fn a_limit_changed_in_the_store_is_applied_within_moments() {
+        let dp = Arc::new(FakeDataplane::new());
+        let store = counting();
+        let mut local = endpoint(1, "h1", 100, 1);
+        local.limits.egress_kbps = Some(8_000);
+        write(&*store, &local);
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            service_on(dp.clone(), store.clone()),
+            Duration::from_secs(3600),
+            shutdown,
+        ));
+        let host_if = local.host_if_name();
+        let limit_of = |dp: &FakeDataplane| {
+            dp.endpoints
+                .lock()
+                .unwrap()
+                .get(&host_if)
+                .map(|p| p.limits.egress_kbps)
+        };
+        eventually("the first pass applied 8M", || {
+            limit_of(&dp) == Some(Some(8_000))
+        })
+        .await;
+        // The view has listed the records.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        local.limits.egress_kbps = Some(20_000);
+        write(&*store, &local);
+        eventually(
+            "the new limit applied without waiting for the next pass",
+            || limit_of(&dp) == Some(Some(20_000)),
+        )
+        .await;
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     /// Other hosts' endpoint changes reach the ARP proxy through the watch, one flow change

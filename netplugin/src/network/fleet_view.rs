@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use super::Service;
 use crate::dataplane::{ArpChange, ArpEntry, ArpKey};
 use crate::error::{NetError, NetResult};
-use crate::state::{addr_key, decode, store_op, AddrRecord, EndpointRecord, State};
+use crate::state::{addr_key, decode, store_op, AddrRecord, EndpointRecord, RateLimits, State};
 use crate::store::{Event, KeyValue, StoreResult};
 
 /// Pause before listing again after the store refused (etcd unreachable).
@@ -152,6 +152,16 @@ impl FleetView {
         Some(record)
     }
 
+    /// This host's endpoints' limits, by endpoint id: what a full pass applies to the meters.
+    /// A change of it from the watch (a `set-limits` run on another host) asks for a pass.
+    pub fn local_limits(&self) -> BTreeMap<String, RateLimits> {
+        self.records
+            .values()
+            .filter(|(r, _)| r.host_id == self.host_id)
+            .map(|(r, _)| (r.id.clone(), r.limits))
+            .collect()
+    }
+
     pub fn records(&self) -> Vec<EndpointRecord> {
         self.records.values().map(|(r, _)| r.clone()).collect()
     }
@@ -241,6 +251,13 @@ fn address_holder(state: &State, claimant: &EndpointRecord) -> StoreResult<Optio
 }
 
 impl Service {
+    /// This host's endpoints' limits as the view has them (see [`FleetView::local_limits`]);
+    /// `None` before the first listing.
+    pub fn local_limits(&self) -> Option<BTreeMap<String, RateLimits>> {
+        let view = self.fleet();
+        view.listed().then(|| view.local_limits())
+    }
+
     pub(super) fn fleet(&self) -> MutexGuard<'_, FleetView> {
         self.fleet.lock().unwrap_or_else(|e| e.into_inner())
     }
