@@ -187,6 +187,52 @@ pub fn run(corpus_dir: &Path, name: &str, mut target: impl FnMut(&str, &[u8])) {
     }
 }
 
+/// The plugin-request target both daemons share: every seed of `corpus/<name>/` (files named
+/// `<Method>.<n>`) and its mutants go through `router` as Docker's POST `/<Method>`. Whatever
+/// the bytes, the answer must be one of the protocol's statuses with a JSON body; an error
+/// carries a non-empty, bounded `Err` (and `Error`, which IPAM reads), and no handler panicked
+/// (a panic on a worker thread comes back as "worker failed"). Returns how often each status
+/// was seen, for the caller to check the run reached its handlers.
+pub fn run_router(
+    corpus_dir: &Path,
+    name: &str,
+    router: &crate::Router,
+) -> std::collections::BTreeMap<u16, u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let mut seen = std::collections::BTreeMap::<u16, u64>::new();
+    run(corpus_dir, name, |seed, input| {
+        let method = seed.rsplit_once('.').map_or(seed, |(m, _)| m);
+        let reply = runtime.block_on(router.dispatch(crate::Request {
+            method: http::Method::POST,
+            path: format!("/{method}"),
+            query: None,
+            body: bytes::Bytes::copy_from_slice(input),
+        }));
+        let status = reply.status.as_u16();
+        *seen.entry(status).or_default() += 1;
+        assert!(
+            matches!(status, 200 | 400 | 404 | 409 | 413 | 500),
+            "{method}: status {status}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.body)
+            .unwrap_or_else(|e| panic!("{method}: answer is not JSON ({e})"));
+        if status != 200 {
+            let err = body["Err"].as_str().unwrap_or_default();
+            assert!(!err.is_empty(), "{method}: error without Err: {body}");
+            assert_eq!(body["Err"], body["Error"], "{method}: IPAM reads Error");
+            assert!(
+                !err.contains("worker failed"),
+                "{method}: a handler panicked: {err}"
+            );
+            assert!(err.len() <= 4096, "{method}: {} byte error", err.len());
+        }
+    });
+    seen
+}
+
 fn save_crash(name: &str, i: u64, input: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join("berth-fuzz-crashes").join(name);
     let file = dir.join(format!("crash-{i}"));
