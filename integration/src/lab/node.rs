@@ -221,20 +221,7 @@ pub fn pids_in_namespaces(files: &[&Path]) -> Vec<u32> {
 
 /// Live pids whose cgroup path (any hierarchy) contains `/<needle>/`.
 pub fn pids_in_cgroup(needle: &str) -> Vec<u32> {
-    let pat = format!("/{needle}/");
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-            continue;
-        };
-        if cg.lines().any(|l| l.contains(&pat)) && pid_alive(pid) {
-            out.push(pid);
-        }
-    }
-    out
+    pids_whose_cgroup_contains(&format!("/{needle}/"))
 }
 
 /// SIGKILL `pids` and wait (5 s) until they are gone. Errors as strings.
@@ -258,7 +245,11 @@ pub fn kill_all(pids: &[u32], what: &str) -> Vec<String> {
 
 /// Live pids with a cgroup path component (any hierarchy) starting with `prefix`.
 pub fn pids_in_cgroup_prefix(prefix: &str) -> Vec<u32> {
-    let pat = format!("/{prefix}");
+    pids_whose_cgroup_contains(&format!("/{prefix}"))
+}
+
+/// Live pids with a line of `/proc/PID/cgroup` containing `pat`.
+fn pids_whose_cgroup_contains(pat: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -267,7 +258,7 @@ pub fn pids_in_cgroup_prefix(prefix: &str) -> Vec<u32> {
         let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
             continue;
         };
-        if cg.lines().any(|l| l.contains(&pat)) && pid_alive(pid) {
+        if cg.lines().any(|l| l.contains(pat)) && pid_alive(pid) {
             out.push(pid);
         }
     }
