@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Result};
 use integration::harness::{self, TestFn};
 use integration::vm;
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(720);
 
 struct Ctx {
     results: BTreeMap<String, Result<(), String>>,
@@ -1228,10 +1228,18 @@ mod guest {
         create("rk", json!({"size": "512M", "fs": "xfs"}))?;
         let p = mount("rk", "holder")?;
         write_file(&p.join("data"), 32, 0x77)?;
-        let mut size = 512 * MIB;
+        // One resize undisturbed, to spread the kills over how long one takes here.
+        let t = Instant::now();
+        resize("rk", "768M")?;
+        let full = t.elapsed().as_millis() as u64;
+        let mut size = 768 * MIB;
         let mut fs = fs_bytes("rk")?;
         let mut seen = Vec::new();
-        for delay_ms in [0u64, 5, 15, 30, 60, 100, 150, 250, 400] {
+        let delays: Vec<u64> = [0u64, 15, 30, 45, 60, 70, 80, 90, 100, 115]
+            .iter()
+            .map(|pct| full * pct / 100)
+            .collect();
+        for delay_ms in delays {
             let to = size + 256 * MIB;
             let mut cli = Command::new("/usr/bin/volplugin")
                 .args(["volume", "resize", "rk", &format!("{}M", to / MIB)])
@@ -1261,7 +1269,10 @@ mod guest {
                 "data changed"
             );
         }
-        println!("sizes after each kill: {}", seen.join(" "));
+        println!(
+            "an undisturbed resize took {full} ms; sizes after each kill: {}",
+            seen.join(" ")
+        );
         resize("rk", &format!("{}M", size / MIB + 256))?;
         sizes_agree("rk", size + 256 * MIB, size, fs)?;
         unmount("rk", "holder")?;

@@ -294,6 +294,21 @@ pub fn grow_xfs_offline(device: &Path, scratch: &Path) -> Result<(), BackendErro
     grown.and(unmounted)
 }
 
+/// BLKGETSIZE64 = _IOR(0x12, 114, size_t).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+/// The size in bytes of the block device at `node`, by ioctl (no fork).
+pub fn block_device_size(node: &Path) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let dev = std::fs::File::open(node)?;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(dev.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
 /// `MAJ:MIN` of a block device node, from stat (no fork, no ioctl).
 pub fn device_number(node: &Path) -> std::io::Result<String> {
     use std::os::unix::fs::MetadataExt;

@@ -402,6 +402,16 @@ impl LvmThinBackend {
             .map_err(BackendError::Refused)
     }
 
+    /// The size of a volume's LV: by ioctl on its device while active (the service only
+    /// resizes volumes with a record, whose LV is ours), else from LVM's report, refused
+    /// unless the LV carries our tag.
+    fn lv_size(&self, lv: &str) -> Result<u64, BackendError> {
+        match fsops::block_device_size(&self.node(lv)) {
+            Ok(size) => Ok(size),
+            Err(_) => Ok(self.own_lv(lv)?.size()),
+        }
+    }
+
     /// The LV of a volume, refused unless it carries our tag.
     fn own_lv(&self, lv: &str) -> Result<LvRow, BackendError> {
         self.lvs()?
@@ -583,7 +593,7 @@ impl Backend for LvmThinBackend {
             fsops::check_online_grow(spec.fs)?;
         }
         let lv = lv_name(&self.cfg.vg, name)?;
-        let current = self.own_lv(&lv)?.size();
+        let current = self.lv_size(&lv)?;
         if current < new_size {
             let _room = plugin_transport::sync::lock(&self.capacity);
             self.check_growth_room(name, new_size - current)?;
@@ -603,7 +613,7 @@ impl Backend for LvmThinBackend {
         {
             // Held from the check to the end of lvextend, as for lvcreate.
             let _room = plugin_transport::sync::lock(&self.capacity);
-            let current = self.own_lv(&lv)?.size();
+            let current = self.lv_size(&lv)?;
             if current < spec.size_bytes {
                 self.check_growth_room(name, spec.size_bytes - current)?;
                 let size = format!("{}m", spec.size_bytes.div_ceil(1 << 20));
@@ -640,7 +650,7 @@ impl Backend for LvmThinBackend {
 
     fn storage_size(&self, name: &str) -> Result<u64, BackendError> {
         let lv = lv_name(&self.cfg.vg, name)?;
-        Ok(self.own_lv(&lv)?.size())
+        self.lv_size(&lv)
     }
 
     /// Only an LV tagged berth-vol is removed; absent is success.

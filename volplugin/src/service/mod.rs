@@ -552,10 +552,11 @@ impl VolumeService {
                 self.store.put(record)
             }
             Err(e) => {
-                let grown = self
-                    .backend
-                    .storage_size(&name)
-                    .map_or(true, |s| s >= intent.to_bytes);
+                // Unknown counts as grown: the intent is kept rather than a growth forgotten.
+                let grown = !matches!(
+                    self.backend.storage_size(&name),
+                    Ok(size) if size < intent.to_bytes
+                );
                 if grown {
                     return Err(VolError::backend(
                         "resize",
