@@ -1269,8 +1269,14 @@ mod guest {
                 "data changed"
             );
         }
+        // How many kills fell inside a resize, so the start-up reconcile finished it.
+        let finished = std::fs::read_to_string("/tmp/logs/volplugin.log")
+            .unwrap_or_default()
+            .matches("finished_resizes: [\"rk\"]")
+            .count();
         println!(
-            "an undisturbed resize took {full} ms; sizes after each kill: {}",
+            "an undisturbed resize took {full} ms; sizes after each kill: {}; resizes finished \
+             at start: {finished}",
             seen.join(" ")
         );
         resize("rk", &format!("{}M", size / MIB + 256))?;
@@ -1293,16 +1299,29 @@ mod guest {
         let outcome = (|| -> Result<()> {
             for gib in [10u64, 100] {
                 let mut ours = Vec::new();
+                let mut cli = Vec::new();
                 let mut raw = Vec::new();
                 for round in 0..3 {
                     let name = format!("t{gib}g{round}");
                     create(&name, json!({"size": format!("{gib}G"), "fs": "xfs"}))?;
                     mount(&name, "t")?;
                     let fs0 = fs_bytes(&name)?;
+                    // The daemon's work: the admin call the CLI makes, timed at the socket.
+                    let body = json!({"size": format!("{}G", 2 * gib)}).to_string();
                     let t = Instant::now();
-                    resize(&name, &format!("{}G", 2 * gib))?;
+                    let (code, answer) = docker_call(
+                        Path::new(ADMIN),
+                        &format!("volumes/{name}/size"),
+                        Some(&body),
+                    )?;
                     ours.push(t.elapsed());
-                    sizes_agree(&name, (2 * gib) << 30, gib << 30, fs0)?;
+                    ensure!(code == 200, "{answer}");
+                    let fs1 = sizes_agree(&name, (2 * gib) << 30, gib << 30, fs0)?;
+                    // What an operator waits for: the CLI (its own start included), 2x -> 3x.
+                    let t = Instant::now();
+                    resize(&name, &format!("{}G", 3 * gib))?;
+                    cli.push(t.elapsed());
+                    sizes_agree(&name, (3 * gib) << 30, (2 * gib) << 30, fs1)?;
                     unmount(&name, "t")?;
                     remove(&name)?;
 
@@ -1337,15 +1356,21 @@ mod guest {
                     sh(&["umount", &mnt])?;
                     sh(&["lvm", "lvremove", "-q", "-y", &format!("{VG}/{lv}")])?;
                 }
-                ours.sort();
-                raw.sort();
-                let (o, r) = (
-                    ours[1].as_secs_f64() * 1000.0,
-                    raw[1].as_secs_f64() * 1000.0,
+                let median_ms = |v: &mut Vec<Duration>| {
+                    v.sort();
+                    v[v.len() / 2].as_secs_f64() * 1000.0
+                };
+                let (o, c, r) = (
+                    median_ms(&mut ours),
+                    median_ms(&mut cli),
+                    median_ms(&mut raw),
                 );
                 let line = format!(
-                    "FIGURE resize_{gib}g_mounted_ms volplugin {o:.0} by_hand(lvextend+xfs_growfs) {r:.0} ratio {:.2}\n",
-                    o / r
+                    "FIGURE resize_{gib}g_mounted_ms volplugin(admin call) {o:.0} by_hand(lvextend+xfs_growfs) {r:.0} ratio {:.2}; with the CLI's start ({}G->{}G) {c:.0} ratio {:.2}\n",
+                    o / r,
+                    2 * gib,
+                    3 * gib,
+                    c / r
                 );
                 print!("{line}");
                 let mut report = std::fs::OpenOptions::new().write(true).open("/dev/ttyS1")?;
