@@ -513,12 +513,19 @@ impl VolumeService {
             .attachment(name, &target)
             .map_err(Self::backend_err("resize", name))?
             .map(|_| target);
+        // An unfinished resize to a smaller size is finished first: its storage may have grown
+        // already, and an intent must start from a size the storage is at (else a failure of
+        // the new one, its storage short of the new size, would be taken for "nothing grown").
+        if record.resize.is_some_and(|p| p.to_bytes < new_size) {
+            self.finish_resize(&mut record, mounted_at.as_deref())?;
+        }
+        let current = record.spec.size_bytes;
         self.backend
             .check_grow(name, &record.spec, new_size, mounted_at.is_some())
             .map_err(|e| VolError::backend("resize", name, format!("{e}; nothing was changed")))?;
         // The intent first: a crash from here on is finished at the next start.
         record.resize = Some(ResizeIntent {
-            from_bytes: record.resize.map_or(current, |r| r.from_bytes),
+            from_bytes: current,
             to_bytes: new_size,
         });
         self.store.put(&record)?;

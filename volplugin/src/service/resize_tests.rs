@@ -161,6 +161,30 @@ fn a_failure_after_the_storage_grew_is_finished_later() {
     assert_eq!(svc.get("db").unwrap().mounts, 1);
 }
 
+#[test]
+fn a_larger_resize_finishes_the_unfinished_one_first() {
+    let (svc, backend) = service();
+    create(&svc, "db", "1G");
+    backend.fail_next("grow_fs", 1);
+    assert!(svc.resize("db", "2G").is_err());
+    assert_eq!(backend.sizes("db"), Some((2 * G, G)));
+    // The unfinished 2G fails again: it stays pending, never "dropped" back to 1G while its
+    // storage is at 2G.
+    backend.fail_next("grow_storage", 1);
+    let text = svc.resize("db", "3G").unwrap_err().to_string();
+    assert!(text.contains("retried"), "{text}");
+    let info = svc.get("db").unwrap();
+    assert_eq!((info.size_bytes, info.resizing_to_bytes), (G, Some(2 * G)));
+    // The unfinished one finishes, the new one is refused before anything of its own changed:
+    // the volume is at the finished 2G in every view.
+    backend.fail_next("check_grow", 1);
+    let text = svc.resize("db", "3G").unwrap_err().to_string();
+    assert!(text.contains("nothing was changed"), "{text}");
+    assert_size(&svc, &backend, "db", 2 * G);
+    svc.resize("db", "3G").unwrap();
+    assert_size(&svc, &backend, "db", 3 * G);
+}
+
 /// The states a kill -9 can leave, at each point of a resize: the next start converges to
 /// one of the two sizes in every view.
 #[test]
