@@ -943,6 +943,396 @@ fn mounts_clear(c: &Ctx) -> Result<()> {
     c.assert_no_leftovers()
 }
 
+const MIB: u64 = 1 << 20;
+
+/// Where volplugin serves metrics during the resize tests (off otherwise, see `Volplugin::new`).
+const RESIZE_METRICS: &str = "127.0.0.1:19479";
+
+/// The sizes of one volume in every view: its record (admin inspect), Docker's Status, the
+/// metrics (when served), the image file, the loop device while attached, the filesystem
+/// while mounted (statvfs on the host's mount point).
+#[derive(Debug)]
+struct Views {
+    record: u64,
+    resizing_to: Option<u64>,
+    status: u64,
+    metric: Option<u64>,
+    image: u64,
+    device: Option<u64>,
+    fs: Option<u64>,
+}
+
+fn views(c: &Ctx, name: &str, metrics: bool) -> Result<Views> {
+    let vol = c.vol();
+    let record = vol.admin_json(&["volume", "inspect", name])?;
+    let status = c.status(name)?;
+    let metric = if metrics {
+        let text = integration::plugins::scrape_metrics(RESIZE_METRICS)?;
+        let series = format!("berth_vol_volume_size_bytes{{volume=\"{name}\"}}");
+        Some(
+            integration::plugins::metric_value(&text, &series)
+                .with_context(|| format!("no {series} in the metrics"))? as u64,
+        )
+    } else {
+        None
+    };
+    let image = std::fs::metadata(vol.images_dir().join(format!("{name}.img")))?.len();
+    let device = match status["device"].as_str() {
+        Some(dev) => {
+            let sectors = std::fs::read_to_string(format!("/sys/dev/block/{dev}/size"))?;
+            Some(sectors.trim().parse::<u64>()? * 512)
+        }
+        None => None,
+    };
+    let mountpoint = vol.mount_root().join(name);
+    let fs = if status["mounts"].as_u64() > Some(0) {
+        let st = nix::sys::statvfs::statvfs(&mountpoint)?;
+        Some(st.blocks() * st.fragment_size())
+    } else {
+        None
+    };
+    Ok(Views {
+        record: record["size_bytes"].as_u64().context("size_bytes")?,
+        resizing_to: record["resizing_to_bytes"].as_u64(),
+        status: status["size_bytes"].as_u64().context("Status size_bytes")?,
+        metric,
+        image,
+        device,
+        fs,
+    })
+}
+
+impl Views {
+    /// Every view at `size`, of the two a resize from `from` can leave, and nothing pending.
+    /// The filesystem (when mounted) is compared with what statvfs said at `from`
+    /// (`fs_at_from`): its own metadata (XFS: a log of a fixed size) is not in the figure.
+    fn at(&self, size: u64, from: u64, fs_at_from: Option<u64>) -> Result<()> {
+        ensure!(
+            self.resizing_to.is_none()
+                && self.record == size
+                && self.status == size
+                && self.metric.unwrap_or(size) == size
+                && self.image == size
+                && self.device.unwrap_or(size) == size,
+            "views disagree on {size}: {self:?}"
+        );
+        if let (Some(fs), Some(before)) = (self.fs, fs_at_from) {
+            let fits = if size > from {
+                fs > before && fs <= size
+            } else {
+                fs == before
+            };
+            ensure!(
+                fits,
+                "filesystem {fs} bytes (at {from}: {before}) on a {size}-byte volume: {self:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `volplugin volume resize` while a container writes with O_DIRECT, 1 MiB at a time: no
+/// write fails, every view shows the new size as soon as the command returns, and the
+/// container can then use the new space.
+fn resize_while_a_container_writes(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=320M",
+        "-o",
+        "fs=xfs",
+        "grow1",
+    ])?;
+    // Bounded: 240 writes of 1 MiB with 10 ms pauses (a few seconds), each checked.
+    let writer = "i=0; while [ $i -lt 240 ]; do \
+        dd if=/dev/urandom of=/data/w bs=1M count=1 seek=$i conv=notrunc oflag=direct 2>/tmp/err \
+        || { echo \"write $i failed: $(cat /tmp/err)\"; exit 1; }; \
+        usleep 10000; i=$((i+1)); done; echo wrote $i";
+    c.docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "grow-writer",
+        "--network",
+        "none",
+        "-v",
+        "grow1:/data",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        writer,
+    ])?;
+    let outcome = (|| -> Result<()> {
+        let file = c.vol().mount_root().join("grow1/w");
+        let started = integration::procs::wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || std::fs::metadata(&file).is_ok_and(|m| m.len() >= 16 * MIB),
+        );
+        ensure!(started, "the writer did not start");
+        let before = views(c, "grow1", false)?;
+        before.at(320 * MIB, 320 * MIB, None)?;
+        let out = c.vol().admin_text(&["volume", "resize", "grow1", "1G"])?;
+        ensure!(out.contains("size now 1G"), "{out}");
+        let running = c
+            .docker
+            .ok(&["inspect", "-f", "{{.State.Running}}", "grow-writer"])?;
+        let written = std::fs::metadata(&file)?.len();
+        ensure!(
+            running == "true",
+            "the writer finished before the resize did ({written} bytes written): the test \
+             proves nothing; make it write longer"
+        );
+        // At once, in every view: the record, Docker's Status, the loop device, the fs.
+        views(c, "grow1", false)?.at(1 << 30, 320 * MIB, before.fs)?;
+        let code = c.docker.ok(&["wait", "grow-writer"])?;
+        let logs = c.docker.ok(&["logs", "grow-writer"])?;
+        ensure!(
+            code == "0" && logs.contains("wrote 240"),
+            "writer: exit {code}: {logs}"
+        );
+        println!(
+            "    resized after {} MiB of 240 written, no write failed",
+            written / MIB
+        );
+        Ok(())
+    })();
+    let _ = c.docker.ok(&["rm", "-f", "grow-writer"]);
+    outcome?;
+    // 600 MiB more than the 240 written: only fits in the new space.
+    let out = c.run(&[
+        "-v",
+        "grow1:/data",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/data/more bs=1M count=600 oflag=direct 2>&1 && df -k /data | tail -1",
+    ])?;
+    let total_kib: u64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("df: {out}"))?;
+    ensure!(total_kib > 900 * 1024, "df inside the container: {out}");
+    // Unmounted now: grown offline, then mounted at its new size.
+    c.vol().admin_text(&["volume", "resize", "grow1", "1.5G"])?;
+    views(c, "grow1", false)?.at(1536 * MIB, 1 << 30, None)?;
+    let out = c.run(&[
+        "-v",
+        "grow1:/data",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        "df -k /data | tail -1",
+    ])?;
+    ensure!(
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse::<u64>().ok())
+            > Some(1400 * 1024),
+        "{out}"
+    );
+    // Shrinking is refused, naming the field; nothing changes.
+    let err = match c.vol().admin_text(&["volume", "resize", "grow1", "1G"]) {
+        Ok(out) => anyhow::bail!("shrinking succeeded: {out}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("invalid option size") && err.contains("only grow"),
+        "{err}"
+    );
+    views(c, "grow1", false)?.at(1536 * MIB, 1 << 30, None)?;
+    c.docker.ok(&["volume", "rm", "grow1"])?;
+    c.assert_no_leftovers()
+}
+
+/// ext4: offline growth works anywhere; online growth needs CAP_SYS_RESOURCE, and where
+/// volplugin lacks it (this machine's sandbox) the resize is refused up front, naming it.
+fn resize_ext4_online_needs_cap_sys_resource(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=64M",
+        "-o",
+        "fs=ext4",
+        "grow4",
+    ])?;
+    c.hold("grow4-holder", "grow4")?;
+    let pid = c.vol().pid().context("volplugin pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .context("CapEff")?;
+    let has_cap = cap_eff & (1 << 24) != 0;
+    let before = views(c, "grow4", false)?;
+    let online = c.vol().admin_text(&["volume", "resize", "grow4", "128M"]);
+    let outcome = (|| -> Result<()> {
+        if has_cap {
+            online?;
+            views(c, "grow4", false)?.at(128 * MIB, 64 * MIB, before.fs)?;
+        } else {
+            let err = format!(
+                "{:#}",
+                online
+                    .err()
+                    .context("resize without CAP_SYS_RESOURCE succeeded")?
+            );
+            ensure!(
+                err.contains("CAP_SYS_RESOURCE")
+                    && err.contains("ext4")
+                    && err.contains("nothing was changed"),
+                "{err}"
+            );
+            views(c, "grow4", false)?.at(64 * MIB, 64 * MIB, before.fs)?;
+        }
+        Ok(())
+    })();
+    println!(
+        "    volplugin CapEff {cap_eff:016x}: online ext4 growth {}",
+        if has_cap {
+            "done"
+        } else {
+            "refused, naming CAP_SYS_RESOURCE"
+        }
+    );
+    c.docker.ok(&["rm", "-f", "grow4-holder"])?;
+    outcome?;
+    // Offline: e2fsck + resize2fs on the image, no capability needed.
+    c.vol().admin_text(&["volume", "resize", "grow4", "256M"])?;
+    views(c, "grow4", false)?.at(256 * MIB, 128 * MIB, None)?;
+    let out = c.run(&[
+        "-v",
+        "grow4:/data",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/data/f bs=1M count=180 2>&1 && df -k /data | tail -1",
+    ])?;
+    let total_kib = out
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<u64>().ok());
+    ensure!(total_kib > Some(200 * 1024), "180 MiB written; df: {out}");
+    c.docker.ok(&["volume", "rm", "grow4"])?;
+    c.assert_no_leftovers()
+}
+
+/// kill -9 of volplugin at moments spread over a resize of a volume a container holds: after
+/// the restart every view agrees on one of the two sizes, nothing is pending, and the
+/// container's data and mount are intact.
+fn kill9_during_resize(c: &Ctx) -> Result<()> {
+    let mut vol = c.vol();
+    vol.args = vec!["--metrics".into(), RESIZE_METRICS.into()];
+    vol.stop()?;
+    vol.start()?;
+    drop(vol);
+    let outcome = (|| -> Result<()> {
+        c.docker.ok(&[
+            "volume",
+            "create",
+            "-d",
+            "berth-vol",
+            "-o",
+            "size=320M",
+            "-o",
+            "fs=xfs",
+            "grow9",
+        ])?;
+        c.hold("grow9-holder", "grow9")?;
+        c.docker.ok(&[
+            "exec",
+            "grow9-holder",
+            "sh",
+            "-c",
+            "echo kept > /data/marker",
+        ])?;
+        let mut size = 320 * MIB;
+        let mut fs = views(c, "grow9", true)?.fs;
+        let mut outcomes = Vec::new();
+        for delay_ms in [0u64, 1, 2, 4, 7, 10, 15, 20, 30, 45, 70, 100] {
+            let to = size + 64 * MIB;
+            let (bin, admin) = {
+                let vol = c.vol();
+                (vol.bin.clone(), vol.admin_socket.clone())
+            };
+            let mut cli = std::process::Command::new(&bin)
+                .args([
+                    "volume",
+                    "resize",
+                    "grow9",
+                    &format!("{}M", to / MIB),
+                    "--admin-socket",
+                ])
+                .arg(&admin)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            c.vol().kill9()?;
+            let _ = cli.wait();
+            c.vol().start()?;
+            let v = views(c, "grow9", true)?;
+            let landed = if v.record == to { to } else { size };
+            v.at(landed, size, fs).with_context(|| {
+                format!(
+                    "kill -9 {delay_ms} ms into a resize {size} -> {to}; log:\n{}",
+                    c.vol().log_tail(40)
+                )
+            })?;
+            outcomes.push(format!(
+                "{delay_ms}ms:{}",
+                if landed == to { "new" } else { "old" }
+            ));
+            size = landed;
+            fs = v.fs;
+            let out = c.docker.ok(&[
+                "exec",
+                "grow9-holder",
+                "sh",
+                "-c",
+                "cat /data/marker && echo more >> /data/marker",
+            ])?;
+            ensure!(out.starts_with("kept"), "{out}");
+        }
+        // How many kills fell inside a resize, so the start-up reconcile finished it.
+        let log = c.vol().log_tail(100_000);
+        let finished = log.matches("finished_resizes: [\"grow9\"]").count();
+        println!(
+            "    sizes after each kill: {}; resizes finished at start: {finished}",
+            outcomes.join(" ")
+        );
+        // Whatever the kills left, a resize still works, online.
+        c.vol().admin_text(&[
+            "volume",
+            "resize",
+            "grow9",
+            &format!("{}M", size / MIB + 128),
+        ])?;
+        views(c, "grow9", true)?.at(size + 128 * MIB, size, fs)?;
+        c.docker.ok(&["rm", "-f", "grow9-holder"])?;
+        c.docker.ok(&["volume", "rm", "grow9"])?;
+        c.assert_no_leftovers()
+    })();
+    let _ = c.docker.ok(&["rm", "-f", "grow9-holder"]);
+    let mut vol = c.vol();
+    vol.args = vec!["--metrics".into(), "off".into()];
+    if vol.is_running() {
+        vol.stop()?;
+    }
+    vol.start()?;
+    outcome
+}
+
 /// For tests that stop or kill volplugin: whatever the test's outcome, volplugin serves again
 /// afterwards, so one failure does not fail every test after it.
 fn keeps_volplugin_up(c: &Ctx, test: fn(&Ctx) -> Result<()>) -> Result<()> {
@@ -1004,6 +1394,17 @@ fn main() {
             }),
             ("scratch_mount_left_by_a_crash", |c| {
                 keeps_volplugin_up(c, scratch_mount_left_by_a_crash)
+            }),
+            (
+                "resize_while_a_container_writes",
+                resize_while_a_container_writes,
+            ),
+            (
+                "resize_ext4_online_needs_cap_sys_resource",
+                resize_ext4_online_needs_cap_sys_resource,
+            ),
+            ("kill9_during_resize", |c| {
+                keeps_volplugin_up(c, kill9_during_resize)
             }),
         ],
     )

@@ -3,7 +3,7 @@
 # target/managed/berth-vol/ and target/managed/berth-net/: config.json (packaging/managed/*/)
 # and a rootfs with only what each daemon needs:
 #   berth-net: /usr/bin/netplugin and its libraries (glibc);
-#   berth-vol: /usr/bin/volplugin and the tools it runs (mkfs.xfs, xfs_admin + xfs_db and the
+#   berth-vol: /usr/bin/volplugin and the tools it runs (mkfs.xfs, xfs_admin + xfs_db, xfs_growfs, resize2fs, e2fsck and the
 #              /bin/sh it runs under, mkfs.ext4, lvm, thin_check), each with its ldd libraries,
 #              plus /etc/mke2fs.conf and /etc/lvm/lvm.conf;
 # then runs check-bundle.py on both. The tools and libraries are this Debian's (the builder's);
@@ -14,7 +14,7 @@ TRIPLE=x86_64-unknown-linux-gnu
 OUT=target/managed
 [ -x "target/$TRIPLE/release/netplugin" ] && [ -x "target/$TRIPLE/release/volplugin" ] \
     || bash packaging/build-bins.sh
-for t in mkfs.xfs xfs_db mkfs.ext4 lvm thin_check; do
+for t in mkfs.xfs xfs_db xfs_growfs mkfs.ext4 resize2fs e2fsck lvm thin_check; do
     command -v "$t" >/dev/null || PATH=/usr/sbin:/sbin:$PATH command -v "$t" >/dev/null || {
         echo "build.sh: $t missing: apt-get install xfsprogs e2fsprogs lvm2 thin-provisioning-tools" >&2; exit 1; }
 done
@@ -61,7 +61,7 @@ cp packaging/managed/berth-vol/config.json "$OUT/berth-vol/"
 add_elf "$r" "target/$TRIPLE/release/volplugin" /usr/bin/volplugin
 # Tools land in /usr/sbin whatever the builder's layout; multi-call binaries (mke2fs as
 # mkfs.ext4, pdata_tools as thin_check) are copied under the name they are called by.
-for t in mkfs.xfs xfs_db mkfs.ext4 lvm thin_check; do
+for t in mkfs.xfs xfs_db xfs_growfs mkfs.ext4 resize2fs e2fsck lvm thin_check; do
     add_elf "$r" "$(command -v "$t")" "/usr/sbin/$t"
 done
 add_file "$r" "$(command -v xfs_admin)" /usr/sbin/xfs_admin   # a shell script: runs xfs_db

@@ -27,8 +27,9 @@ EXPECT = {
     "berth-vol": {
         "types": ["docker.volumedriver/1.0"],
         "socket": "berth-vol.sock",
-        "tools": ["mkfs.xfs", "xfs_admin", "xfs_db", "mkfs.ext4", "lvm", "thin_check"],
-        "caps": ["CAP_SYS_ADMIN"],
+        "tools": ["mkfs.xfs", "xfs_admin", "xfs_db", "xfs_growfs", "mkfs.ext4", "resize2fs",
+                  "e2fsck", "lvm", "thin_check"],
+        "caps": ["CAP_SYS_ADMIN", "CAP_SYS_RESOURCE"],
         "propagated": True,
         "smoke": [["/usr/bin/volplugin", "--help"], ["/usr/sbin/mkfs.xfs", "-V"],
                   ["/usr/sbin/xfs_admin", "-V"], ["/usr/sbin/mkfs.ext4", "-V"],

@@ -211,7 +211,8 @@ fn parse_limits_change(body: &[u8]) -> Result<LimitsChange, PluginError> {
     Ok(change)
 }
 
-/// The admin socket: `GET /volumes`, `GET /volumes/NAME`, `POST /volumes/NAME/limits`.
+/// The admin socket: `GET /volumes`, `GET /volumes/NAME`, `POST /volumes/NAME/limits`,
+/// `POST /volumes/NAME/size`, `POST /volumes/NAME/mounts/clear`.
 /// Limit changes are passed on to the throttler, which rewrites the running containers' cgroups.
 /// The running containers Docker lists as using volume `name` (by name).
 async fn containers_using(docker: &DockerClient, name: &str) -> Result<Vec<String>, PluginError> {
@@ -264,6 +265,29 @@ async fn clear_mounts(s: Arc<VolumeService>, docker: &DockerClient, name: String
     }
 }
 
+/// `POST /volumes/NAME/size` with `{"size":"20G"}`: grows the volume (see
+/// `VolumeService::resize`); the answer is the volume as `inspect` shows it.
+async fn resize(s: Arc<VolumeService>, name: String, body: &[u8]) -> Reply {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ResizeBody {
+        size: String,
+    }
+    let size = match serde_json::from_slice::<ResizeBody>(body) {
+        Ok(b) => b.size,
+        Err(e) => {
+            return Reply::error(&PluginError::bad_request(format!(
+                "a resize takes {{\"size\": \"20G\"}}: {e}"
+            )))
+        }
+    };
+    let shown = name.clone();
+    match blocking("resize", &shown, FAST_OP, move || s.resize(&name, &size)).await {
+        Ok(info) => Reply::json(&info),
+        Err(e) => Reply::error(&e),
+    }
+}
+
 pub fn admin_router(
     svc: Arc<VolumeService>,
     limits_changed: LimitsChanged,
@@ -284,6 +308,13 @@ pub fn admin_router(
                         .and_then(|p| p.strip_suffix("/mounts/clear"))
                     {
                         return clear_mounts(s, &docker, name.to_string()).await;
+                    }
+                    if let Some(name) = req
+                        .path
+                        .strip_prefix("/volumes/")
+                        .and_then(|p| p.strip_suffix("/size"))
+                    {
+                        return resize(s, name.to_string(), &req.body).await;
                     }
                     let Some(name) = req
                         .path
@@ -486,6 +517,49 @@ mod tests {
             call(&r, "/VolumeDriver.Remove", "{\"Name\":\"v\"}").await.0,
             200
         );
+    }
+
+    #[tokio::test]
+    async fn admin_resize() {
+        let svc = Arc::new(VolumeService::new(
+            MetaStore::in_memory().unwrap(),
+            Arc::new(MemoryBackend::new()),
+            SpecPolicy {
+                default_size: 1 << 30,
+                max_size: 1 << 40,
+                default_fs: Filesystem::Xfs,
+            },
+            "/mnt/b".into(),
+        ));
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let admin = admin_router(
+            svc.clone(),
+            tx,
+            DockerClient::new(std::path::Path::new("/nonexistent/docker.sock")),
+        );
+        let plugin = plugin_router(svc);
+        assert_eq!(
+            call(&plugin, "/VolumeDriver.Create", r#"{"Name":"v"}"#)
+                .await
+                .0,
+            200
+        );
+        let (status, body) = call(&admin, "/volumes/v/size", r#"{"size":"3G"}"#).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["size_bytes"], 3u64 << 30);
+        // Docker's Get shows the new size at once.
+        let (_, body) = call(&plugin, "/VolumeDriver.Get", r#"{"Name":"v"}"#).await;
+        assert_eq!(body["Volume"]["Status"]["size_bytes"], 3u64 << 30);
+        let (status, body) = call(&admin, "/volumes/v/size", r#"{"size":"1G"}"#).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["Err"]
+            .as_str()
+            .unwrap()
+            .contains("invalid option size"));
+        let (status, body) = call(&admin, "/volumes/v/size", r#"{"bytes":1}"#).await;
+        assert_eq!(status, 400, "{body}");
+        let (status, _) = call(&admin, "/volumes/none/size", r#"{"size":"4G"}"#).await;
+        assert_eq!(status, 404);
     }
 
     #[tokio::test]

@@ -39,6 +39,18 @@ pub struct VolumeRecord {
     /// The volume this one was cloned from (`-o from=`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// A resize in progress, recorded before the storage changes: a crash leaves it for the
+    /// start-up reconcile, which finishes it (growing is idempotent). `spec.size_bytes` stays
+    /// the old size until the storage and filesystem are at the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizeIntent>,
+}
+
+/// A volume growing from one size to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeIntent {
+    pub from_bytes: u64,
+    pub to_bytes: u64,
 }
 
 impl VolumeRecord {
@@ -146,6 +158,10 @@ mod tests {
             mounts: BTreeMap::from([("abc".to_string(), 2)]),
             limits: IoLimits::default(),
             from: None,
+            resize: Some(ResizeIntent {
+                from_bytes: 1 << 30,
+                to_bytes: 2 << 30,
+            }),
         };
         {
             let store = MetaStore::open(&path).unwrap();
@@ -157,5 +173,13 @@ mod tests {
         store.delete("v1").unwrap();
         store.delete("v1").unwrap();
         assert!(store.get("v1").unwrap().is_none());
+    }
+
+    #[test]
+    fn records_written_before_resize_existed_still_read() {
+        let old = r#"{"name":"v","spec":{"size_bytes":1073741824,"fs":"xfs"},"phase":"ready","created_at":"2026-11-22T00:00:00Z"}"#;
+        let record = decode("v", old).unwrap();
+        assert_eq!(record.resize, None);
+        assert!(!serde_json::to_string(&record).unwrap().contains("resize"));
     }
 }

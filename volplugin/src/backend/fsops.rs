@@ -213,6 +213,102 @@ pub fn clear_scratch(scratch: &Path) -> Result<Vec<String>, BackendError> {
     Ok(cleared)
 }
 
+/// The capability the kernel wants from whoever grows a mounted `fs`: XFS's
+/// XFS_IOC_FSGROWFSDATA checks CAP_SYS_ADMIN, ext4's EXT4_IOC_RESIZE_FS CAP_SYS_RESOURCE.
+/// (bit in the capability sets, name).
+pub fn online_grow_capability(fs: Filesystem) -> (u32, &'static str) {
+    match fs {
+        Filesystem::Xfs => (21, "CAP_SYS_ADMIN"),
+        Filesystem::Ext4 => (24, "CAP_SYS_RESOURCE"),
+    }
+}
+
+/// The effective capability set of this process, from `CapEff:` in a `/proc/PID/status`.
+pub fn effective_capabilities(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// Refuses, before anything changes, to grow a mounted `fs` this process lacks the capability
+/// for: the tool would fail only after the storage had grown (the sandboxes and containers
+/// volplugin may run in often drop CAP_SYS_RESOURCE).
+pub fn check_online_grow(fs: Filesystem) -> Result<(), BackendError> {
+    let (bit, cap) = online_grow_capability(fs);
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(BackendError::io("read /proc/self/status"))?;
+    let effective = effective_capabilities(&status).unwrap_or(0);
+    if effective & (1 << bit) != 0 {
+        return Ok(());
+    }
+    Err(BackendError::Refused(format!(
+        "growing a mounted {} filesystem needs {cap}, which this volplugin process lacks \
+         (CapEff {effective:016x}); stop the containers using the volume (it is then grown \
+         offline, which needs no such capability) or run volplugin with {cap}",
+        fs.as_str()
+    )))
+}
+
+/// Grows the mounted filesystem at `target` (on `device`) to fill its device.
+pub fn grow_mounted(fs: Filesystem, device: &Path, target: &Path) -> Result<(), BackendError> {
+    match fs {
+        Filesystem::Xfs => run_bounded(
+            Command::new("xfs_growfs").arg("-d").arg(target),
+            TOOL_TIMEOUT,
+        ),
+        // resize2fs finds the mount itself and grows online through the kernel.
+        Filesystem::Ext4 => run_bounded(Command::new("resize2fs").arg(device), TOOL_TIMEOUT),
+    }
+    .map(drop)
+}
+
+/// Grows an unmounted ext4 on `device` (a block device or an image file) to fill it.
+/// resize2fs wants a forced check first once the filesystem has been mounted since its last
+/// one; `-p` repairs only what is safe and exits 1 when it did ("errors corrected").
+pub fn grow_ext4_offline(device: &Path) -> Result<(), BackendError> {
+    match run_bounded(
+        Command::new("e2fsck").args(["-f", "-p"]).arg(device),
+        GROW_CHECK_TIMEOUT,
+    ) {
+        Ok(_) => {}
+        Err(BackendError::Command { status, .. }) if status.ends_with("exit status: 1") => {}
+        Err(e) => return Err(e),
+    }
+    run_bounded(Command::new("resize2fs").arg(device), GROW_CHECK_TIMEOUT).map(drop)
+}
+
+/// e2fsck and an offline resize2fs read the whole metadata of the filesystem: larger
+/// volumes take longer than mkfs.
+const GROW_CHECK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Grows an unmounted XFS on `device`: XFS grows only mounted, so it is mounted once under
+/// `scratch` (cleared at start if a crash leaves it), grown and unmounted.
+pub fn grow_xfs_offline(device: &Path, scratch: &Path) -> Result<(), BackendError> {
+    std::fs::create_dir_all(scratch)
+        .map_err(BackendError::io(format!("create {}", scratch.display())))?;
+    mount(device, scratch, Filesystem::Xfs, None)?;
+    let grown = grow_mounted(Filesystem::Xfs, device, scratch);
+    let unmounted = unmount(scratch);
+    let _ = std::fs::remove_dir(scratch);
+    grown.and(unmounted)
+}
+
+/// BLKGETSIZE64 = _IOR(0x12, 114, size_t).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+/// The size in bytes of the block device at `node`, by ioctl (no fork).
+pub fn block_device_size(node: &Path) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let dev = std::fs::File::open(node)?;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(dev.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
 /// `MAJ:MIN` of a block device node, from stat (no fork, no ioctl).
 pub fn device_number(node: &Path) -> std::io::Result<String> {
     use std::os::unix::fs::MetadataExt;
@@ -244,5 +340,29 @@ mod tests {
         assert!(err.contains("did not finish"), "{err}");
         assert!(t.elapsed() < Duration::from_secs(5));
         assert!(run_bounded(&mut Command::new("/nonexistent/tool"), TOOL_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn capabilities_from_proc_status() {
+        // This machine's sandbox: everything but CAP_SYS_RESOURCE (bit 24).
+        let status = "Name:\tvolplugin\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n";
+        let eff = effective_capabilities(status).unwrap();
+        let (xfs, _) = online_grow_capability(Filesystem::Xfs);
+        let (ext4, name) = online_grow_capability(Filesystem::Ext4);
+        assert!(eff & (1 << xfs) != 0);
+        assert!(eff & (1 << ext4) == 0);
+        assert_eq!(name, "CAP_SYS_RESOURCE");
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
+        // This process: the check agrees with its own CapEff.
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        let own = effective_capabilities(&own).unwrap();
+        assert_eq!(
+            check_online_grow(Filesystem::Ext4).is_ok(),
+            own & (1 << ext4) != 0
+        );
+        if let Err(e) = check_online_grow(Filesystem::Ext4) {
+            let e = e.to_string();
+            assert!(e.contains("CAP_SYS_RESOURCE") && e.contains("ext4"), "{e}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use super::BackendError;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
 const LO_NAME_SIZE: usize = 64;
@@ -212,6 +213,20 @@ pub fn detach(path: &Path) -> Result<(), BackendError> {
                 source: err,
             });
         }
+    }
+    Ok(())
+}
+
+/// Tells `/dev/loopN` that its backing file has grown: the device takes the file's new size
+/// at once, while mounted.
+pub fn set_capacity(path: &Path) -> Result<(), BackendError> {
+    let dev = File::open(path).map_err(BackendError::io(format!("open {}", path.display())))?;
+    // SAFETY: LOOP_SET_CAPACITY takes no pointer argument; `dev` is an open fd we own.
+    if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_CAPACITY as _, 0) } < 0 {
+        return Err(last_os_error(format!(
+            "LOOP_SET_CAPACITY {}",
+            path.display()
+        )));
     }
     Ok(())
 }

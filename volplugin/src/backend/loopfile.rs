@@ -195,6 +195,95 @@ impl Backend for LoopfileBackend {
         result
     }
 
+    fn check_grow(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        _new_size: u64,
+        mounted: bool,
+    ) -> Result<(), BackendError> {
+        let image = self.image(name);
+        if !image.exists() {
+            return Err(BackendError::Refused(format!(
+                "the image of {name} ({}) is missing",
+                image.display()
+            )));
+        }
+        if mounted {
+            fsops::check_online_grow(spec.fs)?;
+        }
+        Ok(())
+    }
+
+    /// The image grows (sparse: no data written), every loop device on it is told its new
+    /// size, then the filesystem grows: online through the mount, else offline.
+    fn grow(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        mounted_at: Option<&Path>,
+    ) -> Result<(), BackendError> {
+        let image = self.image(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .map_err(BackendError::io(format!("open {}", image.display())))?;
+        let len = file
+            .metadata()
+            .map_err(BackendError::io(format!("stat {}", image.display())))?
+            .len();
+        if len < spec.size_bytes {
+            // One step: a crash leaves the image at its old length or at the new one.
+            file.set_len(spec.size_bytes)
+                .map_err(BackendError::io(format!("size {}", image.display())))?;
+            file.sync_all()
+                .map_err(BackendError::io(format!("fsync {}", image.display())))?;
+        }
+        // Also a device another namespace still holds: it must not keep the old size.
+        let devices = loopdev::devices_of_current(&image);
+        for dev in &devices {
+            loopdev::set_capacity(dev)?;
+        }
+        match mounted_at {
+            Some(target) => {
+                let attachment = self.attachment(name, target)?.ok_or_else(|| {
+                    BackendError::Refused(format!(
+                        "{name} is no longer mounted at {}",
+                        target.display()
+                    ))
+                })?;
+                fsops::grow_mounted(spec.fs, Path::new(&attachment.source), target)
+            }
+            None if !devices.is_empty() => Err(BackendError::Refused(format!(
+                "the image of {name} is still attached to {} with no mount of ours (a container \
+                 being torn down holds it); resize again in a moment",
+                devices
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            None => match spec.fs {
+                Filesystem::Ext4 => fsops::grow_ext4_offline(&image),
+                Filesystem::Xfs => {
+                    let dev = loopdev::attach(&image)?;
+                    let grown =
+                        fsops::grow_xfs_offline(&dev.path, &self.scratch.join("grow").join(name));
+                    // Autoclear detaches the device once our handle closes (unmounted now).
+                    dev.release();
+                    grown
+                }
+            },
+        }
+    }
+
+    fn storage_size(&self, name: &str) -> Result<u64, BackendError> {
+        let image = self.image(name);
+        Ok(std::fs::metadata(&image)
+            .map_err(BackendError::io(format!("stat {}", image.display())))?
+            .len())
+    }
+
     fn clear_scratch_mounts(&self) -> Result<Vec<String>, BackendError> {
         fsops::clear_scratch(&self.scratch)
     }

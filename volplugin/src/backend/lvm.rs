@@ -402,6 +402,39 @@ impl LvmThinBackend {
             .map_err(BackendError::Refused)
     }
 
+    /// The size of a volume's LV: by ioctl on its device while active (the service only
+    /// resizes volumes with a record, whose LV is ours), else from LVM's report, refused
+    /// unless the LV carries our tag.
+    fn lv_size(&self, lv: &str) -> Result<u64, BackendError> {
+        match fsops::block_device_size(&self.node(lv)) {
+            Ok(size) => Ok(size),
+            Err(_) => Ok(self.own_lv(lv)?.size()),
+        }
+    }
+
+    /// The LV of a volume, refused unless it carries our tag.
+    fn own_lv(&self, lv: &str) -> Result<LvRow, BackendError> {
+        self.lvs()?
+            .into_iter()
+            .find(|r| r.lv_name == lv && r.tagged())
+            .ok_or_else(|| {
+                BackendError::Refused(format!(
+                    "LV {}/{lv} is missing or not tagged {TAG}",
+                    self.cfg.vg
+                ))
+            })
+    }
+
+    /// The pool rules of a new volume, for a volume growing by `growth` bytes.
+    fn check_growth_room(&self, name: &str, growth: u64) -> Result<(), BackendError> {
+        self.check_room(growth).map_err(|e| {
+            BackendError::Refused(format!(
+                "growing {name} by {} is refused: {e}",
+                human_size(growth)
+            ))
+        })
+    }
+
     /// lvcreate refuses an existing name itself; its refusal is made to say whose LV it is
     /// not.
     fn explain_existing(&self, lv: &str, e: BackendError) -> BackendError {
@@ -547,6 +580,77 @@ impl Backend for LvmThinBackend {
             return Err(e);
         }
         Ok(())
+    }
+
+    fn check_grow(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        new_size: u64,
+        mounted: bool,
+    ) -> Result<(), BackendError> {
+        if mounted {
+            fsops::check_online_grow(spec.fs)?;
+        }
+        let lv = lv_name(&self.cfg.vg, name)?;
+        let current = self.lv_size(&lv)?;
+        if current < new_size {
+            let _room = plugin_transport::sync::lock(&self.capacity);
+            self.check_growth_room(name, new_size - current)?;
+        }
+        Ok(())
+    }
+
+    /// lvextend (within the pool rules new volumes obey, for the growth), then the filesystem:
+    /// online through the mount, else offline.
+    fn grow(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        mounted_at: Option<&Path>,
+    ) -> Result<(), BackendError> {
+        let lv = lv_name(&self.cfg.vg, name)?;
+        {
+            // Held from the check to the end of lvextend, as for lvcreate.
+            let _room = plugin_transport::sync::lock(&self.capacity);
+            let current = self.lv_size(&lv)?;
+            if current < spec.size_bytes {
+                self.check_growth_room(name, spec.size_bytes - current)?;
+                let size = format!("{}m", spec.size_bytes.div_ceil(1 << 20));
+                // One step in LVM's metadata: a crash leaves the LV at one size or the other.
+                self.lvm(&[
+                    "lvextend",
+                    "--quiet",
+                    "-L",
+                    &size,
+                    &format!("{}/{lv}", self.cfg.vg),
+                ])?;
+            }
+        }
+        self.activate(&lv)?;
+        let node = self.node(&lv);
+        match mounted_at {
+            Some(target) => {
+                if self.mounted_attachment(&lv, target)?.is_none() {
+                    return Err(BackendError::Refused(format!(
+                        "{name} is no longer mounted at {}",
+                        target.display()
+                    )));
+                }
+                fsops::grow_mounted(spec.fs, &node, target)
+            }
+            None => match spec.fs {
+                Filesystem::Ext4 => fsops::grow_ext4_offline(&node),
+                Filesystem::Xfs => {
+                    fsops::grow_xfs_offline(&node, &self.cfg.scratch.join("grow").join(name))
+                }
+            },
+        }
+    }
+
+    fn storage_size(&self, name: &str) -> Result<u64, BackendError> {
+        let lv = lv_name(&self.cfg.vg, name)?;
+        self.lv_size(&lv)
     }
 
     /// Only an LV tagged berth-vol is removed; absent is success.

@@ -17,6 +17,24 @@ struct SimVolume {
     spec: VolumeSpec,
     mounted_at: Option<PathBuf>,
     minor: u32,
+    /// The block storage's size and the filesystem's, apart: a grow changes one, then the other.
+    device_bytes: u64,
+    fs_bytes: u64,
+    /// How the last grow of the filesystem ran: `Some(true)` online (mounted), `Some(false)` offline.
+    grown_online: Option<bool>,
+}
+
+impl SimVolume {
+    fn new(spec: &VolumeSpec) -> Self {
+        Self {
+            spec: spec.clone(),
+            mounted_at: None,
+            minor: 0,
+            device_bytes: spec.size_bytes,
+            fs_bytes: spec.size_bytes,
+            grown_online: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -33,7 +51,7 @@ impl MemoryBackend {
     }
 
     /// Makes the next `times` calls of `operation` (`provision`, `deprovision`, `mount`,
-    /// `unmount`, `clone`) fail.
+    /// `unmount`, `clone`, `check_grow`, `grow_storage`, `grow_fs`) fail.
     pub fn fail_next(&self, operation: &'static str, times: u32) {
         self.failures.lock().unwrap().insert(operation, times);
     }
@@ -62,14 +80,35 @@ impl MemoryBackend {
 
     /// Simulates storage left by something else (or a crash of another implementation).
     pub fn insert_stray(&self, name: &str, spec: VolumeSpec) {
-        self.volumes.lock().unwrap().insert(
-            name.to_string(),
-            SimVolume {
-                spec,
-                mounted_at: None,
-                minor: 0,
-            },
-        );
+        self.volumes
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), SimVolume::new(&spec));
+    }
+
+    /// (storage, filesystem) sizes of a volume's storage.
+    pub fn sizes(&self, name: &str) -> Option<(u64, u64)> {
+        self.volumes
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|v| (v.device_bytes, v.fs_bytes))
+    }
+
+    /// Whether the last filesystem grow ran online (mounted) or offline.
+    pub fn grown_online(&self, name: &str) -> Option<bool> {
+        self.volumes
+            .lock()
+            .unwrap()
+            .get(name)
+            .and_then(|v| v.grown_online)
+    }
+
+    /// Simulates a crash between a grow's two steps: the storage is grown, not the filesystem.
+    pub fn grow_storage_only(&self, name: &str, bytes: u64) {
+        if let Some(v) = self.volumes.lock().unwrap().get_mut(name) {
+            v.device_bytes = v.device_bytes.max(bytes);
+        }
     }
 
     /// Simulates a reboot: nothing stays mounted.
@@ -101,14 +140,7 @@ impl Backend for MemoryBackend {
                 "storage for {name} already exists but belongs to no volume"
             )));
         }
-        volumes.insert(
-            name.to_string(),
-            SimVolume {
-                spec: spec.clone(),
-                mounted_at: None,
-                minor: 0,
-            },
-        );
+        volumes.insert(name.to_string(), SimVolume::new(spec));
         Ok(())
     }
 
@@ -197,15 +229,62 @@ impl Backend for MemoryBackend {
                 "storage for {name} already exists but belongs to no volume"
             )));
         }
-        volumes.insert(
-            name.to_string(),
-            SimVolume {
-                spec: spec.clone(),
-                mounted_at: None,
-                minor: 0,
-            },
-        );
+        volumes.insert(name.to_string(), SimVolume::new(spec));
         Ok(())
+    }
+
+    fn check_grow(
+        &self,
+        name: &str,
+        _spec: &VolumeSpec,
+        _new_size: u64,
+        _mounted: bool,
+    ) -> Result<(), BackendError> {
+        self.injected("check_grow")?;
+        if !self.volumes.lock().unwrap().contains_key(name) {
+            return Err(BackendError::Refused(format!("no storage for {name}")));
+        }
+        Ok(())
+    }
+
+    fn grow(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        mounted_at: Option<&Path>,
+    ) -> Result<(), BackendError> {
+        self.injected("grow_storage")?;
+        {
+            let mut volumes = self.volumes.lock().unwrap();
+            let volume = volumes
+                .get_mut(name)
+                .ok_or_else(|| BackendError::Refused(format!("no storage for {name}")))?;
+            if volume.mounted_at.as_deref() != mounted_at {
+                return Err(BackendError::Refused(format!(
+                    "{name} is mounted at {:?}, not at {mounted_at:?}",
+                    volume.mounted_at
+                )));
+            }
+            volume.device_bytes = volume.device_bytes.max(spec.size_bytes);
+        }
+        self.injected("grow_fs")?;
+        let mut volumes = self.volumes.lock().unwrap();
+        let volume = volumes
+            .get_mut(name)
+            .ok_or_else(|| BackendError::Refused(format!("no storage for {name}")))?;
+        volume.fs_bytes = volume.device_bytes;
+        volume.spec.size_bytes = volume.device_bytes;
+        volume.grown_online = Some(mounted_at.is_some());
+        Ok(())
+    }
+
+    fn storage_size(&self, name: &str) -> Result<u64, BackendError> {
+        self.volumes
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|v| v.device_bytes)
+            .ok_or_else(|| BackendError::Refused(format!("no storage for {name}")))
     }
 
     fn status_extra(&self, _name: &str) -> std::collections::BTreeMap<String, serde_json::Value> {

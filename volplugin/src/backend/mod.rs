@@ -117,6 +117,50 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// Refuses, before anything changes, a grow of `name` from `spec` to `new_size` that the
+    /// backend can tell would fail: a mounted filesystem this process may not grow (a missing
+    /// capability), a pool the growth would take past its rules.
+    fn check_grow(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        new_size: u64,
+        mounted: bool,
+    ) -> Result<(), BackendError> {
+        let _ = (name, spec, new_size, mounted);
+        Err(BackendError::Refused(format!(
+            "the {} backend cannot resize volumes",
+            self.kind()
+        )))
+    }
+
+    /// Grows the storage of `name` to `spec.size_bytes` and its filesystem to fill it: online
+    /// at `mounted_at` while the volume is mounted there, else offline. Idempotent, so a grow
+    /// cut short by a crash is finished by calling it again: what is already that large is
+    /// left as it is. Never shrinks. The storage grows in one step (it is never part-grown),
+    /// and the filesystem only after it.
+    fn grow(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+        mounted_at: Option<&Path>,
+    ) -> Result<(), BackendError> {
+        let _ = (name, spec, mounted_at);
+        Err(BackendError::Refused(format!(
+            "the {} backend cannot resize volumes",
+            self.kind()
+        )))
+    }
+
+    /// The size of the volume's storage now (the image file's length, the LV's size).
+    fn storage_size(&self, name: &str) -> Result<u64, BackendError> {
+        let _ = name;
+        Err(BackendError::Refused(format!(
+            "the {} backend cannot tell a volume's storage size",
+            self.kind()
+        )))
+    }
+
     /// Backend-specific figures added to the volume's Status (LV, pool fill and mode, ...).
     /// Never fails: what cannot be read is left out.
     fn status_extra(&self, name: &str) -> BTreeMap<String, serde_json::Value> {

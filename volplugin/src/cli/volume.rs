@@ -39,6 +39,16 @@ pub enum VolumeCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Grow a volume to SIZE (`20G`, `1.5T`; binary units, rounded up to whole MiB) while
+    /// containers use it: the storage, then the filesystem (online while mounted, else at
+    /// once offline). Shrinking is refused.
+    Resize {
+        name: String,
+        /// The new size; at least the current one.
+        size: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Mount counts Docker no longer holds.
     #[command(subcommand)]
     Mounts(MountsCommand),
@@ -77,11 +87,41 @@ impl VolumeCommand {
                 ];
                 set_limits(&name, &limits, admin).await
             }
+            VolumeCommand::Resize { name, size, admin } => resize(&name, &size, admin).await,
             VolumeCommand::Mounts(MountsCommand::Clear { name, admin }) => {
                 clear_mounts(&name, admin).await
             }
         }
     }
+}
+
+async fn resize(name: &str, size: &str, admin: AdminArgs) -> anyhow::Result<()> {
+    validate_name(name)?;
+    let body = serde_json::json!({ "size": size });
+    let body = admin
+        .call(
+            Method::POST,
+            &format!("/volumes/{name}/size"),
+            Some(serde_json::to_vec(&body)?),
+        )
+        .await?;
+    if let Some(info) = admin
+        .decode::<VolumeInfo>(&body)
+        .context("decoding the daemon's answer")?
+    {
+        println!(
+            "{}: size now {} ({} bytes){}",
+            info.name,
+            human_size(info.size_bytes),
+            info.size_bytes,
+            if info.mounts > 0 {
+                ", grown online"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 async fn clear_mounts(name: &str, admin: AdminArgs) -> anyhow::Result<()> {
@@ -204,6 +244,7 @@ async fn inspect(name: &str, admin: AdminArgs) -> anyhow::Result<()> {
         vec!["Backend".into(), info.backend.clone()],
         vec!["Filesystem".into(), info.fs.clone()],
         vec!["Size".into(), opt(Some(info.size_bytes))],
+        vec!["Resizing to".into(), opt(info.resizing_to_bytes)],
         vec!["Allocated".into(), opt(info.allocated_bytes)],
         vec!["Used".into(), opt(info.used_bytes)],
         vec!["Free".into(), opt(info.free_bytes)],

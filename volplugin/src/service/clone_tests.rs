@@ -102,6 +102,7 @@ fn crash_mid_clone_is_rolled_back_at_start() {
         mounts: BTreeMap::new(),
         limits: Default::default(),
         from: Some("src".into()),
+        resize: None,
     };
     svc.store.put(&record).unwrap();
     backend.clone_volume("half", "src", &record.spec).unwrap();

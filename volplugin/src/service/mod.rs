@@ -13,8 +13,8 @@ use tracing::{info, warn};
 use crate::backend::{Backend, BackendError};
 use crate::error::{describe_spec, VolError};
 use crate::limits::IoLimits;
-use crate::spec::{validate_name, SpecPolicy};
-use crate::store::{MetaStore, Phase, VolumeRecord};
+use crate::spec::{human_size, parse_size, round_up_to_mib, validate_name, SpecPolicy, VolumeSpec};
+use crate::store::{MetaStore, Phase, ResizeIntent, VolumeRecord};
 
 /// What `docker volume inspect` shows under Status, and what the admin CLI prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,9 @@ pub struct VolumeInfo {
     /// The volume this one was cloned from (`-o from=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// The size an unfinished resize grows the volume to (`size_bytes` is the size until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resizing_to_bytes: Option<u64>,
     /// What the backend adds (lvm-thin: lv, pool, pool_data_percent, pool_metadata_percent,
     /// pool_mode), flat in Status like the rest.
     #[serde(flatten, default, deserialize_with = "crate::backend::status_keys")]
@@ -108,6 +111,11 @@ pub struct ReconcileReport {
     pub unmounted: Vec<String>,
     pub released_devices: Vec<String>,
     pub unknown_storage: Vec<String>,
+    /// Resizes a crash interrupted, finished at their new size.
+    pub finished_resizes: Vec<String>,
+    /// Resizes that could not be finished and whose storage had not changed: back at their
+    /// old size (the error is in `errors`).
+    pub dropped_resizes: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -206,6 +214,7 @@ impl VolumeService {
             mounts: BTreeMap::new(),
             limits,
             from: None,
+            resize: None,
         };
         self.store.put(&record)?;
         if let Err(e) = self.backend.provision(name, &spec) {
@@ -292,6 +301,7 @@ impl VolumeService {
             mounts: BTreeMap::new(),
             limits,
             from: Some(source.to_string()),
+            resize: None,
         };
         self.store.put(&record)?;
         if let Err(e) = self.backend.clone_volume(name, source, &spec) {
@@ -454,6 +464,130 @@ impl VolumeService {
         Ok(self.info(&record))
     }
 
+    /// Grows a volume to `size` (`20G`, rounded up to whole MiB), mounted or not: the storage
+    /// first, then the filesystem (online while mounted, else offline at once). Shrinking is
+    /// refused. Crash-safe: the intent is recorded before the storage changes, and a crash
+    /// after that is finished by `reconcile` at the next start.
+    pub fn resize(&self, name: &str, size: &str) -> Result<VolumeInfo, VolError> {
+        validate_name(name)?;
+        let bad = |why: String| VolError::InvalidOption {
+            option: "size".into(),
+            why,
+        };
+        let requested = parse_size(size).map_err(bad)?;
+        let new_size =
+            round_up_to_mib(requested).ok_or_else(|| bad(format!("{size:?} is too large")))?;
+        let lock = self.lock(name);
+        let _guard = lock_unpoisoned(&lock);
+        let mut record = self.ready_record(name)?;
+        let current = record.spec.size_bytes;
+        if let Some(pending) = record.resize {
+            if new_size < pending.to_bytes {
+                return Err(bad(format!(
+                    "an unfinished resize of {name} grows it to {}; ask for at least that size",
+                    human_size(pending.to_bytes)
+                )));
+            }
+        }
+        if new_size < current {
+            return Err(bad(format!(
+                "{} is smaller than the volume's size {}: volumes can only grow (shrinking \
+                 would cut off data the filesystem holds); nothing was changed",
+                human_size(new_size),
+                human_size(current)
+            )));
+        }
+        if new_size > self.policy.max_size {
+            return Err(bad(format!(
+                "{} is over this host's maximum of {}",
+                human_size(new_size),
+                human_size(self.policy.max_size)
+            )));
+        }
+        if new_size == current && record.resize.is_none() {
+            return Ok(self.info(&record));
+        }
+        let target = self.mountpoint(name);
+        let mounted_at = self
+            .backend
+            .attachment(name, &target)
+            .map_err(Self::backend_err("resize", name))?
+            .map(|_| target);
+        // An unfinished resize to a smaller size is finished first: its storage may have grown
+        // already, and an intent must start from a size the storage is at (else a failure of
+        // the new one, its storage short of the new size, would be taken for "nothing grown").
+        if record.resize.is_some_and(|p| p.to_bytes < new_size) {
+            self.finish_resize(&mut record, mounted_at.as_deref())?;
+        }
+        let current = record.spec.size_bytes;
+        self.backend
+            .check_grow(name, &record.spec, new_size, mounted_at.is_some())
+            .map_err(|e| VolError::backend("resize", name, format!("{e}; nothing was changed")))?;
+        // The intent first: a crash from here on is finished at the next start.
+        record.resize = Some(ResizeIntent {
+            from_bytes: current,
+            to_bytes: new_size,
+        });
+        self.store.put(&record)?;
+        self.finish_resize(&mut record, mounted_at.as_deref())?;
+        info!(volume = name, from = %human_size(current), to = %human_size(new_size),
+            online = mounted_at.is_some(), "resized");
+        Ok(self.info(&record))
+    }
+
+    /// Grows the storage and filesystem to the recorded intent, then records the new size. On
+    /// failure the intent is dropped where the storage did not reach the new size (it grows
+    /// in one step, and the filesystem only after it: nothing changed), else kept for the
+    /// next start or the next resize to finish.
+    fn finish_resize(
+        &self,
+        record: &mut VolumeRecord,
+        mounted_at: Option<&Path>,
+    ) -> Result<(), VolError> {
+        let Some(intent) = record.resize else {
+            return Ok(());
+        };
+        let name = record.name.clone();
+        let spec = VolumeSpec {
+            size_bytes: intent.to_bytes,
+            fs: record.spec.fs,
+        };
+        match self.backend.grow(&name, &spec, mounted_at) {
+            Ok(()) => {
+                record.spec.size_bytes = intent.to_bytes;
+                record.resize = None;
+                self.store.put(record)
+            }
+            Err(e) => {
+                // Unknown counts as grown: the intent is kept rather than a growth forgotten.
+                let grown = !matches!(
+                    self.backend.storage_size(&name),
+                    Ok(size) if size < intent.to_bytes
+                );
+                if grown {
+                    return Err(VolError::backend(
+                        "resize",
+                        &name,
+                        format!(
+                            "{e}; the storage is at the new size: the filesystem's growth is \
+                             retried at the next start, or now by running the resize again"
+                        ),
+                    ));
+                }
+                record.resize = None;
+                self.store.put(record)?;
+                Err(VolError::backend(
+                    "resize",
+                    &name,
+                    format!(
+                        "{e}; nothing was changed (the volume is still {})",
+                        human_size(record.spec.size_bytes)
+                    ),
+                ))
+            }
+        }
+    }
+
     /// What the IO throttler measured, per volume; replaces the previous figures.
     pub fn record_observed(&self, observed: HashMap<String, ObservedIo>) {
         *lock_unpoisoned(&self.observed) = observed;
@@ -531,6 +665,7 @@ impl VolumeService {
             limits: record.limits,
             observed: lock_unpoisoned(&self.observed).get(&record.name).copied(),
             from: record.from.clone(),
+            resizing_to_bytes: record.resize.map(|r| r.to_bytes),
             backend_status: self.backend.status_extra(&record.name),
             state: match record.phase {
                 Phase::Creating => "creating",
@@ -538,6 +673,35 @@ impl VolumeService {
                 Phase::Removing => "removing",
             }
             .to_string(),
+        }
+    }
+
+    /// Finishes a resize a crash interrupted, online if the volume is (still) mounted.
+    fn reconcile_resize(
+        &self,
+        name: &str,
+        target: &Path,
+        report: &mut ReconcileReport,
+    ) -> Result<(), VolError> {
+        let Some(mut record) = self.store.get(name)? else {
+            return Ok(());
+        };
+        let mounted_at = self
+            .backend
+            .attachment(name, target)
+            .map_err(Self::backend_err("finish resize", name))?
+            .map(|_| target);
+        match self.finish_resize(&mut record, mounted_at) {
+            Ok(()) => {
+                report.finished_resizes.push(name.to_string());
+                Ok(())
+            }
+            Err(e) => {
+                if record.resize.is_none() {
+                    report.dropped_resizes.push(name.to_string());
+                }
+                Err(e)
+            }
         }
     }
 
@@ -590,6 +754,9 @@ impl VolumeService {
                                 .map_err(Self::backend_err("reconcile", name))?;
                             report.unmounted.push(name.to_string());
                         }
+                        if record.resize.is_some() {
+                            self.reconcile_resize(name, &target, &mut report)?;
+                        }
                     }
                 }
                 Ok(())
@@ -624,5 +791,7 @@ pub fn display(path: Option<&Path>) -> String {
 
 #[cfg(test)]
 mod clone_tests;
+#[cfg(test)]
+mod resize_tests;
 #[cfg(test)]
 mod tests;

@@ -149,6 +149,7 @@ fn reconcile_rolls_back_interrupted_create() {
             mounts: Default::default(),
             limits: Default::default(),
             from: None,
+            resize: None,
         })
         .unwrap();
     backend.insert_stray("half", spec.clone());
