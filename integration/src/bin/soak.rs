@@ -4,8 +4,9 @@
 //!
 //! `bash scripts/soak.sh [-- CYCLES MAX_MINUTES SEED]` (defaults 1000 cycles, 50 min, the
 //! time). Root; a private dockerd (`--bridge=none --iptables=false`), Open vSwitch (netdev
-//! datapath) and both plugins, all started here and stopped at the end. Traffic stays in
-//! 10.231.212.0/24, which exists only inside the containers.
+//! datapath) and both plugins, all started here and stopped at the end, in network and mount
+//! namespaces of their own (the script makes them). Traffic stays in 10.231.212.0/24, which
+//! exists only inside the containers.
 //!
 //! Invariants (after a bounded settle, since reconcile and leak release run on timers):
 //! - no address twice among the running containers, nor among netplugin's endpoint records;
