@@ -84,6 +84,7 @@ mod guest {
     use anyhow::{bail, ensure, Context, Result};
     use integration::procs::wait_until;
     use integration::thin_guest::*;
+    use plugin_transport::fuzz::Rng;
     use serde_json::json;
 
     /// Concurrent requests per round: the issue asks for at least 50.
@@ -110,20 +111,6 @@ mod guest {
             ),
             ("remove_all", remove_all),
         ])
-    }
-
-    /// xorshift64*: reproducible from the printed seed, no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
     }
 
     fn pool_setup(g: &mut Guest) -> Result<()> {
@@ -216,7 +203,7 @@ mod guest {
 
     fn concurrent_rounds_with_kills(g: &mut Guest) -> Result<()> {
         let (seed, rounds) = *PARAMS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed);
         let mut mounts: Vec<(String, String)> = Vec::new();
         let mut tally = Tally::new();
         let mut kills = 0;

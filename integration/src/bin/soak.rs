@@ -28,6 +28,7 @@ use integration::ovs::OvsEnv;
 use integration::plugins::{binary, Volplugin, DOCKER_PLUGIN_DIR};
 use integration::procs::wait_until;
 use integration::{DockerEnv, DockerOptions, TEST_IMAGE};
+use plugin_transport::fuzz::Rng;
 
 const NETWORK: &str = "soaknet";
 const SUBNET: &str = "10.231.212.0/24";
@@ -35,26 +36,12 @@ const VOLUMES: usize = 4;
 /// Containers kept running; older ones are removed.
 const RUNNING: usize = 8;
 /// A kill in one cycle out of this many.
-const KILL_ONE_IN: u64 = 12;
+const KILL_ONE_IN: usize = 12;
 const CHECK_EVERY: usize = 100;
 /// Reconcile passes, the Docker sweep and leak release need a few seconds after a restart.
 const SETTLE: Duration = Duration::from_secs(45);
 /// `--release-leaked-after` here: endpoints whose container is gone are released after this.
 const LEAK_GRACE: &str = "3";
-
-/// xorshift64*: a run is replayed from its printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
@@ -219,11 +206,17 @@ impl Rig {
         }
         let ports = self.ovs.ports(&self.bridge)?;
         if ports.len() != n {
-            v.push(format!("{} OVS ports for {n} containers: {ports:?}", ports.len()));
+            v.push(format!(
+                "{} OVS ports for {n} containers: {ports:?}",
+                ports.len()
+            ));
         }
         let veths = host_veths()?;
         if veths.len() != n {
-            v.push(format!("{} host veths for {n} containers: {veths:?}", veths.len()));
+            v.push(format!(
+                "{} host veths for {n} containers: {veths:?}",
+                veths.len()
+            ));
         }
         let held = held(&self.net)?;
         if held != self.held_at_start + n as u64 {
@@ -242,7 +235,9 @@ impl Rig {
             let mounts = rec["mounts"].as_u64().unwrap_or(u64::MAX);
             let want = users.get(name).copied().unwrap_or(0);
             if mounts != want {
-                v.push(format!("{name}: {mounts} mounts counted, {want} containers use it"));
+                v.push(format!(
+                    "{name}: {mounts} mounts counted, {want} containers use it"
+                ));
             }
         }
         // Reachability: the first running container pings all the others.
@@ -300,9 +295,14 @@ fn main() -> Result<()> {
             .as_nanos() as u64,
     };
     println!("soak: {cycles} cycles, at most {minutes} min, seed {seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut rig = Rig::start()?;
-    let result = soak(&mut rig, &mut rng, cycles, Duration::from_secs(minutes * 60));
+    let result = soak(
+        &mut rig,
+        &mut rng,
+        cycles,
+        Duration::from_secs(minutes * 60),
+    );
     // Teardown: containers first (their mounts and ports), then the daemons (Drop).
     let names = rig.running().unwrap_or_default();
     for name in names.keys() {
@@ -325,7 +325,7 @@ fn soak(rig: &mut Rig, rng: &mut Rng, cycles: usize, bound: Duration) -> Result<
             break;
         }
         let name = format!("soak{cycle}");
-        let volume = format!("soakvol{}", rng.below(VOLUMES as u64));
+        let volume = format!("soakvol{}", rng.below(VOLUMES));
         // A kill at a random moment of this cycle's `docker run`, from another thread.
         let kill = (rng.below(KILL_ONE_IN) == 0).then(|| {
             let target = match rng.below(3) {
@@ -333,7 +333,7 @@ fn soak(rig: &mut Rig, rng: &mut Rng, cycles: usize, bound: Duration) -> Result<
                 1 => Target::Volplugin,
                 _ => Target::Vswitchd,
             };
-            (target, Duration::from_millis(rng.below(1500)))
+            (target, Duration::from_millis(rng.below(1500) as u64))
         });
         let (tx, rx) = mpsc::channel::<Result<std::process::Output>>();
         std::thread::scope(|s| -> Result<()> {
