@@ -22,6 +22,7 @@ pub mod netplugin;
 pub mod ovs;
 pub mod plugins;
 pub mod procs;
+pub mod thin_guest;
 pub mod vm;
 
 pub use docker::{DockerEnv, DockerOptions, TEST_IMAGE};

@@ -180,6 +180,15 @@ impl OvsEnv {
         Ok(())
     }
 
+    /// kill -9 of ovs-vswitchd (a crash: no cleanup of its datapath); start it again with
+    /// [`Self::start_vswitchd`].
+    pub fn kill9_vswitchd(&mut self) -> Result<()> {
+        if let Some(mut d) = self.vswitchd.take() {
+            d.kill9()?;
+        }
+        Ok(())
+    }
+
     pub fn stop_ovsdb(&mut self) -> Result<()> {
         if let Some(mut d) = self.ovsdb.take() {
             d.stop(Duration::from_secs(10))?;

@@ -10,105 +10,39 @@
 //! Two boots on one disk: the second one checks what survives a reboot.
 //! Run: `cargo test -p integration --test lvm_thin` (root; see `vm::require_prerequisites`).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::Result;
 use integration::harness::{self, TestFn};
-use integration::vm;
+use integration::thin_guest::{GuestRun, GuestSuite};
 
+// A bound, not a timing: the boots take several minutes, far longer when the machine's two
+// cores are busy.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(720);
 
 struct Ctx {
-    results: BTreeMap<String, Result<(), String>>,
-    boots: Vec<(String, vm::BootOutput)>,
-    _work: tempfile::TempDir,
+    run: GuestRun,
 }
 
 fn setup() -> Result<Ctx> {
-    vm::require_prerequisites()?;
-    let volplugin = integration::plugins::binary("volplugin")?;
-    let me = std::env::current_exe()?;
-    let kernel = vm::kernel()?;
-    let base = vm::base_initramfs(&kernel)?;
-    let work = tempfile::Builder::new()
-        .prefix("berth-lvm-")
-        .tempdir_in(vm::cache_dir()?)?;
-    let disk = work.path().join("disk.raw");
-    vm::create_disk(&disk, 3 << 30)?;
-    let mut results = BTreeMap::new();
-    let mut boots = Vec::new();
-    for phase in ["first_boot", "second_boot"] {
-        let out = vm::boot(
-            &kernel,
-            &base,
-            &vm::Boot {
-                programs: vec![
-                    (volplugin.clone(), "volplugin".into()),
-                    (me.clone(), "lvm_thin".into()),
-                ],
-                disks: vec![disk.clone()],
-                script: format!("BERTH_GUEST=1 /usr/bin/lvm_thin {phase}\n"),
-                memory_mb: 1536,
-                cpus: 2,
-                timeout: BOOT_TIMEOUT,
-                work: work.path().to_path_buf(),
-                name: phase.into(),
-            },
-        )?;
-        // Kept after the run (the work dir goes): what to read when a guest test fails.
-        let kept = vm::cache_dir()?.join(format!("last-{phase}-console.log"));
-        std::fs::write(&kept, &out.console)?;
-        println!(
-            "guest {phase}: {:.1}s{} (console: {})",
-            out.elapsed.as_secs_f64(),
-            if out.timed_out { " (TIMED OUT)" } else { "" },
-            kept.display()
-        );
-        results.extend(vm::parse_results(&out.results));
-        for (key, value) in vm::parse_figures(&out.results) {
-            println!("guest figure {key}: {value}");
-        }
-        boots.push((phase.to_string(), out));
+    let run = GuestSuite {
+        name: "lvm_thin",
+        phases: &["first_boot", "second_boot"],
+        disk_bytes: 3 << 30,
+        memory_mb: 1536,
+        timeout: BOOT_TIMEOUT,
+        env: Vec::new(),
     }
-    Ok(Ctx {
-        results,
-        boots,
-        _work: work,
-    })
-}
-
-fn outcome(ctx: &Ctx, name: &str) -> Result<()> {
-    match ctx.results.get(name) {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(anyhow!("in the guest: {e}")),
-        None => {
-            let tails: Vec<String> = ctx
-                .boots
-                .iter()
-                .map(|(phase, b)| {
-                    format!(
-                        "--- {phase} console (last 40 lines):\n{}",
-                        b.console_tail(40)
-                    )
-                })
-                .collect();
-            Err(anyhow!(
-                "the guest reported nothing for {name} (it crashed or ran out of time)\n{}",
-                tails.join("\n")
-            ))
-        }
+    .run()?;
+    for (key, value) in &run.figures {
+        println!("guest figure {key}: {value}");
     }
+    Ok(Ctx { run })
 }
 
-macro_rules! guest_tests {
-    ($($name:ident),* $(,)?) => {
-        $(fn $name(ctx: &Ctx) -> Result<()> { outcome(ctx, stringify!($name)) })*
-        const GUEST_TESTS: &[(&str, TestFn<Ctx>)] = &[$((stringify!($name), $name)),*];
-    };
-}
-
-guest_tests!(
+integration::guest_tests!(
+    Ctx,
+    run,
     pool_setup,
     create_get_and_lvs,
     mount_refcount_and_mapped_sectors,
@@ -132,15 +66,7 @@ guest_tests!(
 );
 
 fn boots_are_bounded(ctx: &Ctx) -> Result<()> {
-    for (phase, b) in &ctx.boots {
-        if b.timed_out {
-            bail!(
-                "{phase} ran past {BOOT_TIMEOUT:?}; console tail:\n{}",
-                b.console_tail(40)
-            );
-        }
-    }
-    Ok(())
+    ctx.run.boots_are_bounded()
 }
 
 fn main() {
@@ -154,7 +80,6 @@ fn main() {
 
 /// What runs inside the guest.
 mod guest {
-    use std::collections::BTreeMap;
     use std::io::{Read, Write};
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -163,21 +88,11 @@ mod guest {
     use anyhow::{anyhow, bail, ensure, Context, Result};
     use integration::plugins::{docker_call, metric_value, scrape_metrics};
     use integration::procs::{wait_until, Daemon};
+    use integration::thin_guest::*;
     use serde_json::{json, Value};
-
-    pub const VG: &str = "berthvg";
-    pub const POOL: &str = "pool";
-    const PLUGIN_DIR: &str = "/run/docker/plugins";
-
-    type GuestTest = fn(&mut Guest) -> Result<()>;
 
     pub fn main() -> ! {
         let phase = std::env::args().nth(1).unwrap_or_default();
-        let mut report = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/ttyS1")
-            .expect("/dev/ttyS1");
-        let mut g = Guest::new();
         let tests: Vec<(&str, GuestTest)> = match phase.as_str() {
             "first_boot" => vec![
                 ("pool_setup", pool_setup),
@@ -225,259 +140,7 @@ mod guest {
             "second_boot" => vec![("after_reboot", after_reboot)],
             other => panic!("unknown guest phase {other:?}"),
         };
-        for (name, f) in tests {
-            let t = Instant::now();
-            println!("=== guest test {name}");
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut g)))
-                .unwrap_or_else(|_| Err(anyhow!("panicked")));
-            let result = result.map_err(|e| {
-                let mut msg = format!("{e:#}");
-                let tail = g.log_tail(15);
-                if !tail.is_empty() {
-                    msg.push_str(&format!("\nvolplugin log tail:\n{tail}"));
-                }
-                msg
-            });
-            println!(
-                "=== {name}: {} ({:.1}s)",
-                if result.is_ok() { "ok" } else { "FAILED" },
-                t.elapsed().as_secs_f64()
-            );
-            if let Err(e) = &result {
-                println!("{e}");
-            }
-            let _ = report.write_all(integration::vm::result_line(name, &result).as_bytes());
-            let _ = report.flush();
-        }
-        g.stop();
-        let _ = Command::new("sync").status();
-        std::process::exit(0);
-    }
-
-    pub struct Guest {
-        daemon: Option<Daemon>,
-        pub pool: String,
-        /// Flags beyond the fixed ones (thresholds).
-        pub flags: Vec<String>,
-        /// Capabilities (bit numbers) volplugin runs without: dropped from its bounding set
-        /// before exec, so root's exec does not grant them.
-        pub drop_caps: Vec<u32>,
-    }
-
-    pub use integration::vm::guest::sh;
-
-    fn socket() -> PathBuf {
-        Path::new(PLUGIN_DIR).join("berth-vol.sock")
-    }
-
-    /// One plugin call exactly as dockerd sends it; fails unless 200.
-    pub fn call(method: &str, body: Value) -> Result<Value> {
-        let (status, value) = docker_call(&socket(), method, Some(&body.to_string()))?;
-        if status != 200 {
-            bail!("{method} {body}: HTTP {status}: {value}");
-        }
-        Ok(value)
-    }
-
-    /// A call that must fail; returns Docker's error text.
-    pub fn call_err(method: &str, body: Value) -> Result<String> {
-        let (status, value) = docker_call(&socket(), method, Some(&body.to_string()))?;
-        ensure!(
-            status != 200,
-            "{method} {body} succeeded but must fail: {value}"
-        );
-        Ok(value["Err"].as_str().unwrap_or_default().to_string())
-    }
-
-    pub fn create(name: &str, opts: Value) -> Result<()> {
-        call("VolumeDriver.Create", json!({"Name": name, "Opts": opts})).map(drop)
-    }
-
-    pub fn mount(name: &str, id: &str) -> Result<PathBuf> {
-        let v = call("VolumeDriver.Mount", json!({"Name": name, "ID": id}))?;
-        Ok(PathBuf::from(v["Mountpoint"].as_str().unwrap_or_default()))
-    }
-
-    pub fn unmount(name: &str, id: &str) -> Result<()> {
-        call("VolumeDriver.Unmount", json!({"Name": name, "ID": id})).map(drop)
-    }
-
-    pub fn remove(name: &str) -> Result<()> {
-        call("VolumeDriver.Remove", json!({"Name": name})).map(drop)
-    }
-
-    pub fn status(name: &str) -> Result<Value> {
-        let v = call("VolumeDriver.Get", json!({"Name": name}))?;
-        Ok(v["Volume"]["Status"].clone())
-    }
-
-    pub fn list() -> Result<Vec<String>> {
-        let v = call("VolumeDriver.List", json!({}))?;
-        let mut names: Vec<String> = v["Volumes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| v["Name"].as_str().map(str::to_string))
-            .collect();
-        names.sort();
-        Ok(names)
-    }
-
-    /// `lvs` rows of the VG as (name → row).
-    pub fn lvs() -> Result<BTreeMap<String, Value>> {
-        let out = sh(&[
-            "lvm",
-            "lvs",
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "lv_name,lv_attr,lv_size,lv_tags,pool_lv,origin,data_percent",
-            VG,
-        ])?;
-        let v: Value = serde_json::from_str(&out)?;
-        Ok(v["report"][0]["lv"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| (r["lv_name"].as_str().unwrap_or_default().to_string(), r))
-            .collect())
-    }
-
-    /// Volume names that have a tagged thin LV.
-    pub fn tagged_volumes() -> Result<Vec<String>> {
-        let mut v: Vec<String> = lvs()?
-            .into_iter()
-            .filter(|(_, r)| {
-                r["lv_tags"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .split(',')
-                    .any(|t| t == "berth-vol")
-            })
-            .filter_map(|(n, _)| n.strip_prefix("berth_").map(str::to_string))
-            .collect();
-        v.sort();
-        Ok(v)
-    }
-
-    fn dm(lv: &str) -> String {
-        format!("{VG}-{}", lv.replace('-', "--"))
-    }
-
-    /// Nothing half-done: the tagged LVs are exactly the volumes, every mount under the mount
-    /// root is counted, and dmsetup knows every volume's device.
-    pub fn consistent() -> Result<()> {
-        let names = list()?;
-        let tagged = tagged_volumes()?;
-        ensure!(
-            names == tagged,
-            "volumes {names:?} but tagged LVs {tagged:?}"
-        );
-        let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-        for line in mounts.lines() {
-            let mut f = line.split(' ');
-            let (_src, point) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-            if let Some(vol) = point.strip_prefix("/state/vol/mounts/") {
-                let st = status(vol)?;
-                ensure!(
-                    st["mounts"].as_u64() > Some(0),
-                    "{vol} is mounted at {point} with no counted mount"
-                );
-            }
-        }
-        Ok(())
-    }
-
-    impl Guest {
-        fn new() -> Self {
-            Self {
-                daemon: None,
-                pool: POOL.into(),
-                flags: Vec::new(),
-                drop_caps: Vec::new(),
-            }
-        }
-
-        pub fn start(&mut self) -> Result<()> {
-            let mut cmd = Command::new("/usr/bin/volplugin");
-            cmd.args([
-                "serve",
-                "--backend",
-                "lvm-thin",
-                "--vg",
-                VG,
-                "--thin-pool",
-                &self.pool,
-            ])
-            .args(["--state-dir", "/state/vol", "--plugin-dir", PLUGIN_DIR])
-            .args(["--admin-socket", "/run/berth/volplugin.sock"])
-            .args(["--metrics", "127.0.0.1:9474"])
-            .args(["--docker-socket", "/run/no-docker.sock"])
-            .args(&self.flags)
-            .env("RUST_LOG", "info");
-            let caps = self.drop_caps.clone();
-            if !caps.is_empty() {
-                use std::os::unix::process::CommandExt;
-                // SAFETY: only prctl (async-signal-safe, no allocation) between fork and exec.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        for &cap in &caps {
-                            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0)
-                                != 0
-                            {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                        }
-                        Ok(())
-                    });
-                }
-            }
-            let mut daemon = Daemon::spawn("volplugin", cmd, Path::new("/tmp/logs"))?;
-            let up = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
-                docker_call(&socket(), "Plugin.Activate", None).is_ok()
-                    || daemon.try_exited().is_some()
-            });
-            if daemon.try_exited().is_some() {
-                bail!("volplugin exited at start:\n{}", daemon.log_tail(30));
-            }
-            if !up {
-                let tail = daemon.log_tail(30);
-                let _ = daemon.kill9();
-                bail!("volplugin did not come up within 60 s:\n{tail}");
-            }
-            self.daemon = Some(daemon);
-            Ok(())
-        }
-
-        pub fn kill9(&mut self) -> Result<()> {
-            if let Some(mut d) = self.daemon.take() {
-                d.kill9()?;
-            }
-            Ok(())
-        }
-
-        pub fn restart(&mut self) -> Result<()> {
-            self.stop();
-            self.start()
-        }
-
-        pub fn stop(&mut self) {
-            if let Some(mut d) = self.daemon.take() {
-                let _ = d.stop(Duration::from_secs(20));
-            }
-        }
-
-        pub fn log_tail(&self, n: usize) -> String {
-            self.daemon
-                .as_ref()
-                .map(|d| d.log_tail(n))
-                .unwrap_or_default()
-        }
+        run_phase(tests)
     }
 
     fn write_file(path: &Path, mib: usize, byte: u8) -> Result<()> {

@@ -8,23 +8,10 @@
 
 use ovs_ffi::openflow::{self, *};
 use ovs_ffi::ovsdb::{Client, Config};
+use plugin_transport::fuzz::Rng;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
-
-/// Small deterministic PRNG (xorshift64*), so failures are reproducible from the seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn valid_stats_body(v: OfVersion) -> Vec<u8> {
     // A flow_mod body re-framed as a flow stats entry: a realistic starting point to mutate.
@@ -61,7 +48,7 @@ fn valid_stats_body(v: OfVersion) -> Vec<u8> {
 
 #[test]
 fn decoders_never_panic_on_random_or_mutated_input() {
-    let mut rng = Rng(0x0b5e_55ed_cafe_f00d);
+    let mut rng = Rng::new(0x0b5e_55ed_cafe_f00d);
     for v in [OfVersion::V1_3, OfVersion::V1_4, OfVersion::V1_5] {
         let valid = valid_stats_body(v);
         assert_eq!(openflow::fuzz::flow_stats(v, &valid).unwrap().len(), 1);
@@ -72,7 +59,7 @@ fn decoders_never_panic_on_random_or_mutated_input() {
                 1 => {
                     for _ in 0..1 + rng.below(4) {
                         let at = rng.below(b.len());
-                        b[at] = rng.next() as u8;
+                        b[at] = rng.next_u64() as u8;
                     }
                 }
                 2 => {
@@ -82,7 +69,7 @@ fn decoders_never_panic_on_random_or_mutated_input() {
                     b[at..at + 2].copy_from_slice(&val);
                 }
                 _ => {
-                    b = (0..rng.below(200)).map(|_| rng.next() as u8).collect();
+                    b = (0..rng.below(200)).map(|_| rng.next_u64() as u8).collect();
                 }
             }
             let _ = openflow::fuzz::flow_stats(v, &b);
