@@ -63,6 +63,9 @@ struct Ctx {
 fn setup() -> Result<Ctx> {
     vm::require_prerequisites()?;
     harness::require_root_and_tools(DOCKER_PROGRAMS)?;
+    if !std::path::Path::new("/usr/bin/docker").exists() {
+        bail!("/usr/bin/docker (Debian's docker.io client) not found: install docker.io");
+    }
     let volplugin = integration::plugins::binary("volplugin")?;
     let me = std::env::current_exe()?;
     let mut programs = vec![
