@@ -32,52 +32,64 @@ pub struct GuestRun {
     _work: tempfile::TempDir,
 }
 
-/// One guest suite's boots: volplugin and the test binary itself (run in the guest as
-/// `BERTH_GUEST=1 <binary> <phase>`), one boot per phase, all on one fresh disk of
-/// `disk_bytes`.
+/// One guest suite's boots: volplugin, `programs` and the test binary itself (run in the guest
+/// as `BERTH_GUEST=1 <binary> <phase>`), one boot per phase.
 pub struct GuestSuite<'a> {
     /// The test binary's name in the guest (and of its console logs).
     pub name: &'a str,
-    pub phases: &'a [&'a str],
+    /// (phase, shell the guest runs before the test binary: mounts, say).
+    pub phases: &'a [(&'a str, &'a str)],
+    /// Each phase on a fresh disk, or all on one (what survives a reboot).
+    pub disk_per_phase: bool,
     pub disk_bytes: u64,
     pub memory_mb: u32,
     pub timeout: Duration,
     /// `NAME=value` pairs for the test binary in the guest (parameters of the run).
     pub env: Vec<(String, String)>,
+    /// More host programs for the guest: (host path, guest name).
+    pub programs: Vec<(PathBuf, String)>,
 }
 
 impl GuestSuite<'_> {
     pub fn run(&self) -> Result<GuestRun> {
         vm::require_prerequisites()?;
-        let volplugin = crate::plugins::binary("volplugin")?;
-        let me = std::env::current_exe()?;
+        let mut programs = vec![
+            (
+                crate::plugins::binary("volplugin")?,
+                "volplugin".to_string(),
+            ),
+            (std::env::current_exe()?, self.name.to_string()),
+        ];
+        programs.extend(self.programs.iter().cloned());
         let kernel = vm::kernel()?;
         let base = vm::base_initramfs(&kernel)?;
         let work = tempfile::Builder::new()
             .prefix(&format!("berth-{}-", self.name))
             .tempdir_in(vm::cache_dir()?)?;
-        let disk = work.path().join("disk.raw");
-        vm::create_disk(&disk, self.disk_bytes)?;
+        let env: String = self.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         let mut results = BTreeMap::new();
         let mut figures = BTreeMap::new();
         let mut boots = Vec::new();
-        for phase in self.phases {
+        let shared_disk = work.path().join("disk.raw");
+        if !self.disk_per_phase {
+            vm::create_disk(&shared_disk, self.disk_bytes)?;
+        }
+        for (phase, prelude) in self.phases {
+            let disk = if self.disk_per_phase {
+                let d = work.path().join(format!("{phase}.raw"));
+                vm::create_disk(&d, self.disk_bytes)?;
+                d
+            } else {
+                shared_disk.clone()
+            };
             let out = vm::boot(
                 &kernel,
                 &base,
                 &vm::Boot {
-                    programs: vec![
-                        (volplugin.clone(), "volplugin".into()),
-                        (me.clone(), self.name.into()),
-                    ],
+                    programs: programs.clone(),
                     disks: vec![disk.clone()],
                     script: format!(
-                        "{} BERTH_GUEST=1 /usr/bin/{} {phase}\n",
-                        self.env
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(" "),
+                        "{prelude}{env}BERTH_GUEST=1 /usr/bin/{} {phase}\n",
                         self.name
                     ),
                     memory_mb: self.memory_mb,
@@ -87,8 +99,12 @@ impl GuestSuite<'_> {
                     name: phase.to_string(),
                 },
             )?;
+            if self.disk_per_phase {
+                // Sparse but partly written: gone as soon as its phase is.
+                let _ = std::fs::remove_file(&disk);
+            }
             // Kept after the run (the work dir goes): what to read when a guest test fails.
-            let kept = vm::cache_dir()?.join(format!("last-{phase}-console.log"));
+            let kept = vm::cache_dir()?.join(format!("last-{}-{phase}-console.log", self.name));
             std::fs::write(&kept, &out.console)?;
             println!(
                 "guest {phase}: {:.1}s{} (console: {})",

@@ -22,12 +22,12 @@
 //! Run: `cargo test -p integration --test lvm_docker` (root; see `vm::require_prerequisites`,
 //! plus docker.io, containerd, runc). Each figure of requested against measured limits is printed.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use integration::harness::{self, TestFn};
+use integration::thin_guest::{GuestRun, GuestSuite};
 use integration::vm;
 
 /// Per boot; a boot normally takes a few minutes under TCG.
@@ -54,10 +54,7 @@ const PHASES: &[(&str, &str)] = &[
 const DOCKER_PROGRAMS: &[&str] = &["containerd", "containerd-shim-runc-v2", "runc", "dockerd"];
 
 struct Ctx {
-    results: BTreeMap<String, Result<(), String>>,
-    figures: BTreeMap<String, String>,
-    boots: Vec<(String, vm::BootOutput)>,
-    _work: tempfile::TempDir,
+    run: GuestRun,
 }
 
 fn setup() -> Result<Ctx> {
@@ -66,113 +63,46 @@ fn setup() -> Result<Ctx> {
     if !std::path::Path::new("/usr/bin/docker").exists() {
         bail!("/usr/bin/docker (Debian's docker.io client) not found: install docker.io");
     }
-    let volplugin = integration::plugins::binary("volplugin")?;
-    let me = std::env::current_exe()?;
-    let mut programs = vec![
-        (volplugin, "volplugin".to_string()),
-        (me, "lvm_docker".to_string()),
-        // Debian's 20.10 client, matching the daemon (as `integration::docker` picks it).
-        (PathBuf::from("/usr/bin/docker"), "docker".to_string()),
-    ];
+    // Debian's 20.10 client, matching the daemon (as `integration::docker` picks it).
+    let mut programs = vec![(PathBuf::from("/usr/bin/docker"), "docker".to_string())];
     for p in DOCKER_PROGRAMS {
         let host = harness::find_binary(p).ok_or_else(|| anyhow!("{p} not found"))?;
         programs.push((host, p.to_string()));
     }
-    let kernel = vm::kernel()?;
-    let base = vm::base_initramfs(&kernel)?;
-    let work = tempfile::Builder::new()
-        .prefix("berth-lvmdocker-")
-        .tempdir_in(vm::cache_dir()?)?;
-    let mut results = BTreeMap::new();
-    let mut figures = BTreeMap::new();
-    let mut boots = Vec::new();
     // While working on one half: `BERTH_LVM_DOCKER_PHASES=cgroup_v2` boots only that one (the
     // other half's tests then fail as unreported).
     let only = std::env::var("BERTH_LVM_DOCKER_PHASES").ok();
-    for (phase, mount_cgroups) in PHASES {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.split(',').any(|p| p == *phase))
-        {
-            continue;
-        }
-        let disk = work.path().join(format!("{phase}.raw"));
-        vm::create_disk(&disk, 3 << 30)?;
-        let out = vm::boot(
-            &kernel,
-            &base,
-            &vm::Boot {
-                programs: programs.clone(),
-                disks: vec![disk.clone()],
-                script: format!(
-                    "{mount_cgroups}DOCKER_RAMDISK=1 BERTH_GUEST=1 /usr/bin/lvm_docker {phase}\n"
-                ),
-                memory_mb: 2048,
-                cpus: 2,
-                timeout: BOOT_TIMEOUT,
-                work: work.path().to_path_buf(),
-                name: phase.to_string(),
-            },
-        )?;
-        // The disk goes now: 3 GiB sparse, partly written.
-        let _ = std::fs::remove_file(&disk);
-        let kept = vm::cache_dir()?.join(format!("last-lvm-docker-{phase}-console.log"));
-        std::fs::write(&kept, &out.console)?;
-        println!(
-            "guest {phase}: {:.1}s{} (console: {})",
-            out.elapsed.as_secs_f64(),
-            if out.timed_out { " (TIMED OUT)" } else { "" },
-            kept.display()
-        );
-        results.extend(vm::parse_results(&out.results));
-        figures.extend(vm::parse_figures(&out.results));
-        boots.push((phase.to_string(), out));
+    let phases: Vec<(&str, &str)> = PHASES
+        .iter()
+        .filter(|(phase, _)| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|p| p == *phase))
+        })
+        .map(|(phase, mounts)| (*phase, *mounts))
+        .collect();
+    let run = GuestSuite {
+        name: "lvm_docker",
+        phases: &phases,
+        disk_per_phase: true,
+        disk_bytes: 3 << 30,
+        memory_mb: 2048,
+        timeout: BOOT_TIMEOUT,
+        env: vec![("DOCKER_RAMDISK".into(), "1".into())],
+        programs,
     }
-    if !figures.is_empty() {
+    .run()?;
+    if !run.figures.is_empty() {
         println!("IO limits on a thin volume, requested vs measured (ratio):");
-        for (k, v) in &figures {
+        for (k, v) in &run.figures {
             println!("  {k:<24} {v}");
         }
     }
-    Ok(Ctx {
-        results,
-        figures,
-        boots,
-        _work: work,
-    })
+    Ok(Ctx { run })
 }
 
-fn outcome(ctx: &Ctx, name: &str) -> Result<()> {
-    match ctx.results.get(name) {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(anyhow!("in the guest: {e}")),
-        None => {
-            let tails: Vec<String> = ctx
-                .boots
-                .iter()
-                .map(|(phase, b)| {
-                    format!(
-                        "--- {phase} console (last 40 lines):\n{}",
-                        b.console_tail(40)
-                    )
-                })
-                .collect();
-            Err(anyhow!(
-                "the guest reported nothing for {name} (it crashed or ran out of time)\n{}",
-                tails.join("\n")
-            ))
-        }
-    }
-}
-
-macro_rules! guest_tests {
-    ($($name:ident),* $(,)?) => {
-        $(fn $name(ctx: &Ctx) -> Result<()> { outcome(ctx, stringify!($name)) })*
-        const GUEST_TESTS: &[(&str, TestFn<Ctx>)] = &[$((stringify!($name), $name)),*];
-    };
-}
-
-guest_tests!(
+integration::guest_tests!(
+    Ctx,
+    run,
     v1_docker_up,
     volume_create_and_run,
     two_containers_share_a_volume,
@@ -189,15 +119,7 @@ guest_tests!(
 );
 
 fn boots_are_bounded(ctx: &Ctx) -> Result<()> {
-    for (phase, b) in &ctx.boots {
-        if b.timed_out {
-            bail!(
-                "{phase} ran past {BOOT_TIMEOUT:?}; console tail:\n{}",
-                b.console_tail(40)
-            );
-        }
-    }
-    Ok(())
+    ctx.run.boots_are_bounded()
 }
 
 /// Every limit of both cgroup versions was measured (each guest check asserts its ±15%).
@@ -213,7 +135,7 @@ fn figures_for_both_cgroup_versions(ctx: &Ctx) -> Result<()> {
             "observed_write_bps",
         ] {
             let key = format!("{v}_{what}");
-            if !ctx.figures.contains_key(&key) {
+            if !ctx.run.figures.contains_key(&key) {
                 bail!("no figure {key} from the guest");
             }
         }

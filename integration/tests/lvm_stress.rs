@@ -35,7 +35,8 @@ fn setup() -> Result<Ctx> {
     println!("lvm_stress: seed {seed}, {rounds} rounds (BERTH_STRESS_SEED, BERTH_STRESS_ROUNDS)");
     let run = GuestSuite {
         name: "lvm_stress",
-        phases: &["stress"],
+        phases: &[("stress", "")],
+        disk_per_phase: false,
         disk_bytes: 6 << 30,
         memory_mb: 1536,
         timeout: BOOT_TIMEOUT,
@@ -43,6 +44,7 @@ fn setup() -> Result<Ctx> {
             ("BERTH_STRESS_SEED".into(), seed),
             ("BERTH_STRESS_ROUNDS".into(), rounds),
         ],
+        programs: Vec::new(),
     }
     .run()?;
     for (k, v) in &run.figures {

@@ -27,11 +27,13 @@ struct Ctx {
 fn setup() -> Result<Ctx> {
     let run = GuestSuite {
         name: "lvm_thin",
-        phases: &["first_boot", "second_boot"],
+        phases: &[("first_boot", ""), ("second_boot", "")],
+        disk_per_phase: false,
         disk_bytes: 3 << 30,
         memory_mb: 1536,
         timeout: BOOT_TIMEOUT,
         env: Vec::new(),
+        programs: Vec::new(),
     }
     .run()?;
     for (key, value) in &run.figures {
