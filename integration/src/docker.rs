@@ -578,11 +578,15 @@ fn docker_client() -> Result<PathBuf> {
 /// The docker CLI of Docker 26, in the Debian 13 root.
 const ROOT_DOCKER_CLI: &str = "/usr/bin/docker";
 
-/// A daemon's command: the host's binary, or the root's run chrooted (Docker 26).
+/// A daemon's command (`dockerd` or `containerd`): the host's binary, or the root's (Docker 26),
+/// run in its namespace.
 fn program(shared: &Shared, name: &str) -> Command {
     match &shared.root {
         None => Command::new(name),
-        Some(root) => root.command(name),
+        Some(root) => root.command(match name {
+            "dockerd" => "/usr/sbin/dockerd",
+            _ => "/usr/bin/containerd",
+        }),
     }
 }
 

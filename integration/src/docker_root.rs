@@ -191,121 +191,85 @@ fn scratch_base(root: &Path) -> Result<PathBuf> {
     .map_err(|e| anyhow!(e))
 }
 
-/// One writable instance of the root, mounted in the test's namespace for one DockerEnv.
+/// One writable instance of the root for one DockerEnv, and the mount namespace whose root it is.
+///
+/// containerd, dockerd and the CLI run in that namespace (see [`RootMount::command`]), not merely
+/// `chroot`ed: runc's `pivot_root` into a container's rootfs from a chroot attaches the rootfs
+/// under the chroot's mount point, and `docker exec` (runc's setns into the container's mount
+/// namespace) then lands at that namespace's real root, the host's `/`. With the Debian root as
+/// the namespace's root, as on a real machine, it lands in the container.
 #[derive(Debug)]
 pub struct RootMount {
-    /// Where the root is mounted (what containerd, dockerd and the CLI are chrooted into).
-    path: PathBuf,
     /// Its directory in the scratch tmpfs: the overlay's upper and work dirs and the mount point.
     scratch: PathBuf,
+    /// The namespace (an open `/proc/PID/ns/mnt` keeps it alive after that process is gone).
+    ns: std::fs::File,
 }
 
 impl RootMount {
-    /// Mounts the root for a DockerEnv named `name` (its temp dir's name: unique).
+    /// Mounts the root for a DockerEnv named `name` (its temp dir's name: unique) and makes the
+    /// namespace for its daemons.
     pub fn mount(name: &str) -> Result<RootMount> {
         let root = root_path()?;
         enter_private_namespace()?;
         let scratch = scratch_base(&root)?.join(name);
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("creating {}", scratch.display()))?;
-        let m = RootMount {
-            path: scratch.join("root"),
-            scratch,
+        let mountpoint = scratch.join("root");
+        let assembled = assemble(&root, &scratch, &mountpoint);
+        let ns = assembled.and_then(|()| namespace_rooted_at(&mountpoint));
+        // The daemons' namespace has its own copy of every mount; this namespace needs none.
+        let errs = detach(&mountpoint);
+        let ns = match ns {
+            Ok(ns) if errs.is_empty() => ns,
+            Ok(_) => bail!("unmounting the assembled root: {}", errs.join("; ")),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(e);
+            }
         };
-        // From here on an error drops `m`, which unmounts everything.
-        m.assemble(&root)?;
-        Ok(m)
+        Ok(RootMount { scratch, ns })
     }
 
-    fn assemble(&self, root: &Path) -> Result<()> {
-        for d in ["upper", "work", "root"] {
-            std::fs::create_dir_all(self.scratch.join(d))?;
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            root.display(),
-            self.scratch.join("upper").display(),
-            self.scratch.join("work").display()
-        );
-        mount(
-            Some("overlay"),
-            &self.path,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .with_context(|| format!("overlay of {} on {}", root.display(), self.path.display()))?;
-        let p = &self.path;
-        mount(
-            Some("proc"),
-            &p.join("proc"),
-            Some("proc"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .context("proc in the root")?;
-        bind(Path::new("/sys"), &p.join("sys"), true)?;
-        bind(Path::new("/dev"), &p.join("dev"), true)?;
-        mount(
-            Some("tmpfs"),
-            &p.join("run"),
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some("mode=755"),
-        )
-        .context("a fresh /run in the root")?;
-        let plugins = Path::new(crate::plugins::DOCKER_PLUGIN_DIR);
-        std::fs::create_dir_all(plugins)?;
-        let inner = p.join(plugins.strip_prefix("/").unwrap_or(plugins));
-        std::fs::create_dir_all(&inner)?;
-        bind(plugins, &inner, false)?;
-        // Recursive, so this namespace's /tmp (a shared mount) and the root's are peers.
-        bind(Path::new("/tmp"), &p.join("tmp"), true)?;
-        Ok(())
-    }
-
-    /// The root's mount point.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `chroot ROOT PROGRAM`, with a PATH of the root's directories.
+    /// PROGRAM (an absolute path in the root) run in the root's namespace, with a PATH of the
+    /// root's directories and `/` as its working directory.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("chroot");
-        c.arg(&self.path).arg(program).env("PATH", ROOT_PATH);
+        let mut c = Command::new(program);
+        c.env("PATH", ROOT_PATH).current_dir("/");
+        match self.ns.try_clone() {
+            Ok(ns) => {
+                // SAFETY: between fork and exec the closure makes two syscalls (setns, chdir) on
+                // a descriptor and a short path it owns; nothing is allocated or locked.
+                unsafe {
+                    use std::os::unix::process::CommandExt;
+                    c.pre_exec(move || {
+                        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS)?;
+                        nix::unistd::chdir("/")?;
+                        Ok(())
+                    });
+                }
+            }
+            // The spawn fails with this reason rather than run outside the root.
+            Err(e) => {
+                let msg = format!("the Docker 26 root's namespace: {e}");
+                // SAFETY: as above; the closure only builds an io::Error from a moved String.
+                unsafe {
+                    use std::os::unix::process::CommandExt;
+                    c.pre_exec(move || Err(std::io::Error::other(msg.clone())));
+                }
+            }
+        }
         c
     }
 
-    /// Unmounts everything (idempotent). The root's /tmp leaves its peer group first, so that
-    /// taking it down never unmounts anything on the host side (a volume volplugin still holds).
+    /// Removes the scratch dir (idempotent). The namespace ends when the last process in it
+    /// and this handle are gone.
     pub fn unmount(&self) -> Vec<String> {
-        let mut errs = Vec::new();
-        if !self.scratch.exists() {
-            return errs;
+        match std::fs::remove_dir_all(&self.scratch) {
+            Ok(()) => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => vec![format!("removing {}: {e}", self.scratch.display())],
         }
-        let tmp = self.path.join("tmp");
-        if crate::docker::mounts_under(&tmp).contains(&tmp) {
-            if let Err(e) = mount(
-                None::<&str>,
-                &tmp,
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            ) {
-                errs.push(format!("making {} private: {e}", tmp.display()));
-            }
-        }
-        // Detaches the whole tree: the overlay and everything mounted in it.
-        match umount2(&self.path, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-            Err(e) => errs.push(format!("umount {}: {e}", self.path.display())),
-        }
-        if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                errs.push(format!("removing {}: {e}", self.scratch.display()));
-            }
-        }
-        errs
     }
 }
 
@@ -315,6 +279,126 @@ impl Drop for RootMount {
             eprintln!("Docker 26 root: {e}");
         }
     }
+}
+
+/// The overlay of `root` at `mountpoint` (upper and work dirs in `scratch`), with `/proc`, the
+/// host's `/sys` and `/dev`, a fresh `/run`, `/run/docker/plugins` and `/tmp` (a peer).
+fn assemble(root: &Path, scratch: &Path, mountpoint: &Path) -> Result<()> {
+    for d in ["upper", "work", "root"] {
+        std::fs::create_dir_all(scratch.join(d))?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        root.display(),
+        scratch.join("upper").display(),
+        scratch.join("work").display()
+    );
+    let p = mountpoint;
+    mount(
+        Some("overlay"),
+        p,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .with_context(|| format!("overlay of {} on {}", root.display(), p.display()))?;
+    mount(
+        Some("proc"),
+        &p.join("proc"),
+        Some("proc"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("proc in the root")?;
+    bind(Path::new("/sys"), &p.join("sys"), true)?;
+    bind(Path::new("/dev"), &p.join("dev"), true)?;
+    mount(
+        Some("tmpfs"),
+        &p.join("run"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=755"),
+    )
+    .context("a fresh /run in the root")?;
+    let plugins = Path::new(crate::plugins::DOCKER_PLUGIN_DIR);
+    std::fs::create_dir_all(plugins)?;
+    let inner = p.join(plugins.strip_prefix("/").unwrap_or(plugins));
+    std::fs::create_dir_all(&inner)?;
+    bind(plugins, &inner, false)?;
+    // Recursive, so this namespace's /tmp (a shared mount) and the root's are peers.
+    bind(Path::new("/tmp"), &p.join("tmp"), true)?;
+    Ok(())
+}
+
+/// A new mount namespace (a copy of this one) whose root is `mountpoint`: a short-lived
+/// process unshares, pivots into it (as runc does for a container: old root made a slave so
+/// that detaching it unmounts nothing in this namespace, then detached) and sleeps until its
+/// namespace has been opened.
+fn namespace_rooted_at(mountpoint: &Path) -> Result<std::fs::File> {
+    let newroot = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
+    let mut cmd = Command::new("/usr/bin/sleep");
+    cmd.arg("60")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: between fork and exec the closure only makes syscalls (unshare, open, fchdir,
+    // pivot_root, mount, umount2, chdir) with a C string allocated before the fork; nothing is
+    // allocated or locked.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            use nix::fcntl::{open, OFlag};
+            use nix::sys::stat::Mode;
+            let dir = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            let old = open("/", dir, Mode::empty())?;
+            let new = open(newroot.as_c_str(), dir, Mode::empty())?;
+            nix::unistd::fchdir(&new)?;
+            nix::unistd::pivot_root(".", ".")?;
+            nix::unistd::fchdir(&old)?;
+            mount(
+                None::<&str>,
+                ".",
+                None::<&str>,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+            umount2(".", MntFlags::MNT_DETACH)?;
+            nix::unistd::chdir("/")?;
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .context("making the mount namespace rooted at the Debian 13 root")?;
+    let opened = std::fs::File::open(format!("/proc/{}/ns/mnt", child.id()));
+    // Ours, by pid, not yet reaped.
+    let _ = child.kill();
+    let _ = child.wait();
+    opened.context("opening the Debian 13 root's mount namespace")
+}
+
+/// Detaches `mountpoint` and everything under it, after taking its /tmp out of the peer group
+/// (detaching a peer's submounts would unmount their counterparts, e.g. a volume volplugin
+/// holds).
+fn detach(mountpoint: &Path) -> Vec<String> {
+    let mut errs = Vec::new();
+    let tmp = mountpoint.join("tmp");
+    if crate::docker::mounts_under(&tmp).contains(&tmp) {
+        if let Err(e) = mount(
+            None::<&str>,
+            &tmp,
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ) {
+            errs.push(format!("making {} private: {e}", tmp.display()));
+        }
+    }
+    match umount2(mountpoint, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => errs.push(format!("umount {}: {e}", mountpoint.display())),
+    }
+    errs
 }
 
 fn bind(from: &Path, to: &Path, recursive: bool) -> Result<()> {
