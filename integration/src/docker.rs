@@ -124,7 +124,7 @@ impl DockerEnv {
                 docker_client()?
             }
             DockerVersion::Debian13 => {
-                harness::require_root_and_tools(&["chroot", "tar"])?;
+                harness::require_root_and_tools(&["tar"])?;
                 PathBuf::from(ROOT_DOCKER_CLI)
             }
         };
@@ -207,7 +207,7 @@ impl DockerEnv {
     }
 
     /// The docker CLI used: /usr/bin/docker (Debian's 20.10 client, if present), or Docker 26's
-    /// /usr/bin/docker in the Debian 13 root (a path in the root, run chrooted).
+    /// /usr/bin/docker in the Debian 13 root (a path in the root, run in its namespace).
     pub fn docker_bin(&self) -> &Path {
         &self.shared.docker_bin
     }

@@ -10,8 +10,9 @@
 //! below ends with the process, even on a crash. There, per [`crate::DockerEnv`], a writable
 //! overlay of the cached root (the cache itself is never written) is mounted on a tmpfs; it gets
 //! `/proc`, the host's `/sys` and `/dev`, a fresh `/run`, and two of the host's paths at the same
-//! places: `/tmp` and `/run/docker/plugins`. containerd, dockerd and the docker CLI are run
-//! `chroot`ed into it.
+//! places: `/tmp` and `/run/docker/plugins`. containerd, dockerd and the docker CLI run in a
+//! mount namespace whose root is that overlay ([`RootMount`]; the test's own namespace does not
+//! keep it mounted).
 //!
 //! Why the plugins stay on the host rather than in the root: everything the suites look at
 //! (state dirs, mount roots and loop devices, admin and plugin sockets, OVS's run dir and
