@@ -87,6 +87,7 @@ if [ "${1:-}" = "--inner" ]; then
 fi
 
 self=$(readlink -f "$0")
+. "$(dirname "$self")/lib/debian-root.sh"
 cd "$(dirname "$self")/.."
 repo=$PWD
 rev=${1:-HEAD}
@@ -162,30 +163,19 @@ trap 'exit 130' INT TERM
 stamp "checking $rev ($sha) in a fresh Debian 12 root at $root"
 
 # ---- 1. The root: Debian 12 minbase + ca-certificates + git, from this machine's apt sources. ----
-mirrors=()
-for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
-    [ -s "$f" ] && mirrors+=("$f")
-done
+mapfile -t mirrors < <(debian_apt_source_files)
 [ ${#mirrors[@]} -gt 0 ] || die "no apt sources on this machine"
 # This machine's Acquire:: settings (e.g. Check-Valid-Until for a snapshot mirror) go with them.
-cat /etc/apt/apt.conf /etc/apt/apt.conf.d/* 2>/dev/null | grep -E '^[[:space:]]*Acquire::' >"$work/apt.conf" || true
+debian_acquire_conf "$work/apt.conf"
 stamp "mmdebstrap: bookworm minbase + ca-certificates, git"
-timeout --kill-after=30 900 unshare --mount --propagation private \
-    mmdebstrap --mode=root --variant=minbase --include=ca-certificates,git \
-    --aptopt="$work/apt.conf" --skip=essential/unlink \
-    --setup-hook='mkdir -p "$1"/var/cache/apt/archives' \
-    --setup-hook="sync-in $cache/apt /var/cache/apt/archives" \
-    --customize-hook="sync-out /var/cache/apt/archives $cache/apt" \
-    --quiet bookworm "$root" "${mirrors[@]}" >"$work/mmdebstrap.log" 2>&1 ||
+debian_mmdebstrap bookworm "$root" "$cache/apt" "$work/apt.conf" "$work/mmdebstrap.log" \
+    ca-certificates,git "${mirrors[@]}" ||
     { tail -30 "$work/mmdebstrap.log"; die "mmdebstrap"; }
 stamp "root built: $(du -sh --one-file-system "$root" | cut -f1)"
 t_root=$((SECONDS - t0))
 # This machine's own CA certificates (a site's TLS-intercepting egress proxy, for example) are
 # part of its network, like its apt sources: without them no HTTPS registry can be reached.
-if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
-    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
-    chroot "$root" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates in the root"
-fi
+debian_copy_local_cas "$root" || die "update-ca-certificates in the root"
 
 # ---- 2. The clone and the toolchain, as a newcomer has them. ----
 git clone --quiet --no-checkout --no-hardlinks "$repo" "$root/root/berth"
@@ -203,7 +193,7 @@ for f in .profile .bashrc; do printf '\n. "$HOME/.cargo/env"\n' >>"$root/root/$f
 # Both lists come from this machine's own configuration, never from literals here: the apt
 # sources, and the cargo registry the host's cargo already uses (its index directories are named
 # after the index host; each index's config.json names its download and API hosts).
-hosts=$(grep -hoE '(https?)://[^/[:space:]]+' "${mirrors[@]}" | sed -E 's#^https?://##' | sort -u)
+hosts=$(debian_apt_source_hosts "${mirrors[@]}")
 cargo_hosts=$(
     for d in /root/.cargo/registry/index/*/; do
         [ -d "$d" ] || continue
@@ -273,9 +263,5 @@ if [ "$rc" -ne 0 ]; then
 fi
 
 # Keep the .deb cache to what this run used (newer versions replace older ones).
-keep=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f '${Package}_${Version}_${Architecture}.deb\n' | sed 's/:/%3a/')
-for f in "$cache/apt"/*.deb; do
-    [ -e "$f" ] || continue
-    grep -qxF "${f##*/}" <<<"$keep" || rm -f "$f"
-done
+debian_prune_deb_cache "$root" "$cache/apt"
 stamp "PASSED: install-deps.sh, the release build and the demo work on a fresh Debian 12 root (revision $rev)"

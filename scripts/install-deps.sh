@@ -10,6 +10,9 @@ fi
 packages=(
     # the test and demo Docker: dockerd 20.10, containerd, runc; the image comes from busybox-static
     docker.io containerd runc busybox-static
+    # the Docker 26 test pass: mmdebstrap builds the Debian 13 root it runs dockerd from
+    # (scripts/docker26-root.sh); the fresh-machine check's root too
+    mmdebstrap
     # volplugin's loopfile backend: mkfs, loop devices, mount
     xfsprogs e2fsprogs util-linux mount
     # netplugin / ovs-ffi: Open vSwitch (netdev datapath), namespaces, veth, offload switches

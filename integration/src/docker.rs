@@ -34,6 +34,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::docker_root::{DockerVersion, RootMount};
 use crate::harness::{self, CleanupGuard};
 use crate::procs::{self, Daemon};
 
@@ -75,6 +76,9 @@ struct Shared {
     host: String,
     docker_bin: PathBuf,
     opts: DockerOptions,
+    version: DockerVersion,
+    /// Docker 26: the Debian 13 root containerd, dockerd and the CLI run in.
+    root: Option<RootMount>,
     state: Mutex<SharedState>,
 }
 
@@ -104,27 +108,53 @@ impl DockerEnv {
 
     /// Starts containerd and dockerd with `opts`. On failure everything started is torn down and
     /// the error carries the daemon's log tail.
+    ///
+    /// Which Docker: [`DockerVersion::from_env`] (`BERTH_DOCKER`; see [`crate::docker_root`]).
     pub fn start_with(opts: DockerOptions) -> Result<DockerEnv> {
-        harness::require_root_and_tools(&[
-            "containerd",
-            "containerd-shim-runc-v2",
-            "runc",
-            "dockerd",
-            "tar",
-        ])?;
-        let docker_bin = docker_client()?;
+        let version = DockerVersion::from_env()?;
+        let docker_bin = match version {
+            DockerVersion::Host => {
+                harness::require_root_and_tools(&[
+                    "containerd",
+                    "containerd-shim-runc-v2",
+                    "runc",
+                    "dockerd",
+                    "tar",
+                ])?;
+                docker_client()?
+            }
+            DockerVersion::Debian13 => {
+                harness::require_root_and_tools(&["tar"])?;
+                PathBuf::from(ROOT_DOCKER_CLI)
+            }
+        };
         let dir = tempfile::Builder::new()
             .prefix("bd-")
             .rand_bytes(6)
             .tempdir_in("/tmp")
             .context("creating temp dir under /tmp")?
             .keep();
+        let root = match version {
+            DockerVersion::Host => None,
+            DockerVersion::Debian13 => {
+                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+                match RootMount::mount(&name.unwrap_or_default()) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e.context("mounting the Debian 13 root for Docker 26"));
+                    }
+                }
+            }
+        };
         let host = format!("unix://{}/docker.sock", dir.display());
         let shared = Arc::new(Shared {
             dir,
             host,
             docker_bin,
             opts,
+            version,
+            root,
             state: Mutex::new(SharedState::default()),
         });
         let s2 = shared.clone();
@@ -176,9 +206,15 @@ impl DockerEnv {
         self.shared.dir.join("logs")
     }
 
-    /// The docker CLI used (/usr/bin/docker, Debian's 20.10 client, if present).
+    /// The docker CLI used: /usr/bin/docker (Debian's 20.10 client, if present), or Docker 26's
+    /// /usr/bin/docker in the Debian 13 root (a path in the root, run in its namespace).
     pub fn docker_bin(&self) -> &Path {
         &self.shared.docker_bin
+    }
+
+    /// Which Docker this is.
+    pub fn version(&self) -> DockerVersion {
+        self.shared.version
     }
 
     /// dockerd's pid while it runs.
@@ -302,7 +338,7 @@ impl DockerEnv {
         let dir = &shared.dir;
         let log_dir = self.log_dir();
         let _ = append_marker(&log_dir.join("dockerd.log"), "starting dockerd");
-        let mut cmd = Command::new("dockerd");
+        let mut cmd = program(shared, "dockerd");
         cmd.arg("--data-root")
             .arg(dir.join("docker"))
             .arg("--exec-root")
@@ -420,7 +456,7 @@ impl DockerEnv {
         let mut st = self.lock();
         let dir = &shared.dir;
         let sock = dir.join("containerd.sock");
-        let mut cmd = Command::new("containerd");
+        let mut cmd = program(shared, "containerd");
         cmd.arg("--config")
             .arg(dir.join("containerd.toml"))
             .arg("--root")
@@ -509,6 +545,9 @@ fn teardown(shared: &Shared) -> Vec<String> {
         }
     }
     errs.extend(final_cleanup(&shared.dir));
+    if let Some(root) = &shared.root {
+        errs.extend(root.unmount());
+    }
     st.torn_down = true;
     errs
 }
@@ -536,8 +575,26 @@ fn docker_client() -> Result<PathBuf> {
     })
 }
 
+/// The docker CLI of Docker 26, in the Debian 13 root.
+const ROOT_DOCKER_CLI: &str = "/usr/bin/docker";
+
+/// A daemon's command (`dockerd` or `containerd`): the host's binary, or the root's (Docker 26),
+/// run in its namespace.
+fn program(shared: &Shared, name: &str) -> Command {
+    match &shared.root {
+        None => Command::new(name),
+        Some(root) => root.command(match name {
+            "dockerd" => "/usr/sbin/dockerd",
+            _ => "/usr/bin/containerd",
+        }),
+    }
+}
+
 fn docker_command(shared: &Shared) -> Command {
-    let mut c = Command::new(&shared.docker_bin);
+    let mut c = match &shared.root {
+        None => Command::new(&shared.docker_bin),
+        Some(root) => root.command(ROOT_DOCKER_CLI),
+    };
     c.arg("-H")
         .arg(&shared.host)
         .env("DOCKER_HOST", &shared.host)

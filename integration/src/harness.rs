@@ -115,6 +115,12 @@ impl Args {
 /// `setup` runs once (only if at least one test is selected); its context is dropped (teardown)
 /// after the last test and before the summary line and the exit.
 pub fn run<C>(suite: &str, setup: impl FnOnce() -> Result<C>, tests: &[(&str, TestFn<C>)]) -> ! {
+    // Before any thread: Docker 26 needs the whole process in its own mount namespace.
+    if let Err(e) = crate::docker_root::prepare_process() {
+        println!("setup of {suite} ... FAILED\n{}", indent(&format!("{e:#}")));
+        println!("0 passed, {} failed", tests.len());
+        std::process::exit(1);
+    }
     install_signal_watcher();
     let args = Args::parse(std::env::args().skip(1));
     if args.list {

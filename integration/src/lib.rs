@@ -3,7 +3,8 @@
 //! - [`procs`]: background daemons with log files ([`procs::Daemon`]), polling
 //!   ([`procs::wait_until`]), commands with time limits.
 //! - [`docker`]: a private containerd + dockerd per test suite ([`docker::DockerEnv`]) with the
-//!   `berth-test/busybox:latest` image, isolated from any system Docker.
+//!   `berth-test/busybox:latest` image, isolated from any system Docker; Debian 12's dockerd 20.10
+//!   or, with `BERTH_DOCKER=26`, Debian 13's 26.1 from a cached root ([`docker_root`]).
 //! - [`lab`]: the fleet lab: three hosts (own network + mount namespaces, dockerd, OVS,
 //!   netplugin, volplugin), a trunk switch and etcd on this one machine.
 //! - [`harness`]: a runner for `harness = false` test targets that share one expensive context
@@ -13,6 +14,7 @@
 //! `busybox-static`.
 
 pub mod docker;
+pub mod docker_root;
 pub mod etcd;
 pub mod harness;
 pub mod hostile;
@@ -26,4 +28,5 @@ pub mod thin_guest;
 pub mod vm;
 
 pub use docker::{DockerEnv, DockerOptions, TEST_IMAGE};
+pub use docker_root::DockerVersion;
 pub use procs::{wait_until, Daemon};

@@ -84,7 +84,11 @@ fn local_volume(c: &Ctx) -> Result<()> {
     ensure!(out == "persisted", "read back {out:?}");
     d.ok(&["volume", "rm", "smoke-vol"])?;
     let err = d.fails(&["volume", "inspect", "smoke-vol"])?;
-    ensure!(err.contains("No such volume"), "unexpected error: {err}");
+    // 20.10: "No such volume"; 26: "no such volume".
+    ensure!(
+        err.to_ascii_lowercase().contains("no such volume"),
+        "unexpected error: {err}"
+    );
     Ok(())
 }
 

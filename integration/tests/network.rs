@@ -13,7 +13,7 @@ use integration::netplugin::Netplugin;
 use integration::ovs::OvsEnv;
 use integration::plugins::{binary, DOCKER_PLUGIN_DIR};
 use integration::procs::{run_with_timeout, wait_until};
-use integration::{harness, DockerEnv, DockerOptions, TEST_IMAGE};
+use integration::{harness, DockerEnv, DockerOptions, DockerVersion, TEST_IMAGE};
 use serde_json::Value;
 
 /// netplugin's `--release-leaked-after` here: short, so the test sees the sweep act.
@@ -405,9 +405,12 @@ fn t_static_ip_connect_disconnect(c: &Ctx) -> Result<()> {
         TEST_IMAGE,
         "true",
     ])?;
-    // dockerd refuses this one itself, before asking the plugin.
+    // dockerd refuses this one itself, before asking the plugin (26: when the container is
+    // created, with its own wording).
     ensure!(
-        e.contains("does not belong") || e.contains("outside the network's subnet"),
+        e.contains("does not belong")
+            || e.contains("outside the network's subnet")
+            || e.contains("no configured subnet or ip-range contain the IP address 10.231.9.9"),
         "{e}"
     );
     // connect / disconnect: a second interface on another VLAN, then gone with its port.
@@ -1734,6 +1737,78 @@ fn t_oper_info(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Issue 18: what differs between Docker 20.10 and 26 for a plugin network, each handled on
+/// purpose (protocols.md §7).
+fn t_docker_version_differences(c: &Ctx) -> Result<()> {
+    let v26 = c.docker.version() == DockerVersion::Debian13;
+    c.create_net("n11", "10.231.11.0/24", &["-o", "vlan=111"])?;
+    c.create_net("n12", "10.231.12.0/24", &["-o", "vlan=112"])?;
+    c.sleeper("d1", "n11", &[])?;
+    // IPv6: none on an IPv4-only network's interface, with either Docker (20.10 turns IPv6 off
+    // in the whole namespace, 26 on the interface only: the container's lo has ::1). So no
+    // IPv6 chatter reaches the access port, which drops it (anti-spoofing) anyway.
+    let v6 = c.d(&[
+        "exec",
+        "d1",
+        "sh",
+        "-c",
+        "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6; ip -6 -o addr show dev eth0; echo LO; ip -6 -o addr show dev lo",
+    ])?;
+    let (eth0, lo) = v6.split_once("LO").unwrap_or((v6.as_str(), ""));
+    ensure!(
+        eth0.trim() == "1",
+        "eth0 of a container on an IPv4-only berth-net network: {v6:?}"
+    );
+    ensure!(
+        lo.contains("::1") == v26,
+        "IPv6 on lo (expected only with Docker 26): {v6:?}"
+    );
+    let before = c.endpoints()?.len();
+    // An interface name (Docker 28's ifname; 20.10 and 26 pass the driver option through as
+    // well) is refused, saying why, and leaves nothing behind.
+    let e = c.docker.fails(&[
+        "network",
+        "connect",
+        "--driver-opt",
+        "com.docker.network.endpoint.ifname=db0",
+        "n12",
+        "d1",
+    ])?;
+    ensure!(
+        e.contains("berth-net cannot name the container's interface")
+            && e.contains("ifname=\"db0\""),
+        "{e}"
+    );
+    ensure!(
+        c.endpoints()?.len() == before,
+        "the refused connect left an endpoint"
+    );
+    // Per-interface sysctls pass berth-net: Docker 28 applies them itself; 20.10 and 26 only
+    // hand the option to the driver, which leaves the container's sysctls alone.
+    c.d(&[
+        "network",
+        "connect",
+        "--driver-opt",
+        "com.docker.network.endpoint.sysctls=net.ipv4.conf.IFNAME.log_martians=1",
+        "n12",
+        "d1",
+    ])?;
+    let martians = c.d(&[
+        "exec",
+        "d1",
+        "cat",
+        "/proc/sys/net/ipv4/conf/eth1/log_martians",
+    ])?;
+    ensure!(
+        martians == "0",
+        "log_martians on eth1 with Docker {}: {martians}",
+        c.docker.version().label()
+    );
+    c.rm(&["d1"]);
+    c.d(&["network", "rm", "n11", "n12"])?;
+    Ok(())
+}
+
 fn t_final_cleanup(c: &Ctx) -> Result<()> {
     for n in ["a1", "a2", "b1", "b2"] {
         c.rm(&[n]);
@@ -1946,6 +2021,7 @@ fn main() {
             ("endpoint_oper_info", t_oper_info),
             ("prune_only_own_ports", t_prune_only_own_ports),
             ("host_identity_change_refused", t_host_identity),
+            ("docker_version_differences", t_docker_version_differences),
             ("final_no_leftovers", t_final_cleanup),
         ],
     );

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use integration::plugins::{attached_loops, binary, mountinfo, Volplugin, DOCKER_PLUGIN_DIR};
-use integration::{harness, DockerEnv, TEST_IMAGE};
+use integration::{harness, DockerEnv, DockerVersion, TEST_IMAGE};
 use serde_json::Value;
 
 struct Ctx {
@@ -1346,12 +1346,76 @@ fn keeps_volplugin_up(c: &Ctx, test: fn(&Ctx) -> Result<()>) -> Result<()> {
     outcome
 }
 
+/// Issue 18: Docker 26 mounts a subdirectory of a volume (`volume-subpath`, API 1.45): dockerd
+/// asks volplugin for the whole volume (the same Mount/Unmount as ever) and binds the subpath
+/// itself. A subpath that does not exist fails the container, and Docker's Unmount must bring
+/// the count back. Docker 20.10 has no subpaths (its CLI and API refuse the key).
+fn volume_subpath(c: &Ctx) -> Result<()> {
+    c.docker.ok(&[
+        "volume",
+        "create",
+        "-d",
+        "berth-vol",
+        "-o",
+        "size=300M",
+        "subv",
+    ])?;
+    c.run(&[
+        "-v",
+        "subv:/data",
+        TEST_IMAGE,
+        "sh",
+        "-c",
+        "mkdir /data/sub && echo inside > /data/sub/f",
+    ])?;
+    let spec = |sub: &str| format!("type=volume,src=subv,dst=/d,volume-subpath={sub}");
+    if c.docker.version() == DockerVersion::Host {
+        let e = c.docker.fails(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--mount",
+            &spec("sub"),
+            TEST_IMAGE,
+            "true",
+        ])?;
+        println!("    Docker 20.10 has no volume-subpath: {e}");
+    } else {
+        let out = c.run(&[
+            "--mount",
+            &spec("sub"),
+            TEST_IMAGE,
+            "sh",
+            "-c",
+            "cat /d/f; ls /d",
+        ])?;
+        ensure!(out == "inside\nf", "the subpath showed {out:?}");
+        let e = c.docker.fails(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--mount",
+            &spec("nope"),
+            TEST_IMAGE,
+            "true",
+        ])?;
+        ensure!(!e.is_empty(), "no error for a missing subpath");
+        println!("    missing subpath: {e}");
+    }
+    ensure!(c.status("subv")?["mounts"] == 0, "{}", c.status("subv")?);
+    c.docker.ok(&["volume", "rm", "subv"])?;
+    c.assert_no_leftovers()
+}
+
 fn main() {
     harness::run(
         "volumes",
         setup,
         &[
             ("raw_protocol", raw_protocol),
+            ("volume_subpath", volume_subpath),
             (
                 "create_with_options_and_inspect",
                 create_with_options_and_inspect,

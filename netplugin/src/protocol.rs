@@ -83,7 +83,24 @@ pub struct CreateNetworkRequest {
 /// The `-o` options of `docker network create`.
 pub const GENERIC_OPTIONS: &str = "com.docker.network.generic";
 
+/// CreateNetwork's `Options` key saying whether the network has IPv4 (Docker 28, `--ipv4`;
+/// absent before, and `true` unless `--ipv4=false`).
+pub const ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
+
+/// CreateEndpoint's `Options` key naming the container's interface (Docker 28:
+/// `--driver-opt com.docker.network.endpoint.ifname=NAME`, Compose's `interface_name`).
+pub const ENDPOINT_IFNAME: &str = "com.docker.network.endpoint.ifname";
+
+/// CreateEndpoint's `Options` key of per-interface sysctls (Docker 25 and later apply them
+/// themselves in the container, with `IFNAME` standing for the interface).
+pub const ENDPOINT_SYSCTLS: &str = "com.docker.network.endpoint.sysctls";
+
 impl CreateNetworkRequest {
+    /// True when Docker says the network has no IPv4 (`--ipv4=false`, Docker 28).
+    pub fn ipv4_disabled(&self) -> bool {
+        self.options.get(ENABLE_IPV4) == Some(&serde_json::Value::Bool(false))
+    }
+
     /// `com.docker.network.generic` as a string map.
     pub fn generic_options(&self) -> BTreeMap<String, String> {
         match self.options.get(GENERIC_OPTIONS) {

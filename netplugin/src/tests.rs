@@ -1366,3 +1366,84 @@ async fn fence_when_cut_off_and_lift_only_where_the_address_is_still_held() {
     assert_eq!(fence.fenced().await, [p2].into());
     assert!(!fence.check().await);
 }
+
+/// Issue 18: what Docker 26–28 send that 20.10 does not, as they send it (protocols.md §7).
+/// Docker 28's `--ipv4=false` network (no IPv4Data, `enable_ipv4` false) is refused with a
+/// reason, not recorded as a network without a subnet.
+#[tokio::test]
+async fn docker28_network_without_ipv4_is_refused() {
+    let t = setup();
+    let e = t
+        .err(
+            "NetworkDriver.CreateNetwork",
+            json!({"NetworkID":N1,"Options":{"com.docker.network.enable_ipv4":false,
+                "com.docker.network.enable_ipv6":true,"com.docker.network.generic":{}},
+                "IPv4Data":[],"IPv6Data":[]}),
+        )
+        .await;
+    assert!(e.contains("without --ipv4=false"), "{e}");
+    assert!(
+        t.svc.state().network(N1).unwrap().is_none(),
+        "recorded anyway"
+    );
+    // Docker 28's ordinary network says enable_ipv4 true: accepted as before.
+    let pool = t
+        .ok(
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace":"berth-local","Pool":"10.231.7.0/24","SubPool":"","Options":{},"V6":false}),
+        )
+        .await;
+    let gw = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool["PoolID"],"Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}),
+        )
+        .await;
+    t.ok(
+        "NetworkDriver.CreateNetwork",
+        json!({"NetworkID":N1,"Options":{"com.docker.network.enable_ipv4":true,
+            "com.docker.network.enable_ipv6":false,"com.docker.network.generic":{"vlan":"100"}},
+            "IPv4Data":[{"AddressSpace":"berth-local","Gateway":gw["Address"],"Pool":"10.231.7.0/24"}],"IPv6Data":[]}),
+    )
+    .await;
+    assert!(t.svc.state().network(N1).unwrap().is_some());
+}
+
+/// Docker 28's interface name for a plugin network is dropped by dockerd (the container gets
+/// eth<N> anyway): CreateEndpoint refuses it, saying so, and builds nothing. Docker 25+'s
+/// per-interface sysctls, which dockerd applies itself, pass.
+#[tokio::test]
+async fn interface_name_refused_sysctls_pass() {
+    let t = setup();
+    let pool = t
+        .create_network(N1, "10.231.8.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let a = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":"","Options":null}),
+        )
+        .await;
+    let addr = a["Address"].as_str().unwrap().to_string();
+    let e = t
+        .err(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},
+                "Options":{"com.docker.network.endpoint.exposedports":[],"com.docker.network.endpoint.ifname":"db0",
+                    "com.docker.network.portmap":[]}}),
+        )
+        .await;
+    assert!(e.contains("cannot name the container's interface"), "{e}");
+    assert!(e.contains("ifname=\"db0\""), "{e}");
+    assert!(t.dp.endpoints.lock().unwrap().is_empty(), "built anyway");
+    t.ok(
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},
+            "Options":{"com.docker.network.endpoint.exposedports":[],
+                "com.docker.network.endpoint.sysctls":"net.ipv4.conf.IFNAME.log_martians=1",
+                "com.docker.network.portmap":[]}}),
+    )
+    .await;
+    assert_eq!(t.dp.endpoints.lock().unwrap().len(), 1);
+}

@@ -49,8 +49,20 @@ pub fn tcp_send_from(pid: u32, to: SocketAddr, bytes: usize) -> Result<()> {
         // SAFETY: setns on this thread only; the fd is valid for the call.
         let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
         ensure!(rc == 0, "setns: {}", std::io::Error::last_os_error());
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-            .with_context(|| format!("connect {to}"))?;
+        // The receiver (`docker exec -d ... nc -l`) may not listen yet: refused is retried
+        // for a few seconds, anything else fails at once.
+        let t0 = std::time::Instant::now();
+        let mut s = loop {
+            match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && t0.elapsed() < Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => break other.with_context(|| format!("connect {to}"))?,
+            }
+        };
         s.set_write_timeout(Some(Duration::from_secs(30)))?;
         let chunk = vec![0x5au8; 64 * 1024];
         let mut left = bytes;

@@ -130,6 +130,29 @@ pub fn refuse_published_ports(
     )))
 }
 
+/// Docker 28 names a container's interface from this option for its own drivers only: for a
+/// plugin driver it keeps `DstPrefix` + index and drops the name (moby issue 52865, Join ignores
+/// both the option and a `DstName` answer). Refused rather than silently ignored, like `-p`
+/// (protocols.md §7).
+pub fn refuse_interface_name(
+    options: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> NetResult<()> {
+    let Some(name) = options.get(crate::protocol::ENDPOINT_IFNAME) else {
+        return Ok(());
+    };
+    let name = name
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| name.to_string());
+    Err(NetError::invalid(format!(
+        "berth-net cannot name the container's interface ({}={}): Docker does not apply interface \
+         names for plugin network drivers, so the interface is eth0, eth1, ... in the order of the \
+         container's networks; drop the interface name",
+        crate::protocol::ENDPOINT_IFNAME,
+        plugin_transport::input::quoted(&name)
+    )))
+}
+
 /// Interface names come from the id, not the record's fields (see [`EndpointRecord::host_if`]).
 fn plan_of(e: &EndpointRecord) -> EndpointPlan {
     EndpointPlan {
@@ -195,6 +218,13 @@ impl Service {
     pub async fn create_network(&self, req: CreateNetworkRequest) -> NetResult<()> {
         require_id("NetworkID", &req.network_id)?;
         let opts = parse_options(&req.generic_options(), self.config.default_mtu)?;
+        // Docker 28 can make a network without IPv4; berth-net's plan (VLAN access ports,
+        // ARP proxy, anti-spoofing) is IPv4 (protocols.md §7).
+        if req.ipv4_disabled() {
+            return Err(NetError::invalid(
+                "berth-net networks are IPv4 networks: create the network without --ipv4=false",
+            ));
+        }
         if req.ipv6_data.iter().any(|d| !d.pool.is_empty()) {
             return Err(NetError::invalid(
                 "IPv6 is not supported by berth-net yet: create the network without --ipv6",
@@ -289,6 +319,7 @@ impl Service {
             ));
         }
         refuse_published_ports(&req.options)?;
+        refuse_interface_name(&req.options)?;
         let (ip, prefix) = parse_cidr(&req.interface.address)
             .map_err(|e| NetError::invalid(format!("Interface.Address {e}")))?;
         let given_mac = !req.interface.mac_address.is_empty();
