@@ -326,6 +326,12 @@ impl Drop for PluginDaemon {
         if let Err(e) = self.stop() {
             eprintln!("stopping {}: {e:#}", self.name);
         }
+        // A daemon last killed with -9 leaves its socket file. dockerd scans the plugin dir
+        // and retries a socket nobody serves for about 15 s: remove it when nobody answers.
+        let socket = self.socket();
+        if socket.exists() && UnixStream::connect(&socket).is_err() {
+            let _ = std::fs::remove_file(&socket);
+        }
     }
 }
 
