@@ -29,7 +29,7 @@ EXPECT = {
         "socket": "berth-vol.sock",
         "tools": ["mkfs.xfs", "xfs_admin", "xfs_db", "xfs_growfs", "mkfs.ext4", "resize2fs",
                   "e2fsck", "lvm", "thin_check"],
-        "caps": ["CAP_SYS_ADMIN", "CAP_SYS_RESOURCE"],
+        "caps": ["CAP_SYS_ADMIN"],
         "propagated": True,
         "smoke": [["/usr/bin/volplugin", "--help"], ["/usr/sbin/mkfs.xfs", "-V"],
                   ["/usr/sbin/xfs_admin", "-V"], ["/usr/sbin/mkfs.ext4", "-V"],
