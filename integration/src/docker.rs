@@ -262,6 +262,26 @@ impl DockerEnv {
         })
     }
 
+    /// A long-running container `name` (no network) holding `volume` at /data; its id.
+    pub fn hold(&self, name: &str, volume: &str) -> Result<String> {
+        let spec = format!("{volume}:/data");
+        self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--stop-timeout",
+            "1",
+            "-v",
+            &spec,
+            TEST_IMAGE,
+            "sleep",
+            "3600",
+        ])
+    }
+
     /// Runs `docker ARGS`, which must succeed; returns its trimmed stdout. The error names the
     /// command and includes its status, stdout and stderr.
     pub fn ok(&self, args: &[&str]) -> Result<String> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use integration::iomeasure::{dd_rate, run_in_container, timed_dd};
 use integration::plugins::{binary, Volplugin, DOCKER_PLUGIN_DIR};
-use integration::{harness, DockerEnv, TEST_IMAGE};
+use integration::{harness, DockerEnv};
 
 // Field order is drop order: volplugin stops before the dockerd it watches.
 struct Ctx {
@@ -123,25 +123,7 @@ impl Ctx {
     }
 
     fn hold(&self, name: &str, volume: &str) -> Result<()> {
-        let spec = format!("{volume}:/data");
-        self.docker.ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
-            "--stop-timeout",
-            "1",
-            "-v",
-            &spec,
-            TEST_IMAGE,
-            "sleep",
-            "600",
-        ])?;
-        // Let volplugin see the start event and write the cgroup.
-        std::thread::sleep(Duration::from_millis(700));
-        Ok(())
+        self.docker.hold(name, volume).map(drop)
     }
 }
 

@@ -342,23 +342,7 @@ mod guest {
 
         /// A container that keeps `volume` mounted at /data.
         fn hold(&self, name: &str, volume: &str) -> Result<()> {
-            let spec = format!("{volume}:/data");
-            self.ok(&[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                "none",
-                "--stop-timeout",
-                "1",
-                "-v",
-                &spec,
-                TEST_IMAGE,
-                "sleep",
-                "3600",
-            ])
-            .map(drop)
+            self.d()?.hold(name, volume).map(drop)
         }
 
         /// `docker exec NAME sh -c SCRIPT`: stdout and stderr (dd reports on stderr).

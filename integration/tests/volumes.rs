@@ -99,22 +99,7 @@ impl Ctx {
 
     /// A long-running container holding `volume` at /data.
     fn hold(&self, name: &str, volume: &str) -> Result<String> {
-        let spec = format!("{volume}:/data");
-        self.docker.ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
-            "--stop-timeout",
-            "1",
-            "-v",
-            &spec,
-            TEST_IMAGE,
-            "sleep",
-            "600",
-        ])
+        self.docker.hold(name, volume)
     }
 
     fn assert_no_leftovers(&self) -> Result<()> {
