@@ -167,13 +167,14 @@ impl GuestRun {
 }
 
 /// A host-side test per guest test, each the guest's verdict (`run`: the context's
-/// [`GuestRun`]).
+/// [`GuestRun`]), after `boots_are_bounded`.
 #[macro_export]
 macro_rules! guest_tests {
     ($ctx:ty, $run:ident, $($name:ident),* $(,)?) => {
+        fn boots_are_bounded(ctx: &$ctx) -> anyhow::Result<()> { ctx.$run.boots_are_bounded() }
         $(fn $name(ctx: &$ctx) -> anyhow::Result<()> { ctx.$run.outcome(stringify!($name)) })*
         const GUEST_TESTS: &[(&str, integration::harness::TestFn<$ctx>)] =
-            &[$((stringify!($name), $name)),*];
+            &[("boots_are_bounded", boots_are_bounded), $((stringify!($name), $name)),*];
     };
 }
 

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use integration::harness::{self, TestFn};
+use integration::harness;
 use integration::thin_guest::{GuestRun, GuestSuite};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -63,17 +63,11 @@ integration::guest_tests!(
     remove_all,
 );
 
-fn boots_are_bounded(ctx: &Ctx) -> Result<()> {
-    ctx.run.boots_are_bounded()
-}
-
 fn main() {
     if std::env::var_os("BERTH_GUEST").is_some() {
         guest::main();
     }
-    let mut tests: Vec<(&str, TestFn<Ctx>)> = vec![("boots_are_bounded", boots_are_bounded)];
-    tests.extend_from_slice(GUEST_TESTS);
-    harness::run("lvm_stress", setup, &tests);
+    harness::run("lvm_stress", setup, GUEST_TESTS);
 }
 
 /// What runs inside the guest.

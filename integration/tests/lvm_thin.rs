@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use integration::harness::{self, TestFn};
+use integration::harness;
 use integration::thin_guest::{GuestRun, GuestSuite};
 
 // A bound, not a timing: the boots take several minutes, far longer when the machine's two
@@ -67,17 +67,11 @@ integration::guest_tests!(
     after_reboot,
 );
 
-fn boots_are_bounded(ctx: &Ctx) -> Result<()> {
-    ctx.run.boots_are_bounded()
-}
-
 fn main() {
     if std::env::var_os("BERTH_GUEST").is_some() {
         guest::main();
     }
-    let mut tests: Vec<(&str, TestFn<Ctx>)> = vec![("boots_are_bounded", boots_are_bounded)];
-    tests.extend_from_slice(GUEST_TESTS);
-    harness::run("lvm_thin", setup, &tests);
+    harness::run("lvm_thin", setup, GUEST_TESTS);
 }
 
 /// What runs inside the guest.
