@@ -22,6 +22,9 @@ pub enum NetError {
     Datapath(#[from] DataplaneError),
     #[error("{what} did not finish within {secs} s")]
     Timeout { what: String, secs: u64 },
+    /// Another call holds the object longer than this one waits for it.
+    #[error(transparent)]
+    Busy(#[from] plugin_transport::sync::Busy),
 }
 
 impl NetError {
@@ -43,6 +46,7 @@ impl From<NetError> for PluginError {
             NetError::Store(_) | NetError::Datapath(_) | NetError::Timeout { .. } => {
                 PluginError::internal(message)
             }
+            NetError::Busy(_) => PluginError::unavailable(message),
         }
     }
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::dataplane::fake::FakeDataplane;
 use crate::handlers::plugin_router;
 use crate::ipam::{Ipam, IpamConfig};
-use crate::network::{NetConfig, Service};
+use crate::network::{LockWaits, NetConfig, Service};
 use crate::state::State;
 use crate::store::memory::MemStore;
 
@@ -27,6 +27,10 @@ fn setup() -> T {
 
 /// A host's service over a store other hosts may share (the fleet in one process).
 fn setup_host(store: Arc<MemStore>, host: &str) -> T {
+    setup_on(store, host, LockWaits::default())
+}
+
+fn setup_on(store: Arc<dyn crate::store::Store>, host: &str, waits: LockWaits) -> T {
     let state = State::new(store, host);
     let ipam = Arc::new(Ipam::new(
         state.clone(),
@@ -36,15 +40,18 @@ fn setup_host(store: Arc<MemStore>, host: &str) -> T {
         },
     ));
     let dp = Arc::new(FakeDataplane::new());
-    let svc = Arc::new(Service::new(
-        state,
-        ipam,
-        dp.clone(),
-        NetConfig {
-            vlan_range: (100, 101),
-            default_mtu: 1500,
-        },
-    ));
+    let svc = Arc::new(
+        Service::new(
+            state,
+            ipam,
+            dp.clone(),
+            NetConfig {
+                vlan_range: (100, 101),
+                default_mtu: 1500,
+            },
+        )
+        .with_lock_waits(waits),
+    );
     T {
         router: plugin_router(svc.clone()),
         dp,
@@ -1446,4 +1453,186 @@ async fn interface_name_refused_sysctls_pass() {
     )
     .await;
     assert_eq!(t.dp.endpoints.lock().unwrap().len(), 1);
+}
+
+/// What a call may take here when nothing it needs is held (generous: a loaded CI machine).
+const PROMPT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Issue 15 §3: a reconcile pass stuck in the datapath (as behind a stopped ovsdb-server)
+/// holds no lock the endpoint calls need: containers on other networks start and stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reconcile_pass_does_not_stall_endpoint_calls() {
+    let t = setup();
+    let p1 = t
+        .create_network(N1, "10.231.1.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let p2 = t
+        .create_network(N2, "10.231.2.0/24", json!({"vlan":"101"}))
+        .await
+        .unwrap();
+    let (a1, _) = t.start(N1, &p1, E1, "").await;
+    t.dp.hold("reassert");
+    let pass = tokio::spawn({
+        let svc = t.svc.clone();
+        async move { svc.reconcile().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!pass.is_finished(), "the pass is held in the datapath");
+    let (a2, _) = tokio::time::timeout(PROMPT, t.start(N2, &p2, E2, ""))
+        .await
+        .expect("a container starts while a pass is stuck");
+    tokio::time::timeout(PROMPT, t.stop(N1, &p1, E1, &a1))
+        .await
+        .expect("a container stops while a pass is stuck");
+    // The admin's pass waits its bound for the one running, then says so.
+    t.dp.release("reassert");
+    pass.await.unwrap().unwrap();
+    // The stuck pass planned with E1 still there; the next pass leaves exactly E2's port.
+    t.svc.reconcile().await.unwrap();
+    let ports: Vec<String> = t.dp.endpoints.lock().unwrap().keys().cloned().collect();
+    assert_eq!(ports, ["vbbbbbbbbbbb"]);
+    t.stop(N2, &p2, E2, &a2).await;
+    assert!(t.dp.endpoints.lock().unwrap().is_empty());
+}
+
+/// A call on an endpoint another call holds waits its bound, then answers "busy" naming what
+/// runs (503); it never waits without limit, and the same call later succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_busy_endpoint_answers_within_its_bound() {
+    let bound = std::time::Duration::from_millis(300);
+    let t = setup_on(
+        Arc::new(MemStore::new()),
+        "h1",
+        LockWaits {
+            object: bound,
+            pass: bound,
+        },
+    );
+    let p1 = t
+        .create_network(N1, "10.231.1.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let a = t
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":p1,"Address":"","Options":null}),
+        )
+        .await;
+    let addr = a["Address"].as_str().unwrap().to_string();
+    t.dp.hold("create_endpoint");
+    let create = tokio::spawn({
+        let router = t.router.clone();
+        let body = json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}});
+        async move {
+            router
+                .dispatch(Request {
+                    method: Method::POST,
+                    path: "/NetworkDriver.CreateEndpoint".into(),
+                    query: None,
+                    body: Bytes::from(body.to_string()),
+                })
+                .await
+                .status
+                .as_u16()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let (status, v) = t
+        .call(
+            "NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID":N1,"EndpointID":E1}),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{v}");
+    let msg = v["Err"].as_str().unwrap();
+    assert!(
+        msg.contains(E1) && msg.contains("busy: create endpoint has been running"),
+        "{msg}"
+    );
+    assert!(took >= bound && took < PROMPT, "{took:?}");
+    // A reconcile pass meanwhile neither waits for the endpoint nor removes its new port.
+    let report = tokio::time::timeout(PROMPT, t.svc.reconcile())
+        .await
+        .expect("a pass runs beside the held endpoint")
+        .unwrap();
+    assert!(report.ports_removed.is_empty(), "{report:?}");
+    assert!(t.dp.reasserted.lock().unwrap().contains(&E1.to_string()));
+    t.dp.release("create_endpoint");
+    assert_eq!(create.await.unwrap(), 200);
+    t.ok(
+        "NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID":N1,"EndpointID":E1}),
+    )
+    .await;
+    assert!(t.dp.endpoints.lock().unwrap().is_empty());
+}
+
+/// An endpoint whose record is not written yet (the store is slow) while its port exists is
+/// being created, not leaked: a pass keeps its port and its whole-bridge state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_keeps_an_endpoint_whose_record_is_still_being_written() {
+    use crate::store::faulty::{Fault, Faulty};
+    let store = Arc::new(Faulty::new());
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    store.on_txn(move |_, txn| {
+        let writes_e1 = txn.success.iter().any(|op| format!("{op:?}").contains(E1));
+        if writes_e1 {
+            let _ = wait
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(20));
+        }
+        Fault::None
+    });
+    let t = setup_on(store, "h1", LockWaits::default());
+    let p1 = t
+        .create_network(N1, "10.231.1.0/24", json!({"vlan":"100"}))
+        .await
+        .unwrap();
+    let create = tokio::spawn({
+        let router = t.router.clone();
+        let pool = p1.clone();
+        async move {
+            let body = |v: Value| Bytes::from(v.to_string());
+            let a = router
+                .dispatch(Request {
+                    method: Method::POST,
+                    path: "/IpamDriver.RequestAddress".into(),
+                    query: None,
+                    body: body(json!({"PoolID":pool,"Address":"","Options":null})),
+                })
+                .await;
+            let a: Value = serde_json::from_slice(&a.body).unwrap();
+            router
+                .dispatch(Request {
+                    method: Method::POST,
+                    path: "/NetworkDriver.CreateEndpoint".into(),
+                    query: None,
+                    body: body(json!({"NetworkID":N1,"EndpointID":E1,"Interface":{"Address":a["Address"],"AddressIPv6":"","MacAddress":""},"Options":{}})),
+                })
+                .await
+                .status
+                .as_u16()
+        }
+    });
+    // Its port exists; its record does not yet.
+    let deadline = std::time::Instant::now() + PROMPT;
+    while !t.dp.endpoints.lock().unwrap().contains_key("vbaaaaaaaaaa") {
+        assert!(std::time::Instant::now() < deadline, "port never made");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(t.svc.state().endpoint(E1).unwrap().is_none());
+    let report = tokio::time::timeout(PROMPT, t.svc.reconcile())
+        .await
+        .expect("the pass does not wait for the endpoint")
+        .unwrap();
+    assert!(report.ports_removed.is_empty(), "{report:?}");
+    assert_eq!(*t.dp.reasserted.lock().unwrap(), [E1.to_string()]);
+    go.send(()).unwrap();
+    assert_eq!(create.await.unwrap(), 200);
+    assert!(t.dp.endpoints.lock().unwrap().contains_key("vbaaaaaaaaaa"));
 }

@@ -49,6 +49,12 @@ impl PluginError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message.into())
     }
 
+    /// The object is busy with another call for longer than this one waits
+    /// ([`crate::sync::Busy`]); the same call later can succeed.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message.into())
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

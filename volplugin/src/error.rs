@@ -37,6 +37,9 @@ pub enum VolError {
         name: String,
         secs: u64,
     },
+    /// Another call holds the volume longer than this one waits for it; nothing was done.
+    #[error("{0}; nothing was done")]
+    Busy(#[from] plugin_transport::sync::Busy),
 }
 
 impl VolError {
@@ -61,6 +64,7 @@ impl From<VolError> for PluginError {
             VolError::Backend { .. } | VolError::Store(_) | VolError::Timeout { .. } => {
                 PluginError::internal(message)
             }
+            VolError::Busy(_) => PluginError::unavailable(message),
         }
     }
 }

@@ -34,6 +34,12 @@ pub struct FakeDataplane {
     pub fenced: Mutex<std::collections::BTreeSet<String>>,
     /// Every `announce`: (host_if, mac, ip).
     pub announced: Mutex<Vec<(String, [u8; 6], std::net::Ipv4Addr)>>,
+    /// The endpoint ids of the last `reassert`'s plans (a whole-bridge sync removes what is
+    /// not among them).
+    pub reasserted: Mutex<Vec<String>>,
+    /// Operations held (`hold`) until `release`, as a stopped ovsdb-server holds them:
+    /// `reassert` at its start, `create_endpoint` once its port exists.
+    held: Mutex<BTreeMap<&'static str, tokio::sync::watch::Sender<bool>>>,
 }
 
 impl FakeDataplane {
@@ -43,6 +49,31 @@ impl FakeDataplane {
 
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Holds every later `operation` (`reassert`, `create_endpoint`) until [`Self::release`].
+    pub fn hold(&self, operation: &'static str) {
+        let (tx, _) = tokio::sync::watch::channel(false);
+        self.held.lock().unwrap().insert(operation, tx);
+    }
+
+    pub fn release(&self, operation: &'static str) {
+        if let Some(tx) = self.held.lock().unwrap().remove(operation) {
+            tx.send_replace(true);
+        }
+    }
+
+    async fn pause(&self, operation: &'static str) {
+        let rx = self
+            .held
+            .lock()
+            .unwrap()
+            .get(operation)
+            .map(|tx| tx.subscribe());
+        if let Some(mut rx) = rx {
+            // Err: released and gone meanwhile, as good as released.
+            let _ = rx.wait_for(|released| *released).await;
+        }
     }
 
     fn check(&self) -> DpResult<()> {
@@ -82,6 +113,7 @@ impl Dataplane for FakeDataplane {
                 .lock()
                 .unwrap()
                 .insert(plan.host_if.clone(), plan.clone());
+            self.pause("create_endpoint").await;
             Ok(())
         })
     }
@@ -100,7 +132,10 @@ impl Dataplane for FakeDataplane {
         endpoints: &'a [EndpointPlan],
     ) -> BoxFuture<'a, DpResult<ReassertReport>> {
         Box::pin(async move {
+            self.pause("reassert").await;
             self.check()?;
+            *self.reasserted.lock().unwrap() =
+                endpoints.iter().map(|p| p.endpoint_id.clone()).collect();
             let mut report = ReassertReport::default();
             let mut have = self.endpoints.lock().unwrap();
             for plan in endpoints {

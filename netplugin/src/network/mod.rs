@@ -12,6 +12,7 @@ mod fleet_view;
 pub(crate) mod ipam_driver;
 mod latency;
 mod limits;
+mod local_changes;
 mod options;
 
 pub use admin::{AddressView, EndpointView, NetworkView, PoolView, Stats};
@@ -40,7 +41,9 @@ use crate::protocol::*;
 use crate::state::*;
 use crate::store::StoreError;
 
+use local_changes::LocalChanges;
 use options::{parse_limits, parse_options, NetOptions};
+use plugin_transport::sync::KeyedLocks;
 
 const CAS_ATTEMPTS: usize = 64;
 pub const DEFAULT_MTU: u32 = 1500;
@@ -68,8 +71,13 @@ pub struct Service {
     dp: Arc<dyn Dataplane>,
     config: NetConfig,
     latencies: Latencies,
-    /// Serializes reconcile passes with endpoint changes of this host.
-    reconcile_lock: tokio::sync::Mutex<()>,
+    /// One lock per endpoint (`endpoint <id>`), per network (`network <id>`) and for the
+    /// reconcile pass with the ARP pushes ([`PASS_KEY`]); waits are bounded ([`LockWaits`]).
+    /// No lock is held across the whole host: a slow call stalls only its own object.
+    locks: KeyedLocks,
+    lock_waits: LockWaits,
+    /// This host's endpoint changes in flight, laid over the view by the pass.
+    local_changes: LocalChanges,
     /// Endpoints released because Docker no longer knew them, and by `endpoint release`.
     released_leaked: AtomicU64,
     released_by_admin: AtomicU64,
@@ -79,6 +87,38 @@ pub struct Service {
     prune_held: std::sync::Mutex<Vec<String>>,
     /// The fleet's endpoint records, kept by a watch (`fleet_view.rs`).
     fleet: std::sync::Mutex<FleetView>,
+}
+
+/// The key of [`KeyedLocks`] that serializes reconcile passes and ARP pushes (not a Docker id:
+/// those are `[A-Za-z0-9_.-]`).
+const PASS_KEY: &str = "the reconcile pass";
+
+/// How long a call waits for its object's lock before it answers "busy".
+#[derive(Debug, Clone, Copy)]
+pub struct LockWaits {
+    /// An endpoint's or network's calls (Docker's and the admin's); Docker's network calls
+    /// have no timeout of their own (protocols.md), so this is what bounds a call that
+    /// finds its endpoint busy.
+    pub object: Duration,
+    /// A reconcile pass or ARP push waiting for the one running (`netplugin reconcile`).
+    pub pass: Duration,
+}
+
+impl Default for LockWaits {
+    fn default() -> Self {
+        Self {
+            object: Duration::from_secs(10),
+            pass: Duration::from_secs(30),
+        }
+    }
+}
+
+fn endpoint_key(id: &str) -> String {
+    format!("endpoint {id}")
+}
+
+fn network_key(id: &str) -> String {
+    format!("network {id}")
 }
 
 /// A reconcile pass removes up to this many stray ports whatever the bridge's size; more, and
@@ -179,7 +219,9 @@ impl Service {
             dp,
             config,
             latencies: Latencies::default(),
-            reconcile_lock: tokio::sync::Mutex::new(()),
+            locks: KeyedLocks::new(),
+            lock_waits: LockWaits::default(),
+            local_changes: LocalChanges::default(),
             released_leaked: AtomicU64::new(0),
             released_by_admin: AtomicU64::new(0),
             prune_logged: Default::default(),
@@ -189,6 +231,44 @@ impl Service {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Other lock-wait bounds than [`LockWaits::default`] (tests).
+    pub fn with_lock_waits(mut self, waits: LockWaits) -> Self {
+        self.lock_waits = waits;
+        self
+    }
+
+    async fn lock_endpoint(
+        &self,
+        id: &str,
+        operation: &'static str,
+    ) -> NetResult<plugin_transport::sync::KeyGuard<'_>> {
+        Ok(self
+            .locks
+            .lock(&endpoint_key(id), operation, self.lock_waits.object)
+            .await?)
+    }
+
+    async fn lock_network(
+        &self,
+        id: &str,
+        operation: &'static str,
+    ) -> NetResult<plugin_transport::sync::KeyGuard<'_>> {
+        Ok(self
+            .locks
+            .lock(&network_key(id), operation, self.lock_waits.object)
+            .await?)
+    }
+
+    pub(super) async fn lock_pass(
+        &self,
+        operation: &'static str,
+    ) -> NetResult<plugin_transport::sync::KeyGuard<'_>> {
+        Ok(self
+            .locks
+            .lock(PASS_KEY, operation, self.lock_waits.pass)
+            .await?)
     }
 
     pub fn ipam(&self) -> &Arc<Ipam> {
@@ -254,6 +334,7 @@ impl Service {
             )
         };
         self.ready().await?;
+        let _net = self.lock_network(&req.network_id, "create network").await?;
         let state = self.state.clone();
         let config = self.config.clone();
         let id = req.network_id.clone();
@@ -273,6 +354,7 @@ impl Service {
 
     pub async fn delete_network(&self, network_id: &str) -> NetResult<()> {
         require_id("NetworkID", network_id)?;
+        let _net = self.lock_network(network_id, "delete network").await?;
         let state = self.state.clone();
         let id = network_id.to_string();
         let (net, stale) = store_op("delete network", move || {
@@ -336,6 +418,9 @@ impl Service {
                 .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
             "--driver-opt ",
         )?;
+        let _endpoint = self
+            .lock_endpoint(&req.endpoint_id, "create endpoint")
+            .await?;
         let state = self.state.clone();
         let (nid, eid) = (req.network_id.clone(), req.endpoint_id.clone());
         let (net, existing) = store_op("create endpoint", move || {
@@ -381,8 +466,26 @@ impl Service {
             )));
         }
         let plan = plan_of(&record);
-        let _guard = self.reconcile_lock.lock().await;
         self.ready().await?;
+        self.local_changes.creating(&plan);
+        let built = self.build_endpoint(net, &record, &plan).await;
+        self.local_changes
+            .finished(&record.id, built.is_ok().then(|| plan.clone()));
+        let (dp_time, store_time) = built?;
+        self.latencies.record("create_endpoint_datapath", dp_time);
+        self.latencies.record("create_endpoint_store", store_time);
+        self.latencies.record("create_endpoint", started.elapsed());
+        Ok(reply)
+    }
+
+    /// CreateEndpoint's work, under the endpoint's lock: the record and the datapath, both or
+    /// neither. Returns the datapath's and the store's times.
+    async fn build_endpoint(
+        &self,
+        net: NetworkRecord,
+        record: &EndpointRecord,
+        plan: &EndpointPlan,
+    ) -> NetResult<(Duration, Duration)> {
         // The record (write-ahead: a crash leaves it for the reconciler) is written while the
         // datapath is built; both must succeed, else both are undone.
         let state = self.state.clone();
@@ -422,7 +525,7 @@ impl Service {
             (r, t.elapsed())
         });
         let dp_started = Instant::now();
-        let built = self.dp.create_endpoint(&plan).await;
+        let built = self.dp.create_endpoint(plan).await;
         let dp_time = dp_started.elapsed();
         let (saved, store_time) = match store_task.await {
             Ok(r) => r,
@@ -454,10 +557,7 @@ impl Service {
                 return Err(e);
             }
         }
-        self.latencies.record("create_endpoint_datapath", dp_time);
-        self.latencies.record("create_endpoint_store", store_time);
-        self.latencies.record("create_endpoint", started.elapsed());
-        Ok(reply)
+        Ok((dp_time, store_time))
     }
 
     pub async fn join(&self, req: JoinRequest) -> NetResult<JoinResponse> {
@@ -518,16 +618,32 @@ impl Service {
     pub async fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> NetResult<()> {
         require_id("NetworkID", network_id)?;
         require_id("EndpointID", endpoint_id)?;
+        let _endpoint = self.lock_endpoint(endpoint_id, "delete endpoint").await?;
         let state = self.state.clone();
         let eid = endpoint_id.to_string();
         let record = store_op("delete endpoint", move || Ok(state.endpoint(&eid)?)).await?;
         let host_if = host_if_name(endpoint_id);
-        let _guard = self.reconcile_lock.lock().await;
-        if let Err(e) = self.dp.delete_endpoint(&host_if).await {
+        self.local_changes.deleting(endpoint_id);
+        // Noted as gone even if the store write fails: its port is gone, and Docker deletes
+        // again or the leak sweep releases it.
+        let deleted = self
+            .remove_endpoint(endpoint_id, &host_if, record.is_some())
+            .await;
+        self.local_changes.finished(endpoint_id, None);
+        deleted
+    }
+
+    async fn remove_endpoint(
+        &self,
+        endpoint_id: &str,
+        host_if: &str,
+        recorded: bool,
+    ) -> NetResult<()> {
+        if let Err(e) = self.dp.delete_endpoint(host_if).await {
             // The record goes anyway: the reconcile pass removes a port without an endpoint.
             warn!(endpoint = endpoint_id, error = %e, "datapath cleanup incomplete; the reconciler retries");
         }
-        if record.is_some() {
+        if recorded {
             let state = self.state.clone();
             let eid = endpoint_id.to_string();
             store_op("delete endpoint", move || Ok(state.delete_endpoint(&eid)?)).await?;
@@ -632,14 +748,37 @@ impl Service {
                 record.host_id
             )));
         }
-        let datapath_error = {
-            let _guard = self.reconcile_lock.lock().await;
-            self.dp
-                .delete_endpoint(&record.host_if_name())
-                .await
-                .err()
-                .map(|e| e.to_string())
+        let _endpoint = self.lock_endpoint(&record.id, "release endpoint").await?;
+        self.local_changes.deleting(&record.id);
+        let released = self.release_locked(record).await;
+        self.local_changes.finished(&record.id, None);
+        let (datapath_error, address_released) = released?;
+        match reason {
+            ReleaseReason::Leaked => self.released_leaked.fetch_add(1, Ordering::Relaxed),
+            ReleaseReason::Admin => self.released_by_admin.fetch_add(1, Ordering::Relaxed),
         };
+        let release = EndpointRelease {
+            endpoint_id: record.id.clone(),
+            network_id: record.network_id.clone(),
+            host_if: record.host_if_name(),
+            address: record.address.to_string(),
+            address_released,
+            datapath_error,
+        };
+        warn!(endpoint = %release.endpoint_id, network = %release.network_id, address = %release.address,
+            address_released, ?reason, datapath_error = ?release.datapath_error, "endpoint released outside Docker");
+        Ok(release)
+    }
+
+    /// [`Service::release_endpoint`]'s work under the endpoint's lock: (the datapath's error,
+    /// whether the address was released).
+    async fn release_locked(&self, record: &EndpointRecord) -> NetResult<(Option<String>, bool)> {
+        let datapath_error = self
+            .dp
+            .delete_endpoint(&record.host_if_name())
+            .await
+            .err()
+            .map(|e| e.to_string());
         let state = self.state.clone();
         let ipam = self.ipam.clone();
         let rec = record.clone();
@@ -660,21 +799,7 @@ impl Service {
             ipam.release_held(&pool_id, &kv)
         })
         .await?;
-        match reason {
-            ReleaseReason::Leaked => self.released_leaked.fetch_add(1, Ordering::Relaxed),
-            ReleaseReason::Admin => self.released_by_admin.fetch_add(1, Ordering::Relaxed),
-        };
-        let release = EndpointRelease {
-            endpoint_id: record.id.clone(),
-            network_id: record.network_id.clone(),
-            host_if: record.host_if_name(),
-            address: record.address.to_string(),
-            address_released,
-            datapath_error,
-        };
-        warn!(endpoint = %release.endpoint_id, network = %release.network_id, address = %release.address,
-            address_released, ?reason, datapath_error = ?release.datapath_error, "endpoint released outside Docker");
-        Ok(release)
+        Ok((datapath_error, address_released))
     }
 
     /// This host's endpoints with their datapath plans, for the Docker sweep.
@@ -691,7 +816,7 @@ impl Service {
         container_id: &str,
     ) -> NetResult<()> {
         let plan = plan_of(record);
-        let _guard = self.reconcile_lock.lock().await;
+        let _endpoint = self.lock_endpoint(&record.id, "label endpoint").await?;
         self.dp
             .label_container(&plan, container_id)
             .await
@@ -708,14 +833,19 @@ impl Service {
     /// [`Service::reconcile`]; with `force_prune` (`netplugin reconcile --prune`) also when the
     /// ports to remove are most of the bridge.
     pub async fn reconcile_with(&self, force_prune: bool) -> NetResult<ReassertReport> {
-        let _guard = self.reconcile_lock.lock().await;
+        let _pass = self.lock_pass("reconcile pass").await?;
         let all = self.fleet_records().await?;
         let me = &self.state.host_id;
-        let plans: Vec<EndpointPlan> = all
+        let mut plans: Vec<EndpointPlan> = all
             .iter()
             .filter(|e| e.host_id == *me)
             .map(plan_of)
             .collect();
+        // Applied outside every endpoint's lock: calls go on meanwhile, and what they are
+        // doing is laid over the view (`local_changes.rs`). A port whose endpoint a call
+        // removes during the pass may be asserted once more: it has no device, and the next
+        // pass prunes it.
+        self.local_changes.overlay(&mut plans);
         let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
         self.prune(&plans, force_prune, &mut report).await?;
         (report.arp_flows_added, report.arp_flows_removed) = self
@@ -768,18 +898,27 @@ impl Service {
         if stray.is_empty() {
             return Ok(());
         }
+        // A port whose endpoint a call is changing right now is that call's business: skipped
+        // (the next pass sees the outcome). The others stay locked until removed or kept.
+        let mut held = std::collections::BTreeMap::new();
+        for name in &stray {
+            let Some(id) = ports
+                .iter()
+                .find(|p| &p.name == name)
+                .and_then(|p| p.endpoint_id.as_deref())
+            else {
+                continue;
+            };
+            if let Ok(guard) = self.locks.try_lock(&endpoint_key(id), "prune port") {
+                held.insert(name.clone(), (id.to_string(), guard));
+            }
+        }
         // `plans` may come from the watch-fed view, which can lag the store by a moment (an
         // endpoint this host created a moment ago): a port is only stray if the store itself
         // has no record of its endpoint on this host.
-        let candidates: Vec<(String, Option<String>)> = stray
+        let candidates: Vec<(String, Option<String>)> = held
             .iter()
-            .map(|name| {
-                let id = ports
-                    .iter()
-                    .find(|p| &p.name == name)
-                    .and_then(|p| p.endpoint_id.clone());
-                (name.clone(), id)
-            })
+            .map(|(name, (id, _))| (name.clone(), Some(id.clone())))
             .collect();
         let state = self.state.clone();
         let me_owned = me.clone();
@@ -822,6 +961,7 @@ impl Service {
             remove.extend(live);
         }
         for name in remove {
+            let _endpoint = held.remove(&name);
             self.dp
                 .delete_endpoint(&name)
                 .await

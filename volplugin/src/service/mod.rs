@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use plugin_transport::sync::lock as lock_unpoisoned;
+use plugin_transport::sync::{KeyGuard, KeyedLocks};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -15,6 +17,10 @@ use crate::error::{describe_spec, VolError};
 use crate::limits::IoLimits;
 use crate::spec::{human_size, parse_size, round_up_to_mib, validate_name, SpecPolicy, VolumeSpec};
 use crate::store::{MetaStore, Phase, ResizeIntent, VolumeRecord};
+
+/// How long a call waits for a volume another call holds: under the plugin call timeouts
+/// (`handlers.rs`, 50 s for the fast calls), so the answer is "busy" and nothing runs late.
+pub const VOLUME_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// What `docker volume inspect` shows under Status, and what the admin CLI prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +130,10 @@ pub struct VolumeService {
     backend: Arc<dyn Backend>,
     policy: SpecPolicy,
     mount_root: PathBuf,
-    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// One lock per volume (`volume <name>`): operations on one volume run one at a time,
+    /// different volumes in parallel; a call waits at most `lock_wait` for its volume.
+    locks: KeyedLocks,
+    lock_wait: Duration,
     observed: Mutex<HashMap<String, ObservedIo>>,
 }
 
@@ -151,7 +160,8 @@ impl VolumeService {
             backend,
             policy,
             mount_root,
-            locks: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::new(),
+            lock_wait: VOLUME_LOCK_WAIT,
             observed: Mutex::new(HashMap::new()),
         }
     }
@@ -164,19 +174,19 @@ impl VolumeService {
         self.mount_root.join(name)
     }
 
-    /// Operations on one volume run one at a time; different volumes run in parallel.
-    fn lock(&self, name: &str) -> Arc<Mutex<()>> {
-        lock_unpoisoned(&self.locks)
-            .entry(name.to_string())
-            .or_default()
-            .clone()
+    /// Another bound than [`VOLUME_LOCK_WAIT`] on waiting for a busy volume (tests).
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
     }
 
-    fn forget_lock(&self, name: &str) {
-        let mut locks = lock_unpoisoned(&self.locks);
-        if locks.get(name).is_some_and(|l| Arc::strong_count(l) == 1) {
-            locks.remove(name);
-        }
+    /// Takes the volume for `operation`, or answers "busy" after [`VOLUME_LOCK_WAIT`]: a
+    /// Mount stuck in an XFS log replay stalls its own volume only, and a call behind it gets
+    /// an answer naming it before Docker's own timeout rather than running late.
+    fn lock(&self, name: &str, operation: &'static str) -> Result<KeyGuard<'_>, VolError> {
+        Ok(self
+            .locks
+            .lock_blocking(&format!("volume {name}"), operation, self.lock_wait)?)
     }
 
     fn backend_err<'a>(
@@ -193,8 +203,7 @@ impl VolumeService {
         }
         let spec = self.policy.parse(opts)?;
         let limits = IoLimits::from_options(opts)?;
-        let lock = self.lock(name);
-        let _guard = lock_unpoisoned(&lock);
+        let _guard = self.lock(name, "create")?;
         if let Some(existing) = self.store.get(name)? {
             // Docker may repeat a Create; the same request again is success. New explicit
             // options that disagree are an error rather than a silent no-op.
@@ -258,9 +267,8 @@ impl VolumeService {
         } else {
             (source, name)
         };
-        let (lock_a, lock_b) = (self.lock(first), self.lock(second));
-        let _guard_a = lock_unpoisoned(&lock_a);
-        let _guard_b = lock_unpoisoned(&lock_b);
+        let _guard_a = self.lock(first, "clone")?;
+        let _guard_b = self.lock(second, "clone")?;
         let origin = match self.store.get(source)? {
             Some(r) if r.phase == Phase::Ready => r,
             _ => return Err(bad(format!("no such volume: {source}"))),
@@ -325,8 +333,7 @@ impl VolumeService {
 
     pub fn remove(&self, name: &str) -> Result<(), VolError> {
         validate_name(name)?;
-        let lock = self.lock(name);
-        let guard = lock_unpoisoned(&lock);
+        let guard = self.lock(name, "remove")?;
         let Some(mut record) = self.store.get(name)? else {
             return Ok(());
         };
@@ -346,7 +353,6 @@ impl VolumeService {
         self.store.put(&record)?;
         self.finish_remove(name)?;
         drop(guard);
-        self.forget_lock(name);
         info!(volume = name, "removed");
         Ok(())
     }
@@ -373,8 +379,7 @@ impl VolumeService {
         if id.is_empty() {
             return Err(VolError::EmptyMountId);
         }
-        let lock = self.lock(name);
-        let _guard = lock_unpoisoned(&lock);
+        let _guard = self.lock(name, "mount")?;
         let mut record = self.ready_record(name)?;
         let target = self.mountpoint(name);
         // The kernel mount first, then the count: a crash in between leaves a mount with no
@@ -409,8 +414,7 @@ impl VolumeService {
     /// checks first that no running container uses the volume. Returns the dropped mount ids.
     pub fn clear_mounts(&self, name: &str) -> Result<Vec<String>, VolError> {
         validate_name(name)?;
-        let lock = self.lock(name);
-        let _guard = lock_unpoisoned(&lock);
+        let _guard = self.lock(name, "clear mounts")?;
         let mut record = self.ready_record(name)?;
         let dropped: Vec<String> = record.mounts.keys().cloned().collect();
         record.mounts.clear();
@@ -426,8 +430,7 @@ impl VolumeService {
 
     pub fn unmount(&self, name: &str, id: &str) -> Result<(), VolError> {
         validate_name(name)?;
-        let lock = self.lock(name);
-        let _guard = lock_unpoisoned(&lock);
+        let _guard = self.lock(name, "unmount")?;
         let Some(mut record) = self.store.get(name)? else {
             return Ok(());
         };
@@ -455,8 +458,7 @@ impl VolumeService {
     /// Changes a volume's IO limits; the caller pushes them to the running containers.
     pub fn set_limits(&self, name: &str, change: &LimitsChange) -> Result<VolumeInfo, VolError> {
         validate_name(name)?;
-        let lock = self.lock(name);
-        let _guard = lock_unpoisoned(&lock);
+        let _guard = self.lock(name, "set limits")?;
         let mut record = self.ready_record(name)?;
         change.apply_to(&mut record.limits);
         self.store.put(&record)?;
@@ -477,8 +479,7 @@ impl VolumeService {
         let requested = parse_size(size).map_err(bad)?;
         let new_size =
             round_up_to_mib(requested).ok_or_else(|| bad(format!("{size:?} is too large")))?;
-        let lock = self.lock(name);
-        let _guard = lock_unpoisoned(&lock);
+        let _guard = self.lock(name, "resize")?;
         let mut record = self.ready_record(name)?;
         let current = record.spec.size_bytes;
         if let Some(pending) = record.resize {

@@ -1,6 +1,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
+
+use plugin_transport::PluginError;
 
 use super::*;
 use crate::backend::memory::MemoryBackend;
@@ -233,16 +236,64 @@ fn a_panic_under_a_volume_lock_does_not_break_that_volume() {
     let (svc, _backend) = service();
     svc.create("db1", &opts(&[])).unwrap();
     // A request that panics while it holds the volume's lock (a bug, a failed assertion).
-    let lock = svc.lock("db1");
-    let _ = std::thread::spawn(move || {
-        let _g = lock.lock().unwrap();
-        panic!("a request panicked mid-operation");
-    })
-    .join();
-    assert!(svc.lock("db1").is_poisoned());
+    std::thread::scope(|s| {
+        let _ = s
+            .spawn(|| {
+                let _g = svc.lock("db1", "mount").unwrap();
+                panic!("a request panicked mid-operation");
+            })
+            .join();
+    });
     // Later calls on that volume still work (they used to panic on the poisoned lock).
     let path = svc.mount("db1", "m1").unwrap();
     assert!(path.ends_with("db1"), "{path:?}");
     svc.unmount("db1", "m1").unwrap();
     svc.remove("db1").unwrap();
+}
+
+/// Issue 15 §3: a call on a volume another call holds (a Mount stuck in an XFS log replay)
+/// answers "busy" after its bound, naming what runs, and does nothing; other volumes are not
+/// held up; the same call succeeds once the volume is free.
+#[test]
+fn a_call_on_a_busy_volume_answers_within_its_bound() {
+    let bound = Duration::from_millis(300);
+    let backend = Arc::new(MemoryBackend::new());
+    let svc = VolumeService::new(
+        MetaStore::in_memory().unwrap(),
+        backend.clone(),
+        policy(),
+        PathBuf::from("/mnt/berth"),
+    )
+    .with_lock_wait(bound);
+    svc.create("slow", &opts(&[])).unwrap();
+    svc.create("other", &opts(&[])).unwrap();
+    backend.delay("mount", Duration::from_secs(2));
+    std::thread::scope(|s| {
+        let mount = s.spawn(|| svc.mount("slow", "m1"));
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        let err = svc.remove("slow").unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, VolError::Busy(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("volume slow is busy: mount has been running on it for")
+                && msg.ends_with("nothing was done"),
+            "{msg}"
+        );
+        assert!(took >= bound && took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(PluginError::from(err).status.as_u16(), 503);
+        // Another volume is not held up (its own mount is slow too: only the lock is shared).
+        backend.delay("mount", Duration::ZERO);
+        svc.mount("other", "m2").unwrap();
+        svc.unmount("other", "m2").unwrap();
+        mount.join().unwrap().unwrap();
+    });
+    assert_eq!(
+        svc.get("slow").unwrap().mounts,
+        1,
+        "the busy remove did nothing"
+    );
+    svc.unmount("slow", "m1").unwrap();
+    svc.remove("slow").unwrap();
 }
