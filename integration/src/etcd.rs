@@ -185,6 +185,24 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// SIGSTOP member `i`: it keeps its connections and answers nothing (a stalled disk or
+    /// VM), harder on clients than a crash. [`EtcdCluster::resume`] undoes it; a paused
+    /// member is still killed at teardown.
+    pub fn pause(&mut self, i: usize) -> Result<()> {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    pub fn resume(&mut self, i: usize) -> Result<()> {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&mut self, i: usize, sig: nix::sys::signal::Signal) -> Result<()> {
+        match self.members[i].daemon.as_mut() {
+            Some(d) => d.signal(sig),
+            None => bail!("member {i} is not running"),
+        }
+    }
+
     /// Starts member `i` again on its data dir (it rejoins the cluster).
     pub fn restart(&mut self, i: usize) -> Result<()> {
         if self.members[i].daemon.is_some() {

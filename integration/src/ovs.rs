@@ -189,6 +189,24 @@ impl OvsEnv {
         Ok(())
     }
 
+    /// SIGSTOP ovsdb-server: its socket stays open and nothing is answered (a hung server,
+    /// harder on clients than a stopped one). [`Self::resume_ovsdb`] undoes it; a paused
+    /// server is still stopped at teardown.
+    pub fn pause_ovsdb(&mut self) -> Result<()> {
+        self.signal_ovsdb(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    pub fn resume_ovsdb(&mut self) -> Result<()> {
+        self.signal_ovsdb(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal_ovsdb(&mut self, sig: nix::sys::signal::Signal) -> Result<()> {
+        match self.ovsdb.as_mut() {
+            Some(d) => d.signal(sig),
+            None => bail!("ovsdb-server is not running"),
+        }
+    }
+
     pub fn stop_ovsdb(&mut self) -> Result<()> {
         if let Some(mut d) = self.ovsdb.take() {
             d.stop(Duration::from_secs(10))?;

@@ -4,6 +4,7 @@
 //! subnets that exist only inside them. Needs root, docker.io, containerd, runc,
 //! busybox-static, openvswitch-switch, iproute2 and util-linux (nsenter).
 
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use integration::ovs::OvsEnv;
 use integration::plugins::{binary, DOCKER_PLUGIN_DIR};
 use integration::procs::{run_with_timeout, wait_until};
 use integration::{harness, DockerEnv, DockerOptions, DockerVersion, TEST_IMAGE};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// netplugin's `--release-leaked-after` here: short, so the test sees the sweep act.
 const LEAK_GRACE: &str = "2s";
@@ -1993,6 +1994,178 @@ fn t_anti_spoofing(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Issue 15 §3: with ovsdb-server hung (SIGSTOP: its socket open, nothing answered) every
+/// plugin call answers within its bound: the calls that need OVS fail naming it after the
+/// OVS call bound (5 s) and undo what they did; those that do not (Join, EndpointOperInfo,
+/// IPAM) answer at once, also on another network and while reconcile passes are stuck. When
+/// it answers again, everything works and nothing is left.
+fn t_hung_ovsdb(c: &Ctx) -> Result<()> {
+    /// What a call needing OVS may take: its OVS bound (5 s), the store's, and a loaded CI.
+    const OVS_BOUND: Duration = Duration::from_secs(15);
+    const PROMPT: Duration = Duration::from_secs(3);
+    let n1 = "5157a11ed0000000000000000000000000000000000000000000000000000001";
+    let n2 = "5157a11ed0000000000000000000000000000000000000000000000000000002";
+    let e1 = "e15a11ed00000000000000000000000000000000000000000000000000000001";
+    let e2 = "e25a11ed00000000000000000000000000000000000000000000000000000002";
+    let call = |method: &str, body: Value| -> Result<(u16, Value, Duration)> {
+        let t = Instant::now();
+        let (s, v) = c.net().call(method, Some(&body.to_string()))?;
+        Ok((s, v, t.elapsed()))
+    };
+    // Two networks and one endpoint, made while OVS answers.
+    let mut pools = Vec::new();
+    for (net, subnet, vlan) in [(n1, "10.231.40.0/24", "140"), (n2, "10.231.41.0/24", "141")] {
+        let (s, v, _) = call(
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace":"","Pool":subnet}),
+        )?;
+        ensure!(s == 200, "RequestPool {subnet}: {v}");
+        let pool = v["PoolID"].as_str().unwrap_or_default().to_string();
+        let (s, v, _) = call(
+            "NetworkDriver.CreateNetwork",
+            json!({"NetworkID":net,"Options":{"com.docker.network.generic":{"vlan":vlan}},
+                "IPv4Data":[{"AddressSpace":"","Pool":subnet}],"IPv6Data":[]}),
+        )?;
+        ensure!(s == 200, "CreateNetwork {vlan}: {v}");
+        pools.push(pool);
+    }
+    let address = |pool: &str| -> Result<String> {
+        let (s, v, _) = call(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID":pool,"Address":""}),
+        )?;
+        ensure!(s == 200, "RequestAddress: {v}");
+        Ok(v["Address"].as_str().unwrap_or_default().to_string())
+    };
+    let create = |net: &str, ep: &str, addr: &str| {
+        call(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":net,"EndpointID":ep,"Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}}),
+        )
+    };
+    let a1 = address(&pools[0])?;
+    let (s, v, _) = create(n1, e1, &a1)?;
+    ensure!(s == 200, "CreateEndpoint e1: {v}");
+    let port1 = format!("vb{}", &e1[..10]);
+    let port2 = format!("vb{}", &e2[..10]);
+    c.ovs().pause_ovsdb()?;
+    let hung = (|| -> Result<()> {
+        // Passes run into the hung server meanwhile (every 2 s).
+        std::thread::sleep(Duration::from_secs(3));
+        let a2 = address(&pools[1])?;
+        let (s, v, took) = create(n2, e2, &a2)?;
+        println!(
+            "    ovsdb hung: CreateEndpoint on another network answered {s} in {took:.1?}: {v}"
+        );
+        ensure!(took < OVS_BOUND, "CreateEndpoint took {took:?}");
+        ensure!(s != 200, "CreateEndpoint succeeded without OVSDB: {v}");
+        ensure!(
+            v["Err"]
+                .as_str()
+                .is_some_and(|e| e.contains("OVS") || e.contains("Open vSwitch")),
+            "error does not name OVS: {v}"
+        );
+        ensure!(
+            !Path::new("/sys/class/net").join(&port2).exists(),
+            "the failed endpoint's veth {port2} was left"
+        );
+        let (s, v, took) = call(
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID":pools[1],"Address":a2.split('/').next()}),
+        )?;
+        ensure!(
+            s == 200 && took < PROMPT,
+            "ReleaseAddress: {s} in {took:?}: {v}"
+        );
+        let (s, v, took) = call(
+            "NetworkDriver.Join",
+            json!({"NetworkID":n1,"EndpointID":e1,"SandboxKey":"/var/run/docker/netns/x","Options":{}}),
+        )?;
+        ensure!(s == 200 && took < PROMPT, "Join: {s} in {took:?}: {v}");
+        let (s, v, took) = call(
+            "NetworkDriver.EndpointOperInfo",
+            json!({"NetworkID":n1,"EndpointID":e1}),
+        )?;
+        ensure!(
+            s == 200 && took < PROMPT,
+            "EndpointOperInfo: {s} in {took:?}: {v}"
+        );
+        let (s, v, took) = call(
+            "NetworkDriver.Leave",
+            json!({"NetworkID":n1,"EndpointID":e1}),
+        )?;
+        ensure!(s == 200 && took < PROMPT, "Leave: {s} in {took:?}: {v}");
+        // DeleteEndpoint answers within its bound; its port goes when OVS answers again.
+        let (s, v, took) = call(
+            "NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID":n1,"EndpointID":e1}),
+        )?;
+        println!("    ovsdb hung: DeleteEndpoint answered {s} in {took:.1?}");
+        ensure!(took < OVS_BOUND, "DeleteEndpoint took {took:?}: {v}");
+        ensure!(s == 200, "DeleteEndpoint: {v}");
+        Ok(())
+    })();
+    c.ovs().resume_ovsdb()?;
+    hung?;
+    // OVS answers again: the same CreateEndpoint works, the deleted endpoint's port goes.
+    let a2 = address(&pools[1])?;
+    let mut last = Value::Null;
+    let created = wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        || match create(n2, e2, &a2) {
+            Ok((200, _, _)) => true,
+            Ok((_, v, _)) => {
+                last = v;
+                false
+            }
+            Err(_) => false,
+        },
+    );
+    ensure!(
+        created,
+        "CreateEndpoint still failing after ovsdb-server resumed: {last}"
+    );
+    let gone = wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
+        !c.ovs()
+            .ports(&c.bridge)
+            .unwrap_or_default()
+            .contains(&port1)
+            && !Path::new("/sys/class/net").join(&port1).exists()
+    });
+    ensure!(
+        gone,
+        "port {port1} of the endpoint deleted while ovsdb hung is still there"
+    );
+    ensure!(
+        c.ovs().ports(&c.bridge)?.contains(&port2),
+        "port {port2} missing"
+    );
+    // Clean up through the protocol, as Docker would.
+    let (s, v, _) = call(
+        "NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID":n2,"EndpointID":e2}),
+    )?;
+    ensure!(s == 200, "DeleteEndpoint e2: {v}");
+    for (pool, addr) in [(&pools[0], &a1), (&pools[1], &a2)] {
+        call(
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID":pool,"Address":addr.split('/').next()}),
+        )?;
+    }
+    for (net, pool) in [(n1, &pools[0]), (n2, &pools[1])] {
+        let (s, v, _) = call("NetworkDriver.DeleteNetwork", json!({"NetworkID":net}))?;
+        ensure!(s == 200, "DeleteNetwork: {v}");
+        call("IpamDriver.ReleasePool", json!({"PoolID":pool}))?;
+    }
+    let ports = c.ovs().ports(&c.bridge)?;
+    ensure!(
+        !ports.contains(&port1) && !ports.contains(&port2),
+        "ports left: {ports:?}"
+    );
+    Ok(())
+}
+
 fn main() {
     harness::run(
         "network",
@@ -2015,6 +2188,7 @@ fn main() {
             ("live_rate_change", t_live_rate_change),
             ("anti_spoofing", t_anti_spoofing),
             ("restart_ovs_recovers", t_restart_ovs),
+            ("hung_ovsdb_calls_answer_within_bounds", t_hung_ovsdb),
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),
             ("admin_cli", t_admin_cli),
             ("published_ports_refused", t_published_ports_refused),
