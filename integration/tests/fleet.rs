@@ -894,6 +894,76 @@ fn partition_fences(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// 9. The ARP proxy answers only for the endpoint that holds the address (issue 14 §2).
+
+fn t_arp_proxy_ignores_stale_records(c: &Ctx) -> Result<()> {
+    let res = arp_proxy_ignores_stale_records(c);
+    rm(c.h("a"), &["s1"]);
+    res
+}
+
+fn pool_id(h: &Host) -> Result<String> {
+    let pool = h.netplugin_json(&["pool", "show", N1_SUBNET])?;
+    Ok(pool["id"].as_str().context("pool id")?.to_string())
+}
+
+fn arp_proxy_ignores_stale_records(c: &Ctx) -> Result<()> {
+    let (a, b, hc) = (c.h("a"), c.h("b"), c.h("c"));
+    base(c)?;
+    sleeper(a, "s1", N1, &[])?;
+    let s1 = ip(a, "s1")?;
+    let mac = inspect_net(a, "s1", N1, "MacAddress")?;
+    let endpoint = inspect_net(a, "s1", N1, "EndpointID")?;
+    let answered = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        [b, hc]
+            .iter()
+            .all(|h| arp_answers(h, &s1).is_ok_and(|n| n.is_some()))
+    });
+    ensure!(answered, "b and c do not answer ARP for s1 ({s1}) on a");
+    // The address is released and the endpoint record stays (what a reclaim that released a
+    // host's addresses leaves until it gets to its endpoints): a stale record, alone.
+    let (status, v) = a.net_call(
+        "IpamDriver.ReleaseAddress",
+        Some(&format!(
+            r#"{{"PoolID":"{}","Address":"{s1}"}}"#,
+            pool_id(a)?
+        )),
+    )?;
+    ensure!(status == 200, "ReleaseAddress {s1}: {v}");
+    ensure!(
+        held_by(b, N1_SUBNET, &s1)?.is_none(),
+        "{s1} still held after its release"
+    );
+    ensure!(
+        endpoint_ids_of(b, "host-a")?.contains(&endpoint),
+        "s1's endpoint record went with its address: nothing stale to test"
+    );
+    let t = Instant::now();
+    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        [b, hc]
+            .iter()
+            .all(|h| arp_answers(h, &s1).is_ok_and(|n| n.is_none()))
+    });
+    ensure!(
+        gone,
+        "b and c still answer ARP for {s1} 10 s after its address was released: the ARP proxy \
+         answers for an endpoint record the address record does not name"
+    );
+    println!(
+        "    b's and c's ARP proxies dropped the stale record's answer {:.0} ms after the \
+         address was released",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    // Not answered by the proxies, the request goes on to the trunk and s1 answers itself.
+    let (macs, out) = arping(b, "yb", &s1, 2)?;
+    ensure!(
+        !macs.is_empty() && macs.iter().all(|m| *m == mac),
+        "y (b) asked for s1 ({s1}, {mac}) past the proxy: {out}"
+    );
+    Ok(())
+}
+
 fn main() {
     harness::run(
         "fleet",
@@ -913,6 +983,10 @@ fn main() {
                 t_leaks_rates_arp_in_etcd_mode,
             ),
             ("partition_fences_and_resumes", t_partition_fences),
+            (
+                "arp_proxy_ignores_stale_endpoint_records",
+                t_arp_proxy_ignores_stale_records,
+            ),
         ],
     );
 }
