@@ -26,7 +26,7 @@ fn setup() -> T {
 }
 
 /// A host's service over a store other hosts may share (the fleet in one process).
-fn setup_host(store: Arc<MemStore>, host: &str) -> T {
+fn setup_host(store: Arc<dyn crate::store::Store>, host: &str) -> T {
     let state = State::new(store, host);
     let ipam = Arc::new(Ipam::new(
         state.clone(),
@@ -1069,16 +1069,16 @@ async fn arp_proxy_follows_other_hosts_endpoints_at_once() {
 /// b's endpoint record outlives its address (a reclaim that released the address and did not
 /// get to the record): alone as it is, it is no longer answered for, nor while host c holds
 /// the address without an endpoint yet; c's endpoint is, once it has one. All through the
-/// watch (a pass every hour here), reading nothing per change.
+/// watches (a pass every hour here): the records they follow are never read again.
 #[tokio::test]
 async fn arp_proxy_never_answers_for_a_stale_endpoint_record() {
     use std::time::{Duration, Instant};
     const N3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
     const E3: &str = "cccccccccc0000000000000000000000000000000000000000000000000000000";
-    let store = Arc::new(MemStore::new());
+    let store = Arc::new(crate::store::counting::Counting::new());
     let a = setup_host(store.clone(), "host-a");
     let b = setup_host(store.clone(), "host-b");
-    let c = setup_host(store, "host-c");
+    let c = setup_host(store.clone(), "host-c");
     let pa = a
         .create_network(N1, "10.231.9.0/24", json!({"vlan":"131"}))
         .await
@@ -1114,6 +1114,14 @@ async fn arp_proxy_never_answers_for_a_stale_endpoint_record() {
         assert_eq!(answered(), want, "{what}");
     };
     settles(true, "b's endpoint, holding its address, answered for").await;
+    // The view has listed; from here on, changes come by the watches alone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let followed = || {
+        ["endpoints/", "addrs/", "networks/"]
+            .map(|p| store.ranges(p))
+            .to_vec()
+    };
+    let listed = followed();
     // The address goes; b's endpoint record stays.
     b.ok(
         "IpamDriver.ReleaseAddress",
@@ -1136,6 +1144,11 @@ async fn arp_proxy_never_answers_for_a_stale_endpoint_record() {
     )
     .await;
     settles(true, "c's endpoint, holding the address, answered for").await;
+    assert_eq!(
+        followed(),
+        listed,
+        "records the view follows were read again"
+    );
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(3), task)
         .await
