@@ -26,7 +26,7 @@ fn setup() -> T {
 }
 
 /// A host's service over a store other hosts may share (the fleet in one process).
-fn setup_host(store: Arc<MemStore>, host: &str) -> T {
+fn setup_host(store: Arc<dyn crate::store::Store>, host: &str) -> T {
     setup_on(store, host, LockWaits::default())
 }
 
@@ -1064,6 +1064,97 @@ async fn arp_proxy_follows_other_hosts_endpoints_at_once() {
     assert!(
         !has("10.231.8.77"),
         "host a still answers for b's removed endpoint"
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("reconciler ended on shutdown")
+        .unwrap();
+}
+
+/// Issue 14 §2: the ARP proxy answers only for the endpoint the address record names. Host
+/// b's endpoint record outlives its address (a reclaim that released the address and did not
+/// get to the record): alone as it is, it is no longer answered for, nor while host c holds
+/// the address without an endpoint yet; c's endpoint is, once it has one. All through the
+/// watches (a pass every hour here): the records they follow are never read again.
+#[tokio::test]
+async fn arp_proxy_never_answers_for_a_stale_endpoint_record() {
+    use std::time::{Duration, Instant};
+    const N3: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+    const E3: &str = "cccccccccc0000000000000000000000000000000000000000000000000000000";
+    let store = Arc::new(crate::store::counting::Counting::new());
+    let a = setup_host(store.clone(), "host-a");
+    let b = setup_host(store.clone(), "host-b");
+    let c = setup_host(store.clone(), "host-c");
+    let pa = a
+        .create_network(N1, "10.231.9.0/24", json!({"vlan":"131"}))
+        .await
+        .unwrap();
+    a.start(N1, &pa, E1, "10.231.9.5").await;
+    let pb = b
+        .create_network(N2, "10.231.9.0/24", json!({"vlan":"131"}))
+        .await
+        .unwrap();
+    let pc = c
+        .create_network(N3, "10.231.9.0/24", json!({"vlan":"131"}))
+        .await
+        .unwrap();
+    let (ib, _) = b.start(N2, &pb, E2, "10.231.9.77").await;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(crate::reconcile::run(
+        a.svc.clone(),
+        Duration::from_secs(3600),
+        shutdown,
+    ));
+    let answered = || {
+        a.dp.arp
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.ip.to_string() == "10.231.9.77")
+    };
+    let settles = |want: bool, what: &'static str| async move {
+        let t0 = Instant::now();
+        while answered() != want && t0.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(answered(), want, "{what}");
+    };
+    settles(true, "b's endpoint, holding its address, answered for").await;
+    // The view has listed; from here on, changes come by the watches alone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let followed = || {
+        ["endpoints/", "addrs/", "networks/"]
+            .map(|p| store.ranges(p))
+            .to_vec()
+    };
+    let listed = followed();
+    // The address goes; b's endpoint record stays.
+    b.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID":pb,"Address":ib.split('/').next().unwrap()}),
+    )
+    .await;
+    assert!(b.svc.state().endpoint(E2).unwrap().is_some());
+    settles(false, "a stale endpoint record answered for").await;
+    // Host c takes the address: no endpoint yet, nobody to answer for.
+    c.ok(
+        "IpamDriver.RequestAddress",
+        json!({"PoolID":pc,"Address":"10.231.9.77","Options":null}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!answered(), "answered for before c's endpoint exists");
+    c.ok(
+        "NetworkDriver.CreateEndpoint",
+        json!({"NetworkID":N3,"EndpointID":E3,"Interface":{"Address":"10.231.9.77/24","AddressIPv6":"","MacAddress":""},"Options":{}}),
+    )
+    .await;
+    settles(true, "c's endpoint, holding the address, answered for").await;
+    assert_eq!(
+        followed(),
+        listed,
+        "records the view follows were read again"
     );
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(3), task)

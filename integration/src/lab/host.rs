@@ -53,6 +53,8 @@ pub struct Host {
     pub mgmt_ip: String,
     bins: Bins,
     etcd_endpoints: String,
+    /// `--etcd-endpoints` for the next netplugin start instead of the lab's (a relay).
+    etcd_endpoints_override: Mutex<Option<String>>,
     netplugin_args: Vec<String>,
     /// The cgroup parent of this host's containers (unique to the lab): finds them by cgroup.
     pub cgroup_parent: String,
@@ -96,6 +98,7 @@ impl Host {
             mgmt_ip: mgmt_ip.to_string(),
             bins,
             etcd_endpoints: etcd_endpoints.to_string(),
+            etcd_endpoints_override: Mutex::new(None),
             netplugin_args,
             procs: Mutex::new(Procs::default()),
         })
@@ -164,12 +167,18 @@ impl Host {
     /// The flags of `netplugin serve` on this host: what an operator of a fleet host gives
     /// (`--store etcd`, endpoints, host id, uplink, a state dir), plus the lab's extra flags.
     pub fn netplugin_flags(&self) -> Vec<String> {
+        let endpoints = self
+            .etcd_endpoints_override
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.etcd_endpoints.clone());
         let mut v: Vec<String> = [
             "serve",
             "--store",
             "etcd",
             "--etcd-endpoints",
-            &self.etcd_endpoints,
+            &endpoints,
             "--host-id",
             &self.host_id,
             "--uplink",
@@ -182,6 +191,15 @@ impl Host {
         .collect();
         v.extend(self.netplugin_args.iter().cloned());
         v
+    }
+
+    /// The etcd endpoints netplugin is started with from now on (`None`: the lab's members
+    /// again); takes effect at its next start.
+    pub fn set_etcd_endpoints(&self, endpoints: Option<&str>) {
+        *self
+            .etcd_endpoints_override
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = endpoints.map(str::to_string);
     }
 
     pub fn start_netplugin(&self) -> Result<()> {

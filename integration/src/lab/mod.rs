@@ -24,6 +24,7 @@
 
 pub mod host;
 pub mod node;
+pub mod relay;
 pub mod traffic;
 
 use std::io::{Read, Write};
