@@ -43,7 +43,7 @@ use crate::store::StoreError;
 
 use local_changes::LocalChanges;
 use options::{parse_limits, parse_options, NetOptions};
-use plugin_transport::sync::KeyedLocks;
+use plugin_transport::sync::{KeyGuard, KeyedLocks};
 
 const CAS_ATTEMPTS: usize = 64;
 pub const DEFAULT_MTU: u32 = 1500;
@@ -239,36 +239,28 @@ impl Service {
         self
     }
 
-    async fn lock_endpoint(
-        &self,
-        id: &str,
-        operation: &'static str,
-    ) -> NetResult<plugin_transport::sync::KeyGuard<'_>> {
-        Ok(self
-            .locks
-            .lock(&endpoint_key(id), operation, self.lock_waits.object)
-            .await?)
+    async fn lock_endpoint(&self, id: &str, operation: &'static str) -> NetResult<KeyGuard<'_>> {
+        self.lock_key(&endpoint_key(id), operation, self.lock_waits.object)
+            .await
     }
 
-    async fn lock_network(
-        &self,
-        id: &str,
-        operation: &'static str,
-    ) -> NetResult<plugin_transport::sync::KeyGuard<'_>> {
-        Ok(self
-            .locks
-            .lock(&network_key(id), operation, self.lock_waits.object)
-            .await?)
+    async fn lock_network(&self, id: &str, operation: &'static str) -> NetResult<KeyGuard<'_>> {
+        self.lock_key(&network_key(id), operation, self.lock_waits.object)
+            .await
     }
 
-    pub(super) async fn lock_pass(
+    pub(super) async fn lock_pass(&self, operation: &'static str) -> NetResult<KeyGuard<'_>> {
+        self.lock_key(PASS_KEY, operation, self.lock_waits.pass)
+            .await
+    }
+
+    async fn lock_key(
         &self,
+        key: &str,
         operation: &'static str,
-    ) -> NetResult<plugin_transport::sync::KeyGuard<'_>> {
-        Ok(self
-            .locks
-            .lock(PASS_KEY, operation, self.lock_waits.pass)
-            .await?)
+        within: Duration,
+    ) -> NetResult<KeyGuard<'_>> {
+        Ok(self.locks.lock(key, operation, within).await?)
     }
 
     pub fn ipam(&self) -> &Arc<Ipam> {

@@ -18,13 +18,19 @@ fn policy() -> SpecPolicy {
 }
 
 fn service() -> (VolumeService, Arc<MemoryBackend>) {
+    service_waiting(VOLUME_LOCK_WAIT)
+}
+
+/// A service whose calls wait at most `lock_wait` for a busy volume.
+fn service_waiting(lock_wait: Duration) -> (VolumeService, Arc<MemoryBackend>) {
     let backend = Arc::new(MemoryBackend::new());
     let svc = VolumeService::new(
         MetaStore::in_memory().unwrap(),
         backend.clone(),
         policy(),
         PathBuf::from("/mnt/berth"),
-    );
+    )
+    .with_lock_wait(lock_wait);
     (svc, backend)
 }
 
@@ -257,14 +263,7 @@ fn a_panic_under_a_volume_lock_does_not_break_that_volume() {
 #[test]
 fn a_call_on_a_busy_volume_answers_within_its_bound() {
     let bound = Duration::from_millis(300);
-    let backend = Arc::new(MemoryBackend::new());
-    let svc = VolumeService::new(
-        MetaStore::in_memory().unwrap(),
-        backend.clone(),
-        policy(),
-        PathBuf::from("/mnt/berth"),
-    )
-    .with_lock_wait(bound);
+    let (svc, backend) = service_waiting(bound);
     svc.create("slow", &opts(&[])).unwrap();
     svc.create("other", &opts(&[])).unwrap();
     backend.delay("mount", Duration::from_secs(2));
