@@ -690,6 +690,71 @@ fn t_restart_netplugin(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `ip link add NAME type veth peer name PEER`, removed at teardown if a test leaves it.
+fn veth_pair(c: &Ctx, name: &str, peer: &str) -> Result<()> {
+    c.ovs().own_link(name);
+    let out = std::process::Command::new("ip")
+        .args(["link", "add", name, "type", "veth", "peer", "name", peer])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ip link add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Issue 15 §4: a kill -9 between creating a veth and adding its OVS port leaves a pair that
+/// no port names; netplugin removes it at start. A veth whose endpoint is this host's (its port
+/// deleted while netplugin was down) stays and gets its port back; a veth with a name berth
+/// does not give stays whatever it looks like.
+fn t_leaked_veths_removed_at_start(c: &Ctx) -> Result<()> {
+    c.create_net("n15", "10.231.15.0/24", &["-o", "vlan=115"])?;
+    c.sleeper("v1", "n15", &[])?;
+    let live = port_of_container(c, "v1")?;
+    let (leaked, leaked_peer) = ("vb00000000d1", "tb00000000d1");
+    // Berth-like, but not a name berth gives (not 10 hex after `vb`).
+    let (foreign, foreign_peer) = ("vb00000000dz", "tb00000000dz");
+    c.net().stop()?;
+    let setup = (|| -> Result<()> {
+        veth_pair(c, leaked, leaked_peer)?;
+        veth_pair(c, foreign, foreign_peer)?;
+        c.ovs().vsctl(&["del-port", &c.bridge, &live])?;
+        Ok(())
+    })();
+    c.net().start()?;
+    setup?;
+    ensure!(
+        !link_exists(leaked) && !link_exists(leaked_peer),
+        "the leaked veth pair {leaked} is still there after the start"
+    );
+    ensure!(
+        link_exists(foreign) && link_exists(foreign_peer),
+        "{foreign} (a name berth does not give) was removed"
+    );
+    ensure!(
+        link_exists(&live),
+        "the veth {live} of a live endpoint was removed"
+    );
+    let back = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        on_bridge(c, &live).unwrap_or(false)
+    });
+    ensure!(back, "the live endpoint's port {live} did not come back");
+    let log = c.net().log_tail(200);
+    ensure!(
+        log.contains("leaked veth pairs removed at start") && log.contains(leaked),
+        "no log line names the removed pair:\n{log}"
+    );
+    integration::ovs::delete_link(foreign);
+    c.rm(&["v1"]);
+    c.d(&["network", "rm", "n15"])?;
+    Ok(())
+}
+
 fn t_restart_ovs(c: &Ctx) -> Result<()> {
     // ovs-vswitchd restart: flows are gone until netplugin re-installs them.
     let (sent, got) = traffic_across(c, 10, || {
@@ -2009,6 +2074,10 @@ fn main() {
             ("bad_input_rejected_in_cli", t_bad_input),
             ("fifty_containers_no_leaks", t_fifty_containers_no_leaks),
             ("restart_netplugin_keeps_traffic", t_restart_netplugin),
+            (
+                "leaked_veths_removed_at_start",
+                t_leaked_veths_removed_at_start,
+            ),
             ("leaked_endpoints_released", t_leaked_endpoints),
             ("arp_proxy_answers_known_addresses", t_arp_proxy),
             ("rate_limits_per_container", t_rate_limits),

@@ -34,6 +34,8 @@ pub struct FakeDataplane {
     pub fenced: Mutex<std::collections::BTreeSet<String>>,
     /// Every `announce`: (host_if, mac, ip).
     pub announced: Mutex<Vec<(String, [u8; 6], std::net::Ipv4Addr)>>,
+    /// Veths without a port, as `portless_veths` reports them (deleting one takes it away).
+    pub portless: Mutex<Vec<String>>,
 }
 
 impl FakeDataplane {
@@ -89,6 +91,7 @@ impl Dataplane for FakeDataplane {
     fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             self.deleted.lock().unwrap().push(host_if.to_string());
+            self.portless.lock().unwrap().retain(|v| v != host_if);
             self.endpoints.lock().unwrap().remove(host_if);
             self.containers.lock().unwrap().remove(host_if);
             Ok(())
@@ -202,6 +205,13 @@ impl Dataplane for FakeDataplane {
                 has_device: !self.no_device.lock().unwrap().contains(&p.host_if),
             })
             .collect()
+    }
+
+    fn portless_veths(&self) -> BoxFuture<'_, DpResult<Vec<String>>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(self.portless.lock().unwrap().clone())
+        })
     }
 
     fn datapath_type(&self) -> &str {

@@ -597,6 +597,37 @@ impl Dataplane for OvsDataplane {
             .collect()
     }
 
+    fn portless_veths(&self) -> BoxFuture<'_, DpResult<Vec<String>>> {
+        Box::pin(async move {
+            // The first connection (and its monitor's rows) may still be under way at start.
+            if !self.db.is_connected()
+                && self
+                    .db
+                    .wait_connected(self.cfg.call_timeout.min(FIRST_CONNECT_WAIT))
+                    .await
+                    .is_err()
+            {
+                return Err(self.unreachable());
+            }
+            let veths = blocking(|| {
+                Ok(netlink::links()
+                    .into_iter()
+                    .filter(|n| n.starts_with("vb") && super::is_berth_if_name(n))
+                    .filter(|n| netlink::is_veth(n))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+            Ok(self.db.with_cache(|c| {
+                veths
+                    .into_iter()
+                    .filter(|n| {
+                        c.by_name("Port", n).is_none() && c.by_name("Interface", n).is_none()
+                    })
+                    .collect()
+            }))
+        })
+    }
+
     fn datapath_type(&self) -> &str {
         &self.cfg.datapath
     }
