@@ -144,12 +144,86 @@ impl OvsDataplane {
     /// ovs-vswitchd creates `<bridge>.mgmt` a moment after the bridge row appears; a request
     /// that arrives in between (the first one after a start) waits for it, within the bound of
     /// one call, instead of failing.
-    async fn wait_for_mgmt_socket(&self) {
+    /// When it does not come, the error says why as far as OVS shows it ([`Self::bridge_failure`])
+    /// rather than only that the socket is missing.
+    async fn wait_for_mgmt_socket(&self) -> DpResult<()> {
         let path = ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge);
         let deadline = tokio::time::Instant::now() + self.cfg.call_timeout;
         while !path.exists() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if path.exists() {
+            return Ok(());
+        }
+        let reason = self.bridge_failure();
+        warn!(bridge = %self.cfg.bridge, %reason, "ovs-vswitchd has not opened the bridge");
+        Err(DataplaneError::BridgeNotOpen(format!(
+            "OVS bridge {}: no OpenFlow management socket {} after {:?}: {reason}",
+            self.cfg.bridge,
+            path.display(),
+            self.cfg.call_timeout
+        )))
+    }
+
+    /// Why ovs-vswitchd has not opened our bridge, from what OVSDB holds: the `error` column of
+    /// the bridge's own interface when OVS wrote one; else whether ovs-vswitchd applied the
+    /// database at all, and whether it gave the interface an OpenFlow port. A netdev bridge that
+    /// fails while the `ovs-netdev` device exists in this namespace and no other netdev bridge
+    /// of this OVS works is most likely a second ovs-vswitchd in the namespace: its log says
+    /// "ovs-netdev: creating tap device failed: Device or resource busy" and OVSDB says nothing.
+    fn bridge_failure(&self) -> String {
+        let bridge = &self.cfg.bridge;
+        let (cur_cfg, next_cfg, iface, other_netdev_works) = self.db.with_cache(|c| {
+            let cfg = |col: &str| {
+                c.rows("Open_vSwitch")
+                    .next()
+                    .and_then(|(_, r)| r.get(col))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+            };
+            let iface_of = |name: &str| {
+                c.by_name("Interface", name).map(|(_, r)| {
+                    let error = r.get("error").and_then(Value::as_str).map(str::to_string);
+                    let ofport = r.get("ofport").and_then(Value::as_i64);
+                    (error, ofport)
+                })
+            };
+            let other_netdev_works = c.rows("Bridge").any(|(_, r)| {
+                let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+                name != bridge
+                    && r.get("datapath_type").and_then(Value::as_str) == Some("netdev")
+                    && iface_of(name).is_some_and(|(_, p)| p.is_some_and(|p| p > 0))
+            });
+            (
+                cfg("cur_cfg"),
+                cfg("next_cfg"),
+                iface_of(bridge),
+                other_netdev_works,
+            )
+        });
+        let mut reason = match iface {
+            None => format!("OVSDB has no interface {bridge} (the bridge row is gone?)"),
+            Some((Some(error), _)) => format!("OVS reports for its interface {bridge}: {error}"),
+            Some((None, Some(p))) if p > 0 => format!(
+                "ovs-vswitchd gave its interface OpenFlow port {p}, so the socket is elsewhere: is --ovs-rundir {} ovs-vswitchd's run directory?",
+                self.cfg.rundir.display()
+            ),
+            Some((None, _)) if cur_cfg < next_cfg => format!(
+                "ovs-vswitchd has not applied the database (cur_cfg {cur_cfg} < next_cfg {next_cfg}): is it running, on this database?"
+            ),
+            Some((None, _)) => format!(
+                "ovs-vswitchd did not create it (its interface {bridge} has no OpenFlow port; OVSDB holds no reason, ovs-vswitchd's log has it)"
+            ),
+        };
+        if self.cfg.datapath == "netdev" && netlink::exists("ovs-netdev") && !other_netdev_works {
+            reason.push_str(
+                "; probably another ovs-vswitchd with a netdev datapath runs in this network namespace: \
+                 it holds the tap device ovs-netdev, so this one cannot create its datapath \
+                 (its log: \"ovs-netdev: creating tap device failed: Device or resource busy\"); \
+                 use that Open vSwitch (--ovsdb, --ovs-rundir) or run this one in its own network namespace",
+            );
+        }
+        reason
     }
 
     /// The OpenFlow port number of one of our ports, once ovs-vswitchd assigned it.
@@ -245,7 +319,9 @@ impl OvsDataplane {
                 e,
             )
         };
-        self.wait_for_mgmt_socket().await;
+        self.wait_for_mgmt_socket().await.inspect_err(|_| {
+            self.flows_ok.store(false, Ordering::SeqCst);
+        })?;
         // Add replaces a flow with the same match and priority in place: no gap (a base flow
         // of a release before the guard, NORMAL in table 0, is replaced so).
         let (added, _) = self
@@ -471,7 +547,7 @@ impl Dataplane for OvsDataplane {
             }
             // The guard before the base flows: after an ovs-vswitchd restart the ports pass
             // nothing until both are in, rather than everything for a moment.
-            self.wait_for_mgmt_socket().await;
+            self.wait_for_mgmt_socket().await?;
             report.spoof_flow_changes = self.sync_spoof(endpoints).await?;
             report.flows_installed = self.ensure_flows(true).await?;
             report.rate_limit_changes = self.sync_qos(endpoints).await?;
@@ -613,7 +689,9 @@ impl Dataplane for OvsDataplane {
                 Ok(netlink::links()
                     .into_iter()
                     .filter(|n| n.starts_with("vb") && super::is_berth_if_name(n))
-                    .filter(|n| netlink::is_veth(n))
+                    // /sys may be another namespace's (`nsenter` without a fresh sysfs): only
+                    // what this namespace has counts.
+                    .filter(|n| netlink::exists(n) && netlink::is_veth(n))
                     .collect::<Vec<_>>())
             })
             .await?;
