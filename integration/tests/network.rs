@@ -1297,6 +1297,143 @@ fn t_rate_limits(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Issue 15 §4: Docker lets endpoints of two networks share a MAC (`--mac-address`); a
+/// receiver's meter applies to its MAC on its own VLAN only, so a container with the same MAC
+/// on another VLAN is not slowed by it.
+fn t_same_mac_on_two_vlans(c: &Ctx) -> Result<()> {
+    let mac = "02:42:0a:e7:10:10";
+    c.create_net(
+        "n16",
+        "10.231.16.0/24",
+        &["-o", "vlan=116", "-o", "ingress_rate=5M"],
+    )?;
+    c.create_net("n17", "10.231.17.0/24", &["-o", "vlan=117"])?;
+    c.sleeper("m1", "n16", &["--mac-address", mac])?;
+    c.sleeper("m2", "n17", &["--mac-address", mac])?;
+    c.sleeper("s17", "n17", &[])?;
+    let run = (|| -> Result<()> {
+        ensure!(
+            mac_of(c, "m1", "n16")? == mac && mac_of(c, "m2", "n17")? == mac,
+            "Docker did not give both containers {mac}"
+        );
+        let ingress: Vec<String> = c
+            .ovs()
+            .dump_flows(&c.bridge)?
+            .into_iter()
+            .filter(|f| f.contains("cookie=0xbe27000000000003") && f.contains(mac))
+            .collect();
+        ensure!(
+            ingress.len() == 4
+                && ingress
+                    .iter()
+                    .all(|f| f.contains("reg0=0x74") || f.contains("dl_vlan=116")),
+            "m1's ingress flows must name its VLAN 116: {ingress:?}"
+        );
+        let free = tcp_rate(c, "s17", "m2", &c.ip("m2", "n17")?, 8 << 20)?;
+        println!("    TCP s17 → m2 (same MAC as m1, whose ingress is 5 Mbit/s): {free:.1} Mbit/s");
+        ensure!(
+            free > 20.0,
+            "m2 went at {free:.1} Mbit/s: m1's meter (another VLAN) took its traffic"
+        );
+        Ok(())
+    })();
+    c.rm(&["m1", "m2", "s17"]);
+    c.d(&["network", "rm", "n16", "n17"])?;
+    run
+}
+
+/// Issue 15 §4: netplugin changes and deletes flows and meters only on a bridge that is Berth's
+/// (`external_ids:berth-bridge=true`): pointed at another bridge of the same OVS it refuses,
+/// and that bridge's meters, flows and fail mode stay as they were.
+fn t_foreign_bridge_left_alone(c: &Ctx) -> Result<()> {
+    let foreign = format!("brf{}", std::process::id() % 1_000_000);
+    c.ovs().own_link(&foreign);
+    c.ovs().vsctl(&[
+        "add-br",
+        &foreign,
+        "--",
+        "set",
+        "bridge",
+        &foreign,
+        "datapath_type=netdev",
+        "protocols=OpenFlow13",
+    ])?;
+    let work = tempfile::Builder::new().prefix("bnf-").tempdir_in("/tmp")?;
+    let run = (|| -> Result<()> {
+        let ofctl = |args: &[&str]| -> Result<()> {
+            let mgmt = c.ovs().rundir().join(format!("{foreign}.mgmt"));
+            let out = std::process::Command::new("ovs-ofctl")
+                .args(["-O", "OpenFlow13", args[0]])
+                .arg(&mgmt)
+                .args(&args[1..])
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "ovs-ofctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        ofctl(&["add-meter", "meter=7,kbps,band=type=drop,rate=1000"])?;
+        ofctl(&[
+            "add-flow",
+            "cookie=0x42,priority=5,in_port=LOCAL,actions=meter:7,NORMAL",
+        ])?;
+        let meters_before = c.ovs().dump_meters(&foreign)?;
+        let flows_before = c.ovs().dump_flows(&foreign)?;
+        let plugins = work.path().join("plugins");
+        std::fs::create_dir_all(&plugins)?;
+        let mut args = Vec::new();
+        let mut it = c.net().args.clone().into_iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                // Its own bridge, and no Docker to sync with.
+                "--bridge" | "--docker-socket" => {
+                    it.next();
+                }
+                _ => args.push(a),
+            }
+        }
+        args.extend([
+            "--bridge".to_string(),
+            foreign.clone(),
+            "--docker-socket".into(),
+            work.path().join("none.sock").to_string_lossy().into_owned(),
+        ]);
+        let bin = c.net().bin.clone();
+        let mut other = Netplugin::new(bin, work.path(), &plugins, args);
+        other.start()?;
+        // Reconcile passes run every 0.5 s: a few of them.
+        std::thread::sleep(Duration::from_secs(3));
+        let log = other.log_tail(50);
+        other.stop()?;
+        ensure!(
+            log.contains("is not Berth's"),
+            "no refusal in netplugin's log:\n{log}"
+        );
+        ensure!(
+            c.ovs().dump_meters(&foreign)? == meters_before,
+            "the foreign bridge's meters changed: {:?} → {:?}",
+            meters_before,
+            c.ovs().dump_meters(&foreign)?
+        );
+        ensure!(
+            c.ovs().dump_flows(&foreign)? == flows_before,
+            "the foreign bridge's flows changed"
+        );
+        let fail_mode = c.ovs().vsctl(&["get", "bridge", &foreign, "fail_mode"])?;
+        ensure!(fail_mode == "[]", "its fail mode was set: {fail_mode}");
+        let ids = c
+            .ovs()
+            .vsctl(&["get", "bridge", &foreign, "external_ids"])?;
+        ensure!(!ids.contains("berth-bridge"), "it was labelled: {ids}");
+        Ok(())
+    })();
+    c.ovs().vsctl(&["--if-exists", "del-br", &foreign])?;
+    integration::ovs::delete_link(&foreign);
+    run
+}
+
 /// A port on the bridge with berth's labels but no endpoint in the store (what a crash, another
 /// host id or an older release leaves). With `device`, a veth pair (both ends on the host)
 /// stands for a running container's; without, it is a port whose container is gone.
@@ -2082,6 +2219,11 @@ fn main() {
             ("arp_proxy_answers_known_addresses", t_arp_proxy),
             ("rate_limits_per_container", t_rate_limits),
             ("live_rate_change", t_live_rate_change),
+            (
+                "same_mac_on_two_vlans_metered_apart",
+                t_same_mac_on_two_vlans,
+            ),
+            ("foreign_bridge_left_alone", t_foreign_bridge_left_alone),
             ("anti_spoofing", t_anti_spoofing),
             ("restart_ovs_recovers", t_restart_ovs),
             ("restart_dockerd_keeps_traffic", t_restart_dockerd),

@@ -39,11 +39,26 @@ pub const COOKIE_SPOOF: u64 = 0xbe27_0000_0000_0005;
 const GUARD_TABLE: u8 = 0;
 /// What passed the guard: the ARP proxy's and the rate limits' dispatch, then NORMAL.
 const CLASSIFY_TABLE: u8 = 1;
+/// Register 0: the VLAN of the access port a packet came in on, written by the guard table
+/// (0: not one of our access ports, e.g. the uplink, whose frames carry their tag).
+const VLAN_REG: u8 = 0;
 pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
 pub const EXT_NETWORK: &str = "berth-network-id";
 pub const EXT_CONTAINER: &str = "berth-container-id";
 /// The host that created the interface: a host only ever prunes its own.
 pub const EXT_HOST: &str = "berth-host-id";
+
+/// The label of a bridge netplugin created (`external_ids`): only such a bridge's flows and
+/// meters are netplugin's to change and delete.
+pub const BRIDGE_LABEL: &str = "berth-bridge";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BridgeOwner {
+    Missing,
+    Berth,
+    /// A bridge of that name without our label: someone else's.
+    Other,
+}
 
 /// How long a request waits for an OVSDB connection that is not up yet (see ensure_bridge).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
@@ -259,8 +274,17 @@ impl OvsDataplane {
         {
             return Err(self.unreachable());
         }
+        if self.bridge_owner() == BridgeOwner::Other {
+            return Err(DataplaneError::Refused(format!(
+                "OVS bridge {b} exists and is not Berth's (no external_ids:{BRIDGE_LABEL}=true): \
+                 netplugin does not take over another bridge, whose fail mode, flows and meters \
+                 it would change; choose another --bridge, or mark this one as Berth's with \
+                 `ovs-vsctl br-set-external-id {b} {BRIDGE_LABEL} true`",
+                b = self.cfg.bridge
+            )));
+        }
         let mut external_ids = BTreeMap::new();
-        external_ids.insert("berth-bridge".to_string(), "true".to_string());
+        external_ids.insert(BRIDGE_LABEL.to_string(), "true".to_string());
         let changed = self
             .db
             .ensure_bridge(&BridgeSpec {
@@ -296,6 +320,23 @@ impl OvsDataplane {
                 .map_err(|e| DataplaneError::ovs(format!("--uplink {uplink}"), e))?;
         }
         Ok(changed)
+    }
+
+    /// Whose our bridge is, from the OVSDB cache.
+    fn bridge_owner(&self) -> BridgeOwner {
+        self.db
+            .with_cache(|c| match c.by_name("Bridge", &self.cfg.bridge) {
+                None => BridgeOwner::Missing,
+                Some((_, row)) => {
+                    let ids =
+                        ovsdb::ops::as_str_map(row.get("external_ids").unwrap_or(&Value::Null));
+                    if ids.get(BRIDGE_LABEL).map(String::as_str) == Some("true") {
+                        BridgeOwner::Berth
+                    } else {
+                        BridgeOwner::Other
+                    }
+                }
+            })
     }
 
     /// Installs the base flow unless it is there (checked on the switch when `check`).
@@ -393,8 +434,9 @@ impl OvsDataplane {
             .ensure_port(&self.port_spec(plan))
             .await
             .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))?;
-        if plan.anti_spoof || !plan.limits.is_unlimited() {
-            // In place before the container can send: its port's number is needed for that.
+        {
+            // In place before the container can send (its guard, or the pass that marks its
+            // VLAN for the rate limits of others): its port's number is needed for that.
             let ofport = self
                 .db
                 .wait_ofport(&plan.host_if, self.cfg.call_timeout)
@@ -420,8 +462,10 @@ impl OvsDataplane {
         check_name(host_if)?;
         let mut errors = DataplaneErrors::default();
         // Its ofport may be given to another port later: its ARP and fence flows and its meters
-        // (their flows go with them) go first.
-        if let Some(ofport) = self.ofport(host_if) {
+        // (their flows go with them) go first. Only on a bridge that is Berth's: meters carry
+        // no cookie, so on another's bridge the same ids may be its owner's.
+        let ours = self.bridge_owner() == BridgeOwner::Berth;
+        if let Some(ofport) = self.ofport(host_if).filter(|_| ours) {
             let by_port = |cookie| FlowMod::Delete {
                 table: None,
                 cookie,
