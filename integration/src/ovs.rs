@@ -25,6 +25,8 @@ pub struct OvsEnv {
     links: Vec<String>,
     /// Whether the netdev datapath's own `ovs-netdev` device existed before we started.
     had_ovs_netdev: bool,
+    /// The network namespace ovs-vswitchd runs in (`None`: this one).
+    netns: Option<String>,
 }
 
 /// Fails with a message naming the Debian packages when a tool is missing.
@@ -61,6 +63,16 @@ pub fn delete_link(name: &str) {
 
 impl OvsEnv {
     pub fn start() -> Result<OvsEnv> {
+        let mut env = Self::start_ovsdb_only()?;
+        env.start_vswitchd()?;
+        if env.had_ovs_netdev {
+            env.probe_netdev()?;
+        }
+        Ok(env)
+    }
+
+    /// A fresh database with ovsdb-server serving it, no ovs-vswitchd yet.
+    fn start_ovsdb_only() -> Result<OvsEnv> {
         require_tools()?;
         // Short path: UNIX socket paths must stay under ~100 bytes.
         let dir = tempfile::Builder::new()
@@ -83,9 +95,63 @@ impl OvsEnv {
             vswitchd: None,
             links: Vec::new(),
             had_ovs_netdev: link_exists("ovs-netdev"),
+            netns: None,
         };
         env.start_ovsdb()?;
         env.vsctl(&["--no-wait", "init"])?;
+        Ok(env)
+    }
+
+    /// With `ovs-netdev` already in this namespace (another ovs-vswitchd with a netdev
+    /// datapath, such as the system's), a second one cannot create its datapath and every
+    /// bridge the tests make would fail with no more than a missing management socket: try one
+    /// bridge now and say so, with ovs-vswitchd's own words.
+    pub fn probe_netdev(&mut self) -> Result<()> {
+        let probe = format!("bp{}", std::process::id() % 1_000_000);
+        // ovs-vsctl only warns ("Error detected while setting up") and exits 0: the bridge's
+        // interface without an OpenFlow port is the failure.
+        let added = self
+            .vsctl(&[
+                "add-br",
+                &probe,
+                "--",
+                "set",
+                "bridge",
+                &probe,
+                "datapath_type=netdev",
+            ])
+            .and_then(|_| {
+                let ofport = self.vsctl(&["get", "interface", &probe, "ofport"])?;
+                match ofport.parse::<i64>() {
+                    Ok(p) if p > 0 => Ok(()),
+                    _ => bail!("bridge {probe}: its interface has no OpenFlow port ({ofport})"),
+                }
+            });
+        let _ = self.vsctl(&["--if-exists", "del-br", &probe]);
+        delete_link(&probe);
+        if let Err(e) = added {
+            let log = crate::procs::tail_file(&self.dir.join("ovs-vswitchd.log"), 200);
+            let reasons: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("|WARN|") || l.contains("|ERR|"))
+                .collect();
+            bail!(
+                "the private ovs-vswitchd cannot create a netdev bridge: another ovs-vswitchd with a \
+                 netdev datapath runs in this network namespace (its device ovs-netdev existed before \
+                 this one started). Stop it (e.g. the system's openvswitch-switch) or run the suite \
+                 where none runs.\n{e:#}\novs-vswitchd's log:\n{}",
+                reasons.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts ovsdb-server and ovs-vswitchd as [`OvsEnv::start`] does, but with ovs-vswitchd in
+    /// the network namespace `netns` (`ip netns exec`): its datapath devices live there.
+    pub fn start_in_netns(netns: &str) -> Result<OvsEnv> {
+        let mut env = Self::start_ovsdb_only()?;
+        env.netns = Some(netns.to_string());
+        env.had_ovs_netdev = true;
         env.start_vswitchd()?;
         Ok(env)
     }
@@ -151,7 +217,14 @@ impl OvsEnv {
     pub fn start_vswitchd(&mut self) -> Result<()> {
         let ctl = self.dir.join("ovs-vswitchd.ctl");
         let _ = std::fs::remove_file(&ctl);
-        let mut c = Command::new("ovs-vswitchd");
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "ovs-vswitchd"]);
+                c
+            }
+            None => Command::new("ovs-vswitchd"),
+        };
         self.env(&mut c);
         c.arg(self.endpoint())
             .arg(format!("--unixctl={}", ctl.display()))

@@ -691,6 +691,71 @@ fn t_restart_netplugin(c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `ip link add NAME type veth peer name PEER`, removed at teardown if a test leaves it.
+fn veth_pair(c: &Ctx, name: &str, peer: &str) -> Result<()> {
+    c.ovs().own_link(name);
+    let out = std::process::Command::new("ip")
+        .args(["link", "add", name, "type", "veth", "peer", "name", peer])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ip link add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Issue 15 §4: a kill -9 between creating a veth and adding its OVS port leaves a pair that
+/// no port names; netplugin removes it at start. A veth whose endpoint is this host's (its port
+/// deleted while netplugin was down) stays and gets its port back; a veth with a name berth
+/// does not give stays whatever it looks like.
+fn t_leaked_veths_removed_at_start(c: &Ctx) -> Result<()> {
+    c.create_net("n15", "10.231.15.0/24", &["-o", "vlan=115"])?;
+    c.sleeper("v1", "n15", &[])?;
+    let live = port_of_container(c, "v1")?;
+    let (leaked, leaked_peer) = ("vb00000000d1", "tb00000000d1");
+    // Berth-like, but not a name berth gives (not 10 hex after `vb`).
+    let (foreign, foreign_peer) = ("vb00000000dz", "tb00000000dz");
+    c.net().stop()?;
+    let setup = (|| -> Result<()> {
+        veth_pair(c, leaked, leaked_peer)?;
+        veth_pair(c, foreign, foreign_peer)?;
+        c.ovs().vsctl(&["del-port", &c.bridge, &live])?;
+        Ok(())
+    })();
+    c.net().start()?;
+    setup?;
+    ensure!(
+        !link_exists(leaked) && !link_exists(leaked_peer),
+        "the leaked veth pair {leaked} is still there after the start"
+    );
+    ensure!(
+        link_exists(foreign) && link_exists(foreign_peer),
+        "{foreign} (a name berth does not give) was removed"
+    );
+    ensure!(
+        link_exists(&live),
+        "the veth {live} of a live endpoint was removed"
+    );
+    let back = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        on_bridge(c, &live).unwrap_or(false)
+    });
+    ensure!(back, "the live endpoint's port {live} did not come back");
+    let log = c.net().log_tail(200);
+    ensure!(
+        log.contains("leaked veth pairs removed at start") && log.contains(leaked),
+        "no log line names the removed pair:\n{log}"
+    );
+    integration::ovs::delete_link(foreign);
+    c.rm(&["v1"]);
+    c.d(&["network", "rm", "n15"])?;
+    Ok(())
+}
+
 fn t_restart_ovs(c: &Ctx) -> Result<()> {
     // ovs-vswitchd restart: flows are gone until netplugin re-installs them.
     let (sent, got) = traffic_across(c, 10, || {
@@ -1231,6 +1296,143 @@ fn t_rate_limits(c: &Ctx) -> Result<()> {
     println!("    TCP a1 → a2 unlimited: {free:.1} Mbit/s");
     ensure!(free > 40.0, "unlimited TCP went at {free:.1} Mbit/s");
     Ok(())
+}
+
+/// Issue 15 §4: Docker lets endpoints of two networks share a MAC (`--mac-address`); a
+/// receiver's meter applies to its MAC on its own VLAN only, so a container with the same MAC
+/// on another VLAN is not slowed by it.
+fn t_same_mac_on_two_vlans(c: &Ctx) -> Result<()> {
+    let mac = "02:42:0a:e7:10:10";
+    c.create_net(
+        "n16",
+        "10.231.16.0/24",
+        &["-o", "vlan=116", "-o", "ingress_rate=5M"],
+    )?;
+    c.create_net("n17", "10.231.17.0/24", &["-o", "vlan=117"])?;
+    c.sleeper("m1", "n16", &["--mac-address", mac])?;
+    c.sleeper("m2", "n17", &["--mac-address", mac])?;
+    c.sleeper("s17", "n17", &[])?;
+    let run = (|| -> Result<()> {
+        ensure!(
+            mac_of(c, "m1", "n16")? == mac && mac_of(c, "m2", "n17")? == mac,
+            "Docker did not give both containers {mac}"
+        );
+        let ingress: Vec<String> = c
+            .ovs()
+            .dump_flows(&c.bridge)?
+            .into_iter()
+            .filter(|f| f.contains("cookie=0xbe27000000000003") && f.contains(mac))
+            .collect();
+        ensure!(
+            ingress.len() == 4
+                && ingress
+                    .iter()
+                    .all(|f| f.contains("reg0=0x74") || f.contains("dl_vlan=116")),
+            "m1's ingress flows must name its VLAN 116: {ingress:?}"
+        );
+        let free = tcp_rate(c, "s17", "m2", &c.ip("m2", "n17")?, 8 << 20)?;
+        println!("    TCP s17 → m2 (same MAC as m1, whose ingress is 5 Mbit/s): {free:.1} Mbit/s");
+        ensure!(
+            free > 20.0,
+            "m2 went at {free:.1} Mbit/s: m1's meter (another VLAN) took its traffic"
+        );
+        Ok(())
+    })();
+    c.rm(&["m1", "m2", "s17"]);
+    c.d(&["network", "rm", "n16", "n17"])?;
+    run
+}
+
+/// Issue 15 §4: netplugin changes and deletes flows and meters only on a bridge that is Berth's
+/// (`external_ids:berth-bridge=true`): pointed at another bridge of the same OVS it refuses,
+/// and that bridge's meters, flows and fail mode stay as they were.
+fn t_foreign_bridge_left_alone(c: &Ctx) -> Result<()> {
+    let foreign = format!("brf{}", std::process::id() % 1_000_000);
+    c.ovs().own_link(&foreign);
+    c.ovs().vsctl(&[
+        "add-br",
+        &foreign,
+        "--",
+        "set",
+        "bridge",
+        &foreign,
+        "datapath_type=netdev",
+        "protocols=OpenFlow13",
+    ])?;
+    let work = tempfile::Builder::new().prefix("bnf-").tempdir_in("/tmp")?;
+    let run = (|| -> Result<()> {
+        let ofctl = |args: &[&str]| -> Result<()> {
+            let mgmt = c.ovs().rundir().join(format!("{foreign}.mgmt"));
+            let out = std::process::Command::new("ovs-ofctl")
+                .args(["-O", "OpenFlow13", args[0]])
+                .arg(&mgmt)
+                .args(&args[1..])
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "ovs-ofctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        ofctl(&["add-meter", "meter=7,kbps,band=type=drop,rate=1000"])?;
+        ofctl(&[
+            "add-flow",
+            "cookie=0x42,priority=5,in_port=LOCAL,actions=meter:7,NORMAL",
+        ])?;
+        let meters_before = c.ovs().dump_meters(&foreign)?;
+        let flows_before = c.ovs().dump_flows(&foreign)?;
+        let plugins = work.path().join("plugins");
+        std::fs::create_dir_all(&plugins)?;
+        let mut args = Vec::new();
+        let mut it = c.net().args.clone().into_iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                // Its own bridge, and no Docker to sync with.
+                "--bridge" | "--docker-socket" => {
+                    it.next();
+                }
+                _ => args.push(a),
+            }
+        }
+        args.extend([
+            "--bridge".to_string(),
+            foreign.clone(),
+            "--docker-socket".into(),
+            work.path().join("none.sock").to_string_lossy().into_owned(),
+        ]);
+        let bin = c.net().bin.clone();
+        let mut other = Netplugin::new(bin, work.path(), &plugins, args);
+        other.start()?;
+        // Reconcile passes run every 0.5 s: a few of them.
+        std::thread::sleep(Duration::from_secs(3));
+        let log = other.log_tail(50);
+        other.stop()?;
+        ensure!(
+            log.contains("is not Berth's"),
+            "no refusal in netplugin's log:\n{log}"
+        );
+        ensure!(
+            c.ovs().dump_meters(&foreign)? == meters_before,
+            "the foreign bridge's meters changed: {:?} → {:?}",
+            meters_before,
+            c.ovs().dump_meters(&foreign)?
+        );
+        ensure!(
+            c.ovs().dump_flows(&foreign)? == flows_before,
+            "the foreign bridge's flows changed"
+        );
+        let fail_mode = c.ovs().vsctl(&["get", "bridge", &foreign, "fail_mode"])?;
+        ensure!(fail_mode == "[]", "its fail mode was set: {fail_mode}");
+        let ids = c
+            .ovs()
+            .vsctl(&["get", "bridge", &foreign, "external_ids"])?;
+        ensure!(!ids.contains("berth-bridge"), "it was labelled: {ids}");
+        Ok(())
+    })();
+    c.ovs().vsctl(&["--if-exists", "del-br", &foreign])?;
+    integration::ovs::delete_link(&foreign);
+    run
 }
 
 /// A port on the bridge with berth's labels but no endpoint in the store (what a crash, another
@@ -2182,10 +2384,19 @@ fn main() {
             ("bad_input_rejected_in_cli", t_bad_input),
             ("fifty_containers_no_leaks", t_fifty_containers_no_leaks),
             ("restart_netplugin_keeps_traffic", t_restart_netplugin),
+            (
+                "leaked_veths_removed_at_start",
+                t_leaked_veths_removed_at_start,
+            ),
             ("leaked_endpoints_released", t_leaked_endpoints),
             ("arp_proxy_answers_known_addresses", t_arp_proxy),
             ("rate_limits_per_container", t_rate_limits),
             ("live_rate_change", t_live_rate_change),
+            (
+                "same_mac_on_two_vlans_metered_apart",
+                t_same_mac_on_two_vlans,
+            ),
+            ("foreign_bridge_left_alone", t_foreign_bridge_left_alone),
             ("anti_spoofing", t_anti_spoofing),
             ("restart_ovs_recovers", t_restart_ovs),
             ("hung_ovsdb_calls_answer_within_bounds", t_hung_ovsdb),

@@ -18,6 +18,7 @@ pub mod handlers;
 pub mod identity;
 pub mod ipam;
 pub mod ipnet;
+pub mod leaks;
 pub mod mac;
 pub mod metrics;
 pub mod migrate;

@@ -167,6 +167,17 @@ async fn serve(cli: ServeArgs) -> anyhow::Result<()> {
     let ipam = Arc::new(Ipam::new(state.clone(), config.ipam.clone()));
     let svc = Arc::new(Service::new(state, ipam, dp, config.net.clone()));
 
+    // Before serving: no CreateEndpoint of ours can be between its veth and its port now.
+    match netplugin::leaks::remove_portless_veths(&svc).await {
+        Ok(removed) if !removed.is_empty() => {
+            info!(veths = ?removed, "leaked veth pairs removed at start");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "leaked veth pairs not looked for at start (they stay until the next start)");
+        }
+    }
+
     let metrics = Metrics::new(Net::METRICS_PREFIX);
     netplugin::metrics::register(&metrics, svc.clone());
     if let Some(f) = &fence {

@@ -24,6 +24,10 @@ pub enum DataplaneError {
         #[source]
         source: io::Error,
     },
+    /// ovs-vswitchd has not opened our bridge; the message carries OVS's reason as far as
+    /// OVSDB and the namespace show it.
+    #[error("{0}")]
+    BridgeNotOpen(String),
     /// An interface name that is not berth's own: nothing was done to it.
     #[error("{0}")]
     Refused(String),

@@ -40,6 +40,8 @@ pub struct FakeDataplane {
     /// Operations held (`hold`) until `release`, as a stopped ovsdb-server holds them:
     /// `reassert` at its start, `create_endpoint` once its port exists.
     held: Mutex<BTreeMap<&'static str, tokio::sync::watch::Sender<bool>>>,
+    /// Veths without a port, as `portless_veths` reports them (deleting one takes it away).
+    pub portless: Mutex<Vec<String>>,
 }
 
 impl FakeDataplane {
@@ -121,6 +123,7 @@ impl Dataplane for FakeDataplane {
     fn delete_endpoint<'a>(&'a self, host_if: &'a str) -> BoxFuture<'a, DpResult<()>> {
         Box::pin(async move {
             self.deleted.lock().unwrap().push(host_if.to_string());
+            self.portless.lock().unwrap().retain(|v| v != host_if);
             self.endpoints.lock().unwrap().remove(host_if);
             self.containers.lock().unwrap().remove(host_if);
             Ok(())
@@ -237,6 +240,13 @@ impl Dataplane for FakeDataplane {
                 has_device: !self.no_device.lock().unwrap().contains(&p.host_if),
             })
             .collect()
+    }
+
+    fn portless_veths(&self) -> BoxFuture<'_, DpResult<Vec<String>>> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(self.portless.lock().unwrap().clone())
+        })
     }
 
     fn datapath_type(&self) -> &str {

@@ -226,6 +226,11 @@ pub trait Dataplane: Send + Sync {
     ) -> BoxFuture<'a, DpResult<usize>>;
     /// Our ports (by external_ids), from the OVSDB cache.
     fn ports(&self) -> Vec<PortView>;
+    /// Host ends of veth pairs in this namespace named as berth names them (`vb` + 10 hex)
+    /// that no OVS port or interface (of any bridge) names: what a crash between creating a
+    /// veth and adding its port leaves. Fails when OVS cannot be asked (then nothing can be
+    /// said about ports).
+    fn portless_veths(&self) -> BoxFuture<'_, DpResult<Vec<String>>>;
     /// Packets each rate-limited endpoint's meters dropped, as of the last reconcile pass.
     fn rate_limit_drops(&self) -> Vec<RateLimitDrops> {
         Vec::new()

@@ -296,6 +296,24 @@ pub fn links() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether `name` is one end of a veth pair: its `iflink` is its peer's index, where other
+/// devices' is their own (or their lower device's, which berth never names `vb`).
+pub fn is_veth(name: &str) -> bool {
+    let read = |attr: &str| {
+        std::fs::read_to_string(std::path::Path::new("/sys/class/net").join(name).join(attr))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    let driver = std::fs::read_link(
+        std::path::Path::new("/sys/class/net")
+            .join(name)
+            .join("device/driver"),
+    );
+    // A veth has no bus device; a physical NIC renamed `vb...` does.
+    driver.is_err()
+        && matches!((read("ifindex"), read("iflink")), (Some(i), Some(l)) if i != l && l != 0)
+}
+
 fn no_such(name: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("no link named {name}"))
 }

@@ -196,6 +196,9 @@ pub(crate) fn put_match(w: &mut Writer, m: &Match) -> crate::Result<()> {
     if let Some(x) = m.arp_tha {
         put_oxm(w, b, 25, &x.0, None);
     }
+    for (n, v) in &m.regs {
+        put_oxm(w, NXM_CLASS_NX1, *n, &v.to_be_bytes(), None);
+    }
     let len = (w.len() - start) as u16;
     w.set_u16(start + off!(ofp11_match_header.length), len);
     w.pad8();
@@ -330,6 +333,11 @@ pub(crate) fn parse_match(r: Reader<'_>) -> DResult<(Match, usize)> {
                 }
                 _ => false,
             };
+        let known = known
+            || (class == NXM_CLASS_NX1 && field < 16 && mask.is_none() && {
+                m = std::mem::take(&mut m).reg(field, be32(v)?);
+                true
+            });
         if !known {
             m.other.push(tlv.to_vec());
         }
@@ -1295,6 +1303,24 @@ mod tests {
              move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],set_field:10.0.0.1->arp_spa,IN_PORT,goto_table:2"
         );
         assert_eq!(Flow::default().to_ofctl(), "actions=drop");
+    }
+
+    #[test]
+    fn register_matches_round_trip() {
+        let m = Match::new()
+            .reg(0, 3001)
+            .eth_dst(Mac([2, 0, 0, 0, 0, 1]))
+            .reg(1, 7);
+        let mut w = Writer::new();
+        put_match(&mut w, &m).unwrap();
+        let (got, _) = parse_match(Reader::new(&w.buf)).unwrap();
+        assert_eq!(got, m);
+        assert!(got.other.is_empty());
+        assert_eq!(
+            Flow::new(1, 40).matching(m).to_ofctl(),
+            "table=1, priority=40,reg0=0xbb9,reg1=0x7,dl_dst=02:00:00:00:00:01 actions=drop"
+        );
+        assert!(put_match(&mut Writer::new(), &Match::new().reg(16, 1)).is_err());
     }
 
     #[test]

@@ -166,6 +166,8 @@ pub struct Match {
     pub arp_tpa: Option<Ipv4Addr>,
     pub arp_sha: Option<Mac>,
     pub arp_tha: Option<Mac>,
+    /// Nicira registers `(n, value)`, n in 0..=15, sorted by n (set by earlier tables).
+    pub regs: Vec<(u8, u32)>,
     /// OXM TLVs this model does not know, as received (decode only).
     pub other: Vec<Vec<u8>>,
 }
@@ -202,6 +204,13 @@ impl Match {
     }
     pub fn untagged(mut self) -> Self {
         self.vlan = Some(VlanMatch::Untagged);
+        self
+    }
+    /// Register `n` (0..=15) equal to `value`.
+    pub fn reg(mut self, n: u8, value: u32) -> Self {
+        self.regs.retain(|(r, _)| *r != n);
+        self.regs.push((n, value));
+        self.regs.sort_unstable();
         self
     }
     fn need(mut self, t: u16) -> Self {
@@ -273,6 +282,9 @@ impl Match {
                 return Err(crate::Error::invalid("vlan_vid", "must be 0..=4095"));
             }
         }
+        if self.regs.iter().any(|(n, _)| *n > 15) {
+            return Err(crate::Error::invalid("register", "must be 0..=15"));
+        }
         Ok(())
     }
 
@@ -295,6 +307,9 @@ impl Match {
                 out.push("arp".into());
             }
             _ => {}
+        }
+        for (n, v) in &self.regs {
+            out.push(format!("reg{n}={v:#x}"));
         }
         if let Some(p) = self.in_port {
             out.push(format!("in_port={}", port_name(p)));

@@ -225,14 +225,23 @@ impl OvsDataplane {
             if let Some(rate) = limits.ingress_kbps {
                 let id = ingress_meter(ofport);
                 meters.push(Meter::drop_kbps(id, rate, Some(limits.burst_for(rate))));
+                // Its MAC on its VLAN only: Docker lets two networks' endpoints share a MAC
+                // (--mac-address). From this host's access ports the VLAN is what the guard
+                // table marked; from the uplink it is the frame's tag.
+                let on_its_vlan = [
+                    Match::new().reg(VLAN_REG, u32::from(plan.vlan)),
+                    Match::new().vlan_vid(plan.vlan),
+                ];
                 for (table, priority) in [(CLASSIFY_TABLE, 40), (QOS_TABLE, 50)] {
-                    flows.push(
-                        Flow::new(table, priority)
-                            .cookie(COOKIE_QOS)
-                            .matching(Match::new().eth_dst(Mac(plan.mac)))
-                            .meter(id)
-                            .actions(vec![Action::Output(Port::Normal)]),
-                    );
+                    for m in &on_its_vlan {
+                        flows.push(
+                            Flow::new(table, priority)
+                                .cookie(COOKIE_QOS)
+                                .matching(m.clone().eth_dst(Mac(plan.mac)))
+                                .meter(id)
+                                .actions(vec![Action::Output(Port::Normal)]),
+                        );
+                    }
                 }
             }
         }
@@ -273,7 +282,8 @@ impl OvsDataplane {
             .map_err(err)?;
         changes += added + removed;
         self.record_drops(plans).await;
-        // The bridge is ours, so every meter on it is: those no port needs go.
+        // The bridge is ours (ensure_bridge refuses one without our label), so every meter
+        // on it is: those no port needs go.
         for h in have_meters
             .iter()
             .filter(|h| !meters.iter().any(|m| m.id == h.id))

@@ -39,11 +39,26 @@ pub const COOKIE_SPOOF: u64 = 0xbe27_0000_0000_0005;
 const GUARD_TABLE: u8 = 0;
 /// What passed the guard: the ARP proxy's and the rate limits' dispatch, then NORMAL.
 const CLASSIFY_TABLE: u8 = 1;
+/// Register 0: the VLAN of the access port a packet came in on, written by the guard table
+/// (0: not one of our access ports, e.g. the uplink, whose frames carry their tag).
+const VLAN_REG: u8 = 0;
 pub const EXT_ENDPOINT: &str = "berth-endpoint-id";
 pub const EXT_NETWORK: &str = "berth-network-id";
 pub const EXT_CONTAINER: &str = "berth-container-id";
 /// The host that created the interface: a host only ever prunes its own.
 pub const EXT_HOST: &str = "berth-host-id";
+
+/// The label of a bridge netplugin created (`external_ids`): only such a bridge's flows and
+/// meters are netplugin's to change and delete.
+pub const BRIDGE_LABEL: &str = "berth-bridge";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BridgeOwner {
+    Missing,
+    Berth,
+    /// A bridge of that name without our label: someone else's.
+    Other,
+}
 
 /// How long a request waits for an OVSDB connection that is not up yet (see ensure_bridge).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
@@ -144,12 +159,86 @@ impl OvsDataplane {
     /// ovs-vswitchd creates `<bridge>.mgmt` a moment after the bridge row appears; a request
     /// that arrives in between (the first one after a start) waits for it, within the bound of
     /// one call, instead of failing.
-    async fn wait_for_mgmt_socket(&self) {
+    /// When it does not come, the error says why as far as OVS shows it ([`Self::bridge_failure`])
+    /// rather than only that the socket is missing.
+    async fn wait_for_mgmt_socket(&self) -> DpResult<()> {
         let path = ovs_ffi::openflow::mgmt_socket(&self.cfg.rundir, &self.cfg.bridge);
         let deadline = tokio::time::Instant::now() + self.cfg.call_timeout;
         while !path.exists() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if path.exists() {
+            return Ok(());
+        }
+        let reason = self.bridge_failure();
+        warn!(bridge = %self.cfg.bridge, %reason, "ovs-vswitchd has not opened the bridge");
+        Err(DataplaneError::BridgeNotOpen(format!(
+            "OVS bridge {}: no OpenFlow management socket {} after {:?}: {reason}",
+            self.cfg.bridge,
+            path.display(),
+            self.cfg.call_timeout
+        )))
+    }
+
+    /// Why ovs-vswitchd has not opened our bridge, from what OVSDB holds: the `error` column of
+    /// the bridge's own interface when OVS wrote one; else whether ovs-vswitchd applied the
+    /// database at all, and whether it gave the interface an OpenFlow port. A netdev bridge that
+    /// fails while the `ovs-netdev` device exists in this namespace and no other netdev bridge
+    /// of this OVS works is most likely a second ovs-vswitchd in the namespace: its log says
+    /// "ovs-netdev: creating tap device failed: Device or resource busy" and OVSDB says nothing.
+    fn bridge_failure(&self) -> String {
+        let bridge = &self.cfg.bridge;
+        let (cur_cfg, next_cfg, iface, other_netdev_works) = self.db.with_cache(|c| {
+            let cfg = |col: &str| {
+                c.rows("Open_vSwitch")
+                    .next()
+                    .and_then(|(_, r)| r.get(col))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+            };
+            let iface_of = |name: &str| {
+                c.by_name("Interface", name).map(|(_, r)| {
+                    let error = r.get("error").and_then(Value::as_str).map(str::to_string);
+                    let ofport = r.get("ofport").and_then(Value::as_i64);
+                    (error, ofport)
+                })
+            };
+            let other_netdev_works = c.rows("Bridge").any(|(_, r)| {
+                let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+                name != bridge
+                    && r.get("datapath_type").and_then(Value::as_str) == Some("netdev")
+                    && iface_of(name).is_some_and(|(_, p)| p.is_some_and(|p| p > 0))
+            });
+            (
+                cfg("cur_cfg"),
+                cfg("next_cfg"),
+                iface_of(bridge),
+                other_netdev_works,
+            )
+        });
+        let mut reason = match iface {
+            None => format!("OVSDB has no interface {bridge} (the bridge row is gone?)"),
+            Some((Some(error), _)) => format!("OVS reports for its interface {bridge}: {error}"),
+            Some((None, Some(p))) if p > 0 => format!(
+                "ovs-vswitchd gave its interface OpenFlow port {p}, so the socket is elsewhere: is --ovs-rundir {} ovs-vswitchd's run directory?",
+                self.cfg.rundir.display()
+            ),
+            Some((None, _)) if cur_cfg < next_cfg => format!(
+                "ovs-vswitchd has not applied the database (cur_cfg {cur_cfg} < next_cfg {next_cfg}): is it running, on this database?"
+            ),
+            Some((None, _)) => format!(
+                "ovs-vswitchd did not create it (its interface {bridge} has no OpenFlow port; OVSDB holds no reason, ovs-vswitchd's log has it)"
+            ),
+        };
+        if self.cfg.datapath == "netdev" && netlink::exists("ovs-netdev") && !other_netdev_works {
+            reason.push_str(
+                "; probably another ovs-vswitchd with a netdev datapath runs in this network namespace: \
+                 it holds the tap device ovs-netdev, so this one cannot create its datapath \
+                 (its log: \"ovs-netdev: creating tap device failed: Device or resource busy\"); \
+                 use that Open vSwitch (--ovsdb, --ovs-rundir) or run this one in its own network namespace",
+            );
+        }
+        reason
     }
 
     /// The OpenFlow port number of one of our ports, once ovs-vswitchd assigned it.
@@ -185,8 +274,17 @@ impl OvsDataplane {
         {
             return Err(self.unreachable());
         }
+        if self.bridge_owner() == BridgeOwner::Other {
+            return Err(DataplaneError::Refused(format!(
+                "OVS bridge {b} exists and is not Berth's (no external_ids:{BRIDGE_LABEL}=true): \
+                 netplugin does not take over another bridge, whose fail mode, flows and meters \
+                 it would change; choose another --bridge, or mark this one as Berth's with \
+                 `ovs-vsctl br-set-external-id {b} {BRIDGE_LABEL} true`",
+                b = self.cfg.bridge
+            )));
+        }
         let mut external_ids = BTreeMap::new();
-        external_ids.insert("berth-bridge".to_string(), "true".to_string());
+        external_ids.insert(BRIDGE_LABEL.to_string(), "true".to_string());
         let changed = self
             .db
             .ensure_bridge(&BridgeSpec {
@@ -224,6 +322,23 @@ impl OvsDataplane {
         Ok(changed)
     }
 
+    /// Whose our bridge is, from the OVSDB cache.
+    fn bridge_owner(&self) -> BridgeOwner {
+        self.db
+            .with_cache(|c| match c.by_name("Bridge", &self.cfg.bridge) {
+                None => BridgeOwner::Missing,
+                Some((_, row)) => {
+                    let ids =
+                        ovsdb::ops::as_str_map(row.get("external_ids").unwrap_or(&Value::Null));
+                    if ids.get(BRIDGE_LABEL).map(String::as_str) == Some("true") {
+                        BridgeOwner::Berth
+                    } else {
+                        BridgeOwner::Other
+                    }
+                }
+            })
+    }
+
     /// Installs the base flow unless it is there (checked on the switch when `check`).
     async fn ensure_flows(&self, check: bool) -> DpResult<bool> {
         let conn = self.db.connection_count();
@@ -245,7 +360,9 @@ impl OvsDataplane {
                 e,
             )
         };
-        self.wait_for_mgmt_socket().await;
+        self.wait_for_mgmt_socket().await.inspect_err(|_| {
+            self.flows_ok.store(false, Ordering::SeqCst);
+        })?;
         // Add replaces a flow with the same match and priority in place: no gap (a base flow
         // of a release before the guard, NORMAL in table 0, is replaced so).
         let (added, _) = self
@@ -317,8 +434,9 @@ impl OvsDataplane {
             .ensure_port(&self.port_spec(plan))
             .await
             .map_err(|e| DataplaneError::ovs(format!("OVS port {}", plan.host_if), e))?;
-        if plan.anti_spoof || !plan.limits.is_unlimited() {
-            // In place before the container can send: its port's number is needed for that.
+        {
+            // In place before the container can send (its guard, or the pass that marks its
+            // VLAN for the rate limits of others): its port's number is needed for that.
             let ofport = self
                 .db
                 .wait_ofport(&plan.host_if, self.cfg.call_timeout)
@@ -344,8 +462,10 @@ impl OvsDataplane {
         check_name(host_if)?;
         let mut errors = DataplaneErrors::default();
         // Its ofport may be given to another port later: its ARP and fence flows and its meters
-        // (their flows go with them) go first.
-        if let Some(ofport) = self.ofport(host_if) {
+        // (their flows go with them) go first. Only on a bridge that is Berth's: meters carry
+        // no cookie, so on another's bridge the same ids may be its owner's.
+        let ours = self.bridge_owner() == BridgeOwner::Berth;
+        if let Some(ofport) = self.ofport(host_if).filter(|_| ours) {
             let by_port = |cookie| FlowMod::Delete {
                 table: None,
                 cookie,
@@ -471,7 +591,7 @@ impl Dataplane for OvsDataplane {
             }
             // The guard before the base flows: after an ovs-vswitchd restart the ports pass
             // nothing until both are in, rather than everything for a moment.
-            self.wait_for_mgmt_socket().await;
+            self.wait_for_mgmt_socket().await?;
             report.spoof_flow_changes = self.sync_spoof(endpoints).await?;
             report.flows_installed = self.ensure_flows(true).await?;
             report.rate_limit_changes = self.sync_qos(endpoints).await?;
@@ -595,6 +715,39 @@ impl Dataplane for OvsDataplane {
                 })
             })
             .collect()
+    }
+
+    fn portless_veths(&self) -> BoxFuture<'_, DpResult<Vec<String>>> {
+        Box::pin(async move {
+            // The first connection (and its monitor's rows) may still be under way at start.
+            if !self.db.is_connected()
+                && self
+                    .db
+                    .wait_connected(self.cfg.call_timeout.min(FIRST_CONNECT_WAIT))
+                    .await
+                    .is_err()
+            {
+                return Err(self.unreachable());
+            }
+            let veths = blocking(|| {
+                Ok(netlink::links()
+                    .into_iter()
+                    .filter(|n| n.starts_with("vb") && super::is_berth_if_name(n))
+                    // /sys may be another namespace's (`nsenter` without a fresh sysfs): only
+                    // what this namespace has counts.
+                    .filter(|n| netlink::exists(n) && netlink::is_veth(n))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+            Ok(self.db.with_cache(|c| {
+                veths
+                    .into_iter()
+                    .filter(|n| {
+                        c.by_name("Port", n).is_none() && c.by_name("Interface", n).is_none()
+                    })
+                    .collect()
+            }))
+        })
     }
 
     fn datapath_type(&self) -> &str {
