@@ -11,14 +11,13 @@
 //! and an endpoint record in etcd, a veth pair, an OVS port with its anti-spoofing flows.
 //!
 //! Layout: VLANS networks (VLAN 601.., a /20 each); host i (from 0) has a port on VLAN
-//! i % VLANS only. Phase 1: the first BASE hosts start and create the ENDPOINTS endpoints of
-//! the fleet between them (each on its own VLAN, in parallel), then the figures. Phase 2: the
-//! other hosts start, each with one endpoint (a host with one local port), then the same
-//! figures. Per phase:
+//! i % VLANS only. Every host starts and creates its share of the ENDPOINTS (in parallel);
+//! then the figures at HOSTS hosts; then the netplugins of all but the first BASE hosts stop
+//! (their endpoints stay in the fleet: without --reclaim-after nobody takes them), so the fleet
+//! and each running host's own endpoints are unchanged, and the figures at BASE hosts:
 //! - idle over IDLE seconds: etcd requests/s and bytes/s per host (the cluster's `/metrics`,
 //!   divided by the running hosts: netplugins are etcd's only clients), netplugin CPU per host
-//!   (utime+stime from /proc), in phase 2 also for the BASE hosts alone (same local endpoints as
-//!   in phase 1, five times the hosts);
+//!   (utime+stime from /proc);
 //! - ARP answer flows on a host with one local VLAN, and that VLAN's endpoints in the fleet;
 //! - propagation: CreateEndpoint on one host until another host with a port on that VLAN has
 //!   the ARP answer flow (polled with ovs-ofctl every 5 ms), p50/p99 of SAMPLES.
