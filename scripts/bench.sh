@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks: each figure is printed next to its baseline measured in the same run.
-#   bash scripts/bench.sh volumes|io|network|etcd|ovs|lvm|fleet [-- extra args, e.g. --cycles 100 --size 10G]
+#   bash scripts/bench.sh volumes|io|network|etcd|ovs|lvm|fleet|fleet-scale [-- extra args, e.g. --cycles 100 --size 10G]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh >/dev/null
@@ -16,5 +16,6 @@ case "$which" in
     io) cargo run --release --quiet -p integration --bin bench_io -- "$@" ;;
     etcd) cargo run --release --quiet -p integration --bin bench_etcd -- "$@" ;;
     fleet) cargo run --release --quiet -p integration --bin bench_fleet -- "$@" ;;
-    *) echo "bench.sh: unknown benchmark $which (available: volumes, io, network, etcd, ovs, lvm, fleet)" >&2; exit 2 ;;
+    fleet-scale) cargo run --release --quiet -p integration --bin bench_fleet_scale -- "$@" ;;
+    *) echo "bench.sh: unknown benchmark $which (available: volumes, io, network, etcd, ovs, lvm, fleet, fleet-scale)" >&2; exit 2 ;;
 esac

@@ -320,7 +320,9 @@ pub fn register_cleanup(f: impl Fn() + Send + Sync + 'static) -> CleanupGuard {
     CleanupGuard(id)
 }
 
-fn install_signal_watcher() {
+/// Makes SIGINT, SIGTERM and SIGHUP run the registered cleanups, then exit (what [`run`] does
+/// for a suite; for benchmarks and tools). Call it first thing in `main`, before any thread.
+pub fn install_signal_watcher() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         use nix::sys::signal::{SigSet, SigmaskHow, Signal};

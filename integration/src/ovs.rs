@@ -338,6 +338,16 @@ impl OvsEnv {
             .collect())
     }
 
+    /// `ovs-ofctl -O OpenFlow13 del-flows <bridge>.mgmt ARGS` (a change behind netplugin's
+    /// back, for drift tests).
+    pub fn del_flows(&self, bridge: &str, args: &[&str]) -> Result<()> {
+        let mgmt = self.dir.join(format!("{bridge}.mgmt"));
+        let mgmt = mgmt.to_string_lossy();
+        let mut all = vec!["-O", "OpenFlow13", "del-flows", &mgmt];
+        all.extend_from_slice(args);
+        self.tool("ovs-ofctl", &all).map(drop)
+    }
+
     /// `ovs-ofctl -O OpenFlow13 dump-flows --no-stats <bridge>.mgmt`, one flow a line.
     pub fn dump_flows(&self, bridge: &str) -> Result<Vec<String>> {
         self.ofctl_lines("dump-flows", bridge, true, None)

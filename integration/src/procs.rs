@@ -333,3 +333,34 @@ pub fn run_with_timeout(
         stderr,
     })
 }
+
+/// CPU seconds the process `pid` has used (utime + stime from `/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no command"))?
+        .1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| -> Result<f64> {
+        Ok(f.get(i)
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: short"))?
+            .parse::<f64>()?)
+    };
+    let ticks = field(11)? + field(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Resident memory of the process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status: no VmRSS"))?
+        .parse::<u64>()?;
+    Ok(kb * 1024)
+}

@@ -154,6 +154,18 @@ async fn flows_golden(versions: &[OfVersion]) {
         .unwrap();
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].flow, flows[0]);
+    // The same counted without the dump (what the ARP proxy's idle check asks).
+    let agg = c
+        .aggregate_stats(&FlowFilter {
+            cookie: 0xa1,
+            cookie_mask: u64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(agg.flow_count, 1);
+    let all = c.aggregate_stats(&FlowFilter::default()).await.unwrap();
+    assert_eq!(all.flow_count as usize, flows.len());
 
     // Modify strict: new actions, same match.
     let mut changed = flows[4].clone();

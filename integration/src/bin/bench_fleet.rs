@@ -17,42 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use integration::lab::traffic::{first_reply_seq, ping_raw, tcp_transfer};
-use integration::lab::{http_get, Host, Lab, LabOptions, ETCD_IPS};
-use integration::procs::wait_until;
+use integration::lab::{Host, Lab, LabOptions};
+use integration::procs::{cpu_seconds, wait_until};
 
 /// The idle window the per-host etcd requests and CPU are measured over.
 const IDLE: Duration = Duration::from_secs(20);
-
-/// Requests the etcd cluster served (unary calls, and messages on streams: lease keep-alives,
-/// watch requests), summed over the members.
-fn etcd_requests(lab: &Lab) -> Result<f64> {
-    let node = lab.etcd_node.as_ref().context("etcd node")?;
-    let mut total = 0.0;
-    for ip in ETCD_IPS {
-        let text = node.in_netns(|| http_get(ip, 2379, "/metrics"))??;
-        total += text
-            .lines()
-            .filter(|l| {
-                (l.starts_with("grpc_server_handled_total") && l.contains("grpc_type=\"unary\""))
-                    || (l.starts_with("grpc_server_msg_received_total")
-                        && !l.contains("grpc_type=\"unary\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    Ok(total)
-}
-
-/// CPU seconds the process has used (utime + stime).
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
 
 /// Per host, over `window` with nothing happening: etcd requests/s (the cluster's, divided by
 /// the hosts: only netplugins use it) and netplugin's CPU share.
@@ -65,12 +34,12 @@ fn idle_cost(lab: &Lab, window: Duration) -> Result<(f64, f64)> {
         .map(|h| h.netplugin_pid().context("netplugin pid"))
         .collect::<Result<_>>()?;
     let cpu0: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<Result<f64>>()?;
-    let req0 = etcd_requests(lab)?;
+    let req0 = lab.etcd_traffic()?.requests;
     let t = Instant::now();
     std::thread::sleep(window);
     let secs = t.elapsed().as_secs_f64();
     // The scrapes themselves are HTTP, not gRPC: not counted.
-    let reqs = (etcd_requests(lab)? - req0) / secs / hosts.len() as f64;
+    let reqs = (lab.etcd_traffic()?.requests - req0) / secs / hosts.len() as f64;
     let cpu = (pids.iter().map(|p| cpu_seconds(*p)).sum::<Result<f64>>()? - cpu0)
         / secs
         / hosts.len() as f64;

@@ -60,7 +60,16 @@ pub struct LabOptions {
     pub netplugin_args: Vec<String>,
     /// Import the busybox test image ([`crate::TEST_IMAGE`]) into every dockerd.
     pub import_image: bool,
+    /// Hosts run only their OVS: the caller starts netplugin ([`Host::start_netplugin`]) and
+    /// drives it through its plugin socket as Docker would. No dockerd, containerd, volplugin
+    /// or test image, so up to [`MAX_OVS_ONLY_HOSTS`] hosts fit (the fleet-scale benchmark).
+    pub ovs_only: bool,
 }
+
+/// Hosts of a lab with every daemon.
+pub const MAX_HOSTS: usize = 9;
+/// Hosts of an [`LabOptions::ovs_only`] lab (management addresses .11 to .70).
+pub const MAX_OVS_ONLY_HOSTS: usize = 60;
 
 impl Default for LabOptions {
     fn default() -> Self {
@@ -68,6 +77,7 @@ impl Default for LabOptions {
             hosts: ["a", "b", "c"].iter().map(|s| s.to_string()).collect(),
             netplugin_args: Vec::new(),
             import_image: true,
+            ovs_only: false,
         }
     }
 }
@@ -173,16 +183,30 @@ impl Lab {
     /// Starts the lab (about 20–40 s). On failure everything started is removed again.
     pub fn start(opts: LabOptions) -> Result<Lab> {
         require_tools()?;
-        if opts.hosts.is_empty() || opts.hosts.len() > 9 {
-            bail!("a lab has 1 to 9 hosts");
+        let max = if opts.ovs_only {
+            MAX_OVS_ONLY_HOSTS
+        } else {
+            MAX_HOSTS
+        };
+        if opts.hosts.is_empty() || opts.hosts.len() > max {
+            bail!("a lab has 1 to {max} hosts");
         }
         for e in clean_stale() {
             eprintln!("lab: cleaning a stale lab: {e}");
         }
-        let bins = Bins {
-            netplugin: crate::plugins::binary("netplugin")?,
-            volplugin: crate::plugins::binary("volplugin")?,
-            docker_cli: docker_cli()?,
+        let bins = if opts.ovs_only {
+            // Nothing runs them: no need to build or find them.
+            Bins {
+                netplugin: crate::plugins::binary("netplugin")?,
+                volplugin: PathBuf::new(),
+                docker_cli: PathBuf::new(),
+            }
+        } else {
+            Bins {
+                netplugin: crate::plugins::binary("netplugin")?,
+                volplugin: crate::plugins::binary("volplugin")?,
+                docker_cli: docker_cli()?,
+            }
         };
         let dir = tempfile::Builder::new()
             .prefix(LAB_PREFIX)
@@ -346,7 +370,16 @@ impl Lab {
             let handles: Vec<_> = self
                 .hosts
                 .iter()
-                .map(|h| s.spawn(move || h.start_all().map_err(|e| format!("{e:#}"))))
+                .map(|h| {
+                    s.spawn(move || {
+                        if opts.ovs_only {
+                            h.start_ovs()
+                        } else {
+                            h.start_all()
+                        }
+                        .map_err(|e| format!("{e:#}"))
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -365,7 +398,7 @@ impl Lab {
             self.id,
             t.elapsed().as_secs_f64()
         );
-        if opts.import_image {
+        if opts.import_image && !opts.ovs_only {
             self.import_image()?;
         }
         Ok(())
@@ -855,4 +888,38 @@ pub fn http_get(ip: &str, port: u16, path: &str) -> Result<String> {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// What the lab's etcd cluster has served so far, summed over the members (from their
+/// `/metrics`; the scrapes themselves are HTTP, not gRPC, and not counted).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EtcdTraffic {
+    /// Unary gRPC calls, and messages received on streams (lease keep-alives, watch requests).
+    pub requests: f64,
+    /// gRPC bytes received from and sent to clients.
+    pub bytes: f64,
+}
+
+impl Lab {
+    pub fn etcd_traffic(&self) -> Result<EtcdTraffic> {
+        let node = self.etcd_node.as_ref().context("etcd node")?;
+        let mut t = EtcdTraffic::default();
+        for ip in ETCD_IPS {
+            let text = node.in_netns(|| http_get(ip, 2379, "/metrics"))??;
+            let value = |l: &str| l.rsplit(' ').next()?.parse::<f64>().ok();
+            for l in text.lines() {
+                if (l.starts_with("grpc_server_handled_total") && l.contains("grpc_type=\"unary\""))
+                    || (l.starts_with("grpc_server_msg_received_total")
+                        && !l.contains("grpc_type=\"unary\""))
+                {
+                    t.requests += value(l).unwrap_or(0.0);
+                } else if l.starts_with("etcd_network_client_grpc_received_bytes_total")
+                    || l.starts_with("etcd_network_client_grpc_sent_bytes_total")
+                {
+                    t.bytes += value(l).unwrap_or(0.0);
+                }
+            }
+        }
+        Ok(t)
+    }
 }

@@ -401,6 +401,29 @@ impl OfClient {
         Ok(out)
     }
 
+    /// How many flows match `filter` (with their summed counters), without dumping them: the
+    /// cheap check that a set of flows is still all there.
+    pub async fn aggregate_stats(&self, filter: &FlowFilter) -> Result<AggregateStats> {
+        let (v, frames) = self
+            .run(|v, xid| {
+                let x = xid();
+                Ok((
+                    v,
+                    Some(single(
+                        codec::aggregate_stats_request(v, x, filter)?,
+                        x,
+                        Wait::Multipart,
+                    )),
+                ))
+            })
+            .await?;
+        let body = frames
+            .first()
+            .and_then(|f| f.body.get(wire::MULTIPART_HDR..))
+            .ok_or_else(|| Error::protocol(&self.peer(), "empty aggregate stats reply"))?;
+        codec::parse_aggregate_stats(v, body).map_err(|r| Error::protocol(&self.peer(), r))
+    }
+
     async fn meter_mod(&self, command: u16, m: &Meter) -> Result<()> {
         self.run(|v, xid| {
             let first = xid();

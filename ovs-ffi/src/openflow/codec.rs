@@ -853,6 +853,51 @@ pub(crate) fn flow_stats_request(v: OfVersion, xid: u32, f: &FlowFilter) -> crat
     Ok(multipart_request(v, xid, wire::OFPMP_FLOW, &w.buf))
 }
 
+/// An aggregate stats request: its body has the layout of a flow stats request on 1.1 and later.
+pub(crate) fn aggregate_stats_request(
+    v: OfVersion,
+    xid: u32,
+    f: &FlowFilter,
+) -> crate::Result<Vec<u8>> {
+    let mut flow = flow_stats_request(v, xid, f)?;
+    // Same message but for the multipart type (after ofp_header).
+    flow[HDR..HDR + 2].copy_from_slice(&wire::OFPMP_AGGREGATE.to_be_bytes());
+    Ok(flow)
+}
+
+/// Parses the body of an aggregate stats reply (after the multipart header): the fixed
+/// `ofp_aggregate_stats_reply` before 1.5, an `ofp_stats` of OXS fields from 1.5 on.
+pub(crate) fn parse_aggregate_stats(v: OfVersion, body: &[u8]) -> DResult<AggregateStats> {
+    let r = Reader::new(body);
+    if v < OfVersion::V1_5 {
+        return Ok(AggregateStats {
+            packet_count: r.u64(off!(ofp_aggregate_stats_reply.packet_count))?,
+            byte_count: r.u64(off!(ofp_aggregate_stats_reply.byte_count))?,
+            flow_count: r.u32(off!(ofp_aggregate_stats_reply.flow_count))?,
+        });
+    }
+    let slen = usize::from(r.u16(2)?);
+    if slen < 4 {
+        return Err(format!("aggregate stats OXS length {slen}"));
+    }
+    let stats = r.sub(4, slen - 4)?;
+    let mut out = AggregateStats::default();
+    let mut i = 0;
+    while i < stats.len() {
+        let hdr = stats.u32(i)?;
+        let field = ((hdr >> 9) & 0x7f) as u8;
+        let l = (hdr & 0xff) as usize;
+        match (field, l) {
+            (3, 4) => out.flow_count = stats.u32(i + 4)?,
+            (4, 8) => out.packet_count = stats.u64(i + 4)?,
+            (5, 8) => out.byte_count = stats.u64(i + 4)?,
+            _ => {}
+        }
+        i += 4 + l;
+    }
+    Ok(out)
+}
+
 /// Parses the body of flow stats replies (after the multipart header).
 pub(crate) fn parse_flow_stats(v: OfVersion, body: &[u8]) -> DResult<Vec<FlowStats>> {
     let r = Reader::new(body);

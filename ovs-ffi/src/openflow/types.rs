@@ -806,6 +806,15 @@ pub struct FlowStats {
     pub duration: std::time::Duration,
 }
 
+/// The totals of the flows matching a filter, from an aggregate stats reply: how many there
+/// are, without transferring them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AggregateStats {
+    pub flow_count: u32,
+    pub packet_count: u64,
+    pub byte_count: u64,
+}
+
 /// One flow table change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowMod {

@@ -94,6 +94,7 @@ pub(crate) const NX_VENDOR_ID: u32 = sys::NX_VENDOR_ID;
 
 // Multipart types.
 pub(crate) const OFPMP_FLOW: u16 = 1;
+pub(crate) const OFPMP_AGGREGATE: u16 = 2;
 pub(crate) const OFPMP_METER: u16 = 9;
 pub(crate) const OFPMP_METER_CONFIG: u16 = 10;
 /// Size of the multipart request/reply header after `ofp_header` (type, flags, pad[4]).

@@ -14,6 +14,12 @@ const QOS_TABLE: u8 = 3;
 /// endpoint's creation, which holds the same lock, has finished).
 const OFPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often a reconcile pass compares every ARP proxy flow with OVS's even when nothing
+/// changed and OVS still counts as many: the repair of a flow changed in place behind our back.
+/// A missing or extra flow (ovs-ofctl del-flows, an ovs-vswitchd restart) changes the count and
+/// is repaired at the next pass.
+pub(super) const ARP_FULL_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The ARP proxy flows as last installed, by key: the baseline of [`Dataplane::update_arp`].
 #[derive(Default)]
 pub(super) struct ArpFlows {
@@ -22,9 +28,22 @@ pub(super) struct ArpFlows {
     by_key: HashMap<ArpKey, Vec<Flow>>,
     /// Keys with a local port's flows, by VLAN: a VLAN's fallback flow is there while it has one.
     local_vlans: BTreeMap<u16, usize>,
+    /// When OVS's flows were last dumped and compared, and the OVSDB connection and bridge
+    /// generation then: a new connection or a re-created bridge means a full sync.
+    pub(super) checked: Option<(std::time::Instant, u64, u64)>,
 }
 
 impl ArpFlows {
+    /// Whether `other` installs exactly the same flows.
+    pub(super) fn same_flows(&self, other: &ArpFlows) -> bool {
+        self.by_key == other.by_key && self.local_vlans == other.local_vlans
+    }
+
+    /// How many flows under the ARP cookie this is (the VLANs' fallbacks included).
+    pub(super) fn flow_count(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum::<usize>() + self.local_vlans.len()
+    }
+
     fn insert(&mut self, key: ArpKey, flows: Vec<Flow>) {
         if flows.len() > 1 {
             *self.local_vlans.entry(key.0).or_default() += 1;
