@@ -79,8 +79,8 @@ fn parse() -> Result<Opts> {
         o.vlans >= 1
             && o.base >= 2 * o.vlans
             && o.base <= o.hosts
-            && o.base % o.vlans == 0
-            && o.hosts % o.vlans == 0,
+            && o.base.is_multiple_of(o.vlans)
+            && o.hosts.is_multiple_of(o.vlans),
         "need --vlans >= 1, --base >= 2 x --vlans (two hosts per VLAN for the propagation), \
          --base <= --hosts, and both multiples of --vlans"
     );
