@@ -18,9 +18,11 @@ use crate::limits::IoLimits;
 use crate::spec::{human_size, parse_size, round_up_to_mib, validate_name, SpecPolicy, VolumeSpec};
 use crate::store::{MetaStore, Phase, ResizeIntent, VolumeRecord};
 
-/// How long a call waits for a volume another call holds: under the plugin call timeouts
-/// (`handlers.rs`, 50 s for the fast calls), so the answer is "busy" and nothing runs late.
-pub const VOLUME_LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How long a call waits for a volume another call holds: just under the plugin call timeout
+/// of the fast calls (`handlers.rs`, 50 s), so a call that could not start in time answers
+/// "busy" instead of starting after Docker gave up, and a call behind a slow clone or mount
+/// (tens of seconds on a loaded LVM host) still gets its turn.
+pub const VOLUME_LOCK_WAIT: Duration = Duration::from_secs(45);
 
 /// What `docker volume inspect` shows under Status, and what the admin CLI prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
