@@ -263,11 +263,8 @@ impl OvsDataplane {
         ]
     }
 
-    async fn ensure_bridge(&self) -> DpResult<bool> {
-        // Right after a start (socket activation hands over Docker's call within
-        // milliseconds) the first OVSDB connection may still be under way: wait for it a
-        // little, as for the mgmt socket, rather than fail a container's start. An OVS that
-        // is really down still fails the call within the bound.
+    /// Waits a little for the first OVSDB connection (a start under way), else unreachable.
+    async fn first_connection(&self) -> DpResult<()> {
         if !self.db.is_connected()
             && self
                 .db
@@ -277,6 +274,15 @@ impl OvsDataplane {
         {
             return Err(self.unreachable());
         }
+        Ok(())
+    }
+
+    async fn ensure_bridge(&self) -> DpResult<bool> {
+        // Right after a start (socket activation hands over Docker's call within
+        // milliseconds) the first OVSDB connection may still be under way: wait for it a
+        // little, as for the mgmt socket, rather than fail a container's start. An OVS that
+        // is really down still fails the call within the bound.
+        self.first_connection().await?;
         if self.bridge_owner() == BridgeOwner::Other {
             return Err(DataplaneError::Refused(format!(
                 "OVS bridge {b} exists and is not Berth's (no external_ids:{BRIDGE_LABEL}=true): \
@@ -751,15 +757,7 @@ impl Dataplane for OvsDataplane {
     fn portless_veths(&self) -> BoxFuture<'_, DpResult<Vec<String>>> {
         Box::pin(async move {
             // The first connection (and its monitor's rows) may still be under way at start.
-            if !self.db.is_connected()
-                && self
-                    .db
-                    .wait_connected(self.cfg.call_timeout.min(FIRST_CONNECT_WAIT))
-                    .await
-                    .is_err()
-            {
-                return Err(self.unreachable());
-            }
+            self.first_connection().await?;
             let veths = blocking(|| {
                 Ok(netlink::links()
                     .into_iter()
