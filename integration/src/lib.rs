@@ -7,6 +7,7 @@
 //!   or, with `BERTH_DOCKER=26`, Debian 13's 26.1 from a cached root ([`docker_root`]).
 //! - [`lab`]: the fleet lab: three hosts (own network + mount namespaces, dockerd, OVS,
 //!   netplugin, volplugin), a trunk switch and etcd on this one machine.
+//! - [`soak`]: the chaos soak's cycles and invariants, on one host or in the lab.
 //! - [`harness`]: a runner for `harness = false` test targets that share one expensive context
 //!   and need guaranteed teardown ([`harness::run`]), and [`harness::require_root_and_tools`].
 //!
@@ -24,6 +25,7 @@ pub mod netplugin;
 pub mod ovs;
 pub mod plugins;
 pub mod procs;
+pub mod soak;
 pub mod thin_guest;
 pub mod vm;
 

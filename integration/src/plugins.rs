@@ -378,48 +378,66 @@ impl Volplugin {
     /// Leftovers a crash could cause: loop devices on our images that no mount uses, image
     /// files with no volume, mounts under the mount root with no Docker mount counted.
     pub fn leftovers(&self) -> Result<Vec<String>> {
-        let volumes = self.admin_ls()?;
-        let known: Vec<String> = volumes
-            .iter()
-            .filter_map(|v| v["name"].as_str().map(str::to_string))
-            .collect();
-        let mounted_sources: Vec<String> =
-            mountinfo()?.into_iter().map(|(_, source)| source).collect();
-        let mut problems = Vec::new();
-        let images = self.images_dir().canonicalize()?;
-        for (dev, backing) in attached_loops() {
-            if backing.starts_with(&images) && !mounted_sources.contains(&dev) {
-                problems.push(format!("orphan loop device {dev} on {}", backing.display()));
-            }
-        }
-        for entry in std::fs::read_dir(&images)? {
-            let name = entry?.file_name().to_string_lossy().to_string();
-            let volume = name.trim_end_matches(".img");
-            if !known.iter().any(|k| k == volume) {
-                problems.push(format!("orphan image file {name}"));
-            }
-        }
-        let root = self.mount_root().canonicalize()?;
-        for (point, source) in mountinfo()? {
-            if let Ok(rest) = point.strip_prefix(&root) {
-                let volume = rest.to_string_lossy().to_string();
-                let counted = volumes
-                    .iter()
-                    .any(|v| v["name"] == volume.as_str() && v["mounts"].as_u64() > Some(0));
-                if !counted {
-                    problems.push(format!("stale mount of {source} at {}", point.display()));
-                }
-            }
-        }
-        Ok(problems)
+        volume_leftovers(
+            &self.admin_ls()?,
+            &self.images_dir(),
+            &self.mount_root(),
+            &mountinfo()?,
+        )
     }
+}
+
+/// Leftovers of a loopfile volplugin a crash could cause, given its `volume ls --json`, its
+/// images dir and mount root, and the mounts of its mount namespace: loop devices on its
+/// images that no mount uses, image files with no volume, mounts under the mount root with no
+/// Docker mount counted.
+pub fn volume_leftovers(
+    volumes: &[serde_json::Value],
+    images: &Path,
+    mount_root: &Path,
+    mounts: &[(PathBuf, String)],
+) -> Result<Vec<String>> {
+    let known: Vec<&str> = volumes.iter().filter_map(|v| v["name"].as_str()).collect();
+    let mounted_sources: Vec<&str> = mounts.iter().map(|(_, source)| source.as_str()).collect();
+    let mut problems = Vec::new();
+    let images = images.canonicalize()?;
+    for (dev, backing) in attached_loops() {
+        if backing.starts_with(&images) && !mounted_sources.contains(&dev.as_str()) {
+            problems.push(format!("orphan loop device {dev} on {}", backing.display()));
+        }
+    }
+    for entry in std::fs::read_dir(&images)? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        let volume = name.trim_end_matches(".img");
+        if !known.contains(&volume) {
+            problems.push(format!("orphan image file {name}"));
+        }
+    }
+    let root = mount_root.canonicalize()?;
+    for (point, source) in mounts {
+        if let Ok(rest) = point.strip_prefix(&root) {
+            let volume = rest.to_string_lossy().to_string();
+            let counted = volumes
+                .iter()
+                .any(|v| v["name"] == volume.as_str() && v["mounts"].as_u64() > Some(0));
+            if !counted {
+                problems.push(format!("stale mount of {source} at {}", point.display()));
+            }
+        }
+    }
+    Ok(problems)
 }
 
 /// (mount point, source) of every mount in this namespace.
 pub fn mountinfo() -> Result<Vec<(PathBuf, String)>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(text
-        .lines()
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+/// (mount point, source) of every line of a `/proc/PID/mountinfo`.
+pub fn parse_mountinfo(text: &str) -> Vec<(PathBuf, String)> {
+    text.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let point = left.split(' ').nth(4)?;
@@ -429,7 +447,7 @@ pub fn mountinfo() -> Result<Vec<(PathBuf, String)>> {
                 source.to_string(),
             ))
         })
-        .collect())
+        .collect()
 }
 
 /// (device, backing file) of every attached loop device.

@@ -13,8 +13,9 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
 use super::node::{kill_all, pids_in_cgroup, run_ok, Node};
-use crate::plugins::docker_call;
+use crate::plugins::{docker_call, parse_mountinfo, volume_leftovers};
 use crate::procs::{run_with_timeout, tail_file, wait_until, Daemon};
+use crate::soak::{is_berth_veth, SoakHost, Target};
 
 /// The trunk interface of every host (one end of a veth pair; the other is a switch port).
 pub const UPLINK: &str = "up0";
@@ -362,6 +363,23 @@ impl Host {
         Ok(())
     }
 
+    /// kill -9 of volplugin only.
+    pub fn kill9_volplugin(&self) -> Result<()> {
+        if let Some(mut d) = self.procs().volplugin.take() {
+            d.kill9()?;
+        }
+        Ok(())
+    }
+
+    /// kill -9 of ovs-vswitchd only (ovsdb-server keeps the configuration;
+    /// [`Host::start_ovs`] starts it again).
+    pub fn kill9_vswitchd(&self) -> Result<()> {
+        if let Some(mut d) = self.procs().vswitchd.take() {
+            d.kill9()?;
+        }
+        Ok(())
+    }
+
     /// SIGTERM of netplugin (it must exit cleanly).
     pub fn stop_netplugin(&self) -> Result<()> {
         if let Some(mut d) = self.procs().netplugin.take() {
@@ -552,6 +570,22 @@ impl Host {
         serde_json::from_str(&text).with_context(|| format!("netplugin {args:?}: {text}"))
     }
 
+    /// volplugin's admin socket (`/run/berth/volplugin.sock` inside).
+    pub fn vol_admin_socket(&self) -> PathBuf {
+        self.node.run_dir().join("berth/volplugin.sock")
+    }
+
+    /// `volplugin ARGS --json --admin-socket <this host's>`, decoded.
+    pub fn volplugin_json(&self, args: &[&str]) -> Result<Value> {
+        let mut c = Command::new(&self.bins.volplugin);
+        c.args(args)
+            .arg("--json")
+            .arg("--admin-socket")
+            .arg(self.vol_admin_socket());
+        let text = run_ok(c, &format!("volplugin admin on host {}", self.name))?;
+        serde_json::from_str(&text).with_context(|| format!("volplugin {args:?}: {text}"))
+    }
+
     /// A Docker plugin-protocol call on netplugin's socket, as dockerd makes it.
     pub fn net_call(&self, method: &str, body: Option<&str>) -> Result<(u16, Value)> {
         docker_call(&self.net_plugin_socket(), method, body)
@@ -683,4 +717,92 @@ pub fn n_packets(dump: &str, has: &[&str]) -> u64 {
                 .and_then(|n| n.parse::<u64>().ok())
         })
         .sum()
+}
+
+/// A lab host in the fleet soak (`bin/soak_fleet.rs`).
+impl SoakHost for Host {
+    fn label(&self) -> String {
+        format!("host {}", self.name)
+    }
+
+    fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    fn docker_with(&self, args: &[&str], timeout: Duration) -> Output {
+        Host::docker_with(self, args, timeout)
+    }
+
+    fn kill9(&self, target: Target) -> Result<()> {
+        match target {
+            Target::Netplugin => self.kill9_netplugin(),
+            Target::Volplugin => self.kill9_volplugin(),
+            Target::Vswitchd => self.kill9_vswitchd(),
+        }
+    }
+
+    fn restart(&self, target: Target) -> Result<()> {
+        match target {
+            Target::Netplugin => self.start_netplugin(),
+            Target::Volplugin => self.start_volplugin(),
+            Target::Vswitchd => self.start_ovs(),
+        }
+    }
+
+    fn ports(&self) -> Result<Vec<String>> {
+        Ok(self
+            .vsctl(&["list-ports", BRIDGE])?
+            .lines()
+            .filter(|l| !l.is_empty() && *l != UPLINK)
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn veths(&self) -> Result<Vec<String>> {
+        // `7: vb0123456789@if6: <BROADCAST,...`
+        Ok(self
+            .node
+            .ip(&["-o", "link", "show"])?
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| is_berth_veth(n))
+            .collect())
+    }
+
+    fn endpoints(&self) -> Result<Vec<Value>> {
+        Ok(self
+            .netplugin_json(&["endpoint", "ls"])?
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn allocated(&self, subnet: &str) -> Result<u64> {
+        let pool = self.netplugin_json(&["pool", "show", subnet])?;
+        pool["allocated"]
+            .as_u64()
+            .with_context(|| format!("pool show {subnet}: {pool}"))
+    }
+
+    fn volumes(&self) -> Result<Vec<Value>> {
+        match self.volplugin_json(&["volume", "ls"])? {
+            Value::Array(list) => Ok(list),
+            other => bail!(
+                "host {}: volume ls --json is not a list: {other}",
+                self.name
+            ),
+        }
+    }
+
+    /// The mounts are those of the host's mount namespace.
+    fn volume_leftovers(&self) -> Result<Vec<String>> {
+        let state = self.node.dir.join("vol-state");
+        volume_leftovers(
+            &self.volumes()?,
+            &state.join("images"),
+            &state.join("mounts"),
+            &parse_mountinfo(&self.node.run("cat", &["/proc/self/mountinfo"])?),
+        )
+    }
 }
