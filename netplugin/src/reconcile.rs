@@ -18,18 +18,40 @@ use crate::network::Service;
 const RECONNECT_POLL: Duration = Duration::from_millis(200);
 
 /// Runs until `shutdown` turns true. A failure is logged once until it changes or heals, so
-/// an OVS that stays down does not flood the log.
-pub async fn run(svc: Arc<Service>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+/// an OVS that stays down does not flood the log. The full passes and the ARP pushes run as
+/// two tasks: a pass can take seconds on a busy host with many ports, and an endpoint change
+/// of another host must not wait for it (they share only the ARP proxy's lock, which the pass
+/// takes for its last step).
+pub async fn run(svc: Arc<Service>, interval: Duration, shutdown: watch::Receiver<bool>) {
     let changed = Arc::new(Notify::new());
+    let pass_now = Arc::new(Notify::new());
     let stop = Arc::new(AtomicBool::new(false));
     watch_endpoints(svc.clone(), changed.clone(), stop.clone());
+    let pushes = tokio::spawn(push_changes(
+        svc.clone(),
+        changed,
+        pass_now.clone(),
+        shutdown.clone(),
+    ));
+    passes(svc, interval, pass_now, shutdown).await;
+    stop.store(true, Ordering::SeqCst);
+    if let Err(e) = pushes.await {
+        warn!(error = %e, "the ARP push task ended abnormally");
+    }
+}
+
+/// Full passes: when OVS (re)appears, every `interval`, and at once when `pass_now` is
+/// notified.
+async fn passes(
+    svc: Arc<Service>,
+    interval: Duration,
+    pass_now: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut was_connected = false;
     let mut last_error = String::new();
     loop {
         let connected = svc.dataplane().connected();
-        // The limits this pass applies; a watch event that changes them asks for a pass at
-        // once (a `set-limits` run on another host is in force here within moments).
-        let mut applied_limits = svc.local_limits();
         if connected {
             match svc.reconcile().await {
                 Ok(report) => {
@@ -60,44 +82,55 @@ pub async fn run(svc: Arc<Service>, interval: Duration, mut shutdown: watch::Rec
         }
         was_connected = connected && last_error.is_empty();
         let next_pass = Instant::now() + if connected { interval } else { RECONNECT_POLL };
-        // Until the next full pass: ARP-only passes whenever endpoints change.
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next_pass) => break,
-                _ = changed.notified() => {
-                    if !was_connected {
-                        continue;
-                    }
-                    // Changes that arrive meanwhile are marked in the view and taken by the
-                    // next push: a burst needs no extra wait to be batched.
-                    match svc.push_arp().await {
-                        Ok((added, removed)) if added + removed > 0 => {
-                            debug!(added, removed, "ARP proxy flows follow an endpoint change");
-                        }
-                        Ok(_) => {}
-                        // The next push or full pass retries and reports it.
-                        Err(e) => debug!(error = %e, "ARP proxy update failed"),
-                    }
-                    // Only a changed limit of an endpoint the pass knew: a new endpoint got its
-                    // meters when it was created, a removed one has none left.
-                    if let Some(now) = svc.local_limits() {
-                        let changed_limit = applied_limits.as_ref().is_some_and(|before| {
-                            now.iter()
-                                .any(|(id, l)| before.get(id).is_some_and(|b| b != l))
-                        });
-                        if changed_limit {
-                            debug!("a local endpoint's limits changed in the store: a pass now");
-                            break;
-                        }
-                        applied_limits = Some(now);
-                    }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_pass) => {}
+            _ = pass_now.notified() => {}
+            // (The guard wait_for returns must not live across the other branch's awaits.)
+            _ = async { drop(shutdown.wait_for(|s| *s).await) } => return,
+        }
+    }
+}
+
+/// ARP-only pushes whenever the view changes; asks for a pass at once when a local
+/// endpoint's limits changed in the store (a `set-limits` run on another host of the fleet is
+/// in force here within moments).
+async fn push_changes(
+    svc: Arc<Service>,
+    changed: Arc<Notify>,
+    pass_now: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut known_limits = svc.local_limits();
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = async { drop(shutdown.wait_for(|s| *s).await) } => return,
+        }
+        // While OVS is away the pass that follows its return syncs everything.
+        if svc.dataplane().connected() {
+            // Changes that arrive meanwhile are marked in the view and taken by the next
+            // push: a burst needs no extra wait to be batched.
+            match svc.push_arp().await {
+                Ok((added, removed)) if added + removed > 0 => {
+                    debug!(added, removed, "ARP proxy flows follow an endpoint change");
                 }
-                // (The guard wait_for returns must not live across the other branch's awaits.)
-                _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
-                    stop.store(true, Ordering::SeqCst);
-                    return;
-                }
+                Ok(_) => {}
+                // The next push or full pass retries and reports it.
+                Err(e) => debug!(error = %e, "ARP proxy update failed"),
             }
+        }
+        // Only a changed limit of an endpoint already known: a new endpoint got its meters
+        // when it was created, a removed one has none left.
+        if let Some(now) = svc.local_limits() {
+            let changed_limit = known_limits.as_ref().is_some_and(|before| {
+                now.iter()
+                    .any(|(id, l)| before.get(id).is_some_and(|b| b != l))
+            });
+            if changed_limit {
+                debug!("a local endpoint's limits changed in the store: a pass now");
+                pass_now.notify_one();
+            }
+            known_limits = Some(now);
         }
     }
 }
@@ -283,6 +316,46 @@ mod tests {
             "a full ARP sync"
         );
         assert!(dp.arp_updates.load(Ordering::SeqCst) >= 3);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// A pass stuck in the datapath (a busy ovsdb-server, a host with many ports) does not
+    /// hold back other hosts' endpoint changes: the ARP push runs beside it.
+    #[tokio::test]
+    async fn an_endpoint_change_is_pushed_while_a_pass_is_stuck() {
+        let dp = Arc::new(FakeDataplane::new());
+        let store = counting();
+        let local = endpoint(1, "h1", 100, 1);
+        write(&*store, &local);
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(run(
+            service_on(dp.clone(), store.clone()),
+            Duration::from_millis(100),
+            shutdown,
+        ));
+        eventually("the local endpoint answered for", || {
+            answers(&dp) == vec![answer(&local)]
+        })
+        .await;
+        dp.hold("reassert");
+        // Each finished pass ends with a full ARP sync.
+        let passes = dp.arp_syncs.load(Ordering::SeqCst);
+        // The next pass starts and stays in reassert.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let remote = endpoint(2, "h2", 100, 2);
+        write(&*store, &remote);
+        eventually(
+            "another host's new endpoint answered for during the pass",
+            || answers(&dp) == vec![answer(&local), answer(&remote)],
+        )
+        .await;
+        assert_eq!(
+            dp.arp_syncs.load(Ordering::SeqCst),
+            passes,
+            "a pass finished meanwhile: the test proves nothing"
+        );
+        dp.release("reassert");
         stop.send(true).unwrap();
         task.await.unwrap();
     }

@@ -456,7 +456,7 @@ impl Service {
     /// Brings the ARP proxy to the view's changes since the last push: only the changed keys'
     /// flows, or all of them after a listing or a failure. Returns (added, removed).
     pub async fn push_arp(&self) -> NetResult<(usize, usize)> {
-        let _pass = self.lock_pass("ARP push").await?;
+        let _arp = self.lock_arp("ARP push").await?;
         let changes = self.fleet().take_changes();
         let result = match changes {
             Some(c) if c.is_empty() => return Ok((0, 0)),

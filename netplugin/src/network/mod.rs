@@ -72,7 +72,8 @@ pub struct Service {
     config: NetConfig,
     latencies: Latencies,
     /// One lock per endpoint (`endpoint <id>`), per network (`network <id>`) and for the
-    /// reconcile pass with the ARP pushes ([`PASS_KEY`]); waits are bounded ([`LockWaits`]).
+    /// reconcile pass ([`PASS_KEY`]) and for the ARP proxy's flows ([`ARP_KEY`]); waits are
+    /// bounded ([`LockWaits`]).
     /// No lock is held across the whole host: a slow call stalls only its own object.
     locks: KeyedLocks,
     lock_waits: LockWaits,
@@ -89,9 +90,10 @@ pub struct Service {
     fleet: std::sync::Mutex<FleetView>,
 }
 
-/// The key of [`KeyedLocks`] that serializes reconcile passes and ARP pushes (not a Docker id:
-/// those are `[A-Za-z0-9_.-]`).
+/// The keys of [`KeyedLocks`] that serialize reconcile passes, and the ARP proxy's flows
+/// (ARP pushes, and a pass's last step). Not Docker ids: those are `[A-Za-z0-9_.-]`.
 const PASS_KEY: &str = "the reconcile pass";
+const ARP_KEY: &str = "the ARP proxy";
 
 /// How long a call waits for its object's lock before it answers "busy".
 #[derive(Debug, Clone, Copy)]
@@ -251,6 +253,13 @@ impl Service {
 
     pub(super) async fn lock_pass(&self, operation: &'static str) -> NetResult<KeyGuard<'_>> {
         self.lock_key(PASS_KEY, operation, self.lock_waits.pass)
+            .await
+    }
+
+    /// Taken after [`PASS_KEY`] by a pass, alone by an ARP push: a push never waits for a
+    /// pass's work on ports and flows, only for its ARP sync.
+    pub(super) async fn lock_arp(&self, operation: &'static str) -> NetResult<KeyGuard<'_>> {
+        self.lock_key(ARP_KEY, operation, self.lock_waits.pass)
             .await
     }
 
@@ -840,6 +849,7 @@ impl Service {
         self.local_changes.overlay(&mut plans);
         let mut report = self.dp.reassert(&plans).await.map_err(NetError::Datapath)?;
         self.prune(&plans, force_prune, &mut report).await?;
+        let _arp = self.lock_arp("reconcile pass").await?;
         (report.arp_flows_added, report.arp_flows_removed) = self
             .dp
             .sync_arp(&self.arp_full_entries(&all))
