@@ -10,7 +10,8 @@
 //! - Endpoints on networks this Docker does not know are never touched: a different dockerd on
 //!   the socket (or none) must not make us release what another one uses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::network::{ReleaseReason, Service};
+use crate::network::{ReleaseReason, Service, UnlinkedAddress};
 use crate::state::{now, short, EndpointRecord};
 
 /// The driver name Docker records for our networks.
@@ -37,10 +38,12 @@ pub enum Attachment {
     Listed(Option<String>),
 }
 
-/// Docker's networks of our driver: network id → endpoint id → container id.
+/// Docker's networks of our driver: network id → endpoint id → container id; and the
+/// addresses Docker uses on each (its endpoints', the gateway, `--aux-address`es).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DockerView {
     pub networks: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    pub addresses: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
 impl DockerView {
@@ -48,10 +51,12 @@ impl DockerView {
     /// `ep-<endpoint id>` for an endpoint that has no container.
     pub fn from_inspects(inspects: &[Value]) -> Self {
         let mut networks = BTreeMap::new();
+        let mut addresses = BTreeMap::new();
         for net in inspects {
             let Some(id) = net["Id"].as_str() else {
                 continue;
             };
+            addresses.insert(id.to_string(), addresses_in_use(net));
             let endpoints = net["Containers"]
                 .as_object()
                 .into_iter()
@@ -64,7 +69,28 @@ impl DockerView {
                 .collect();
             networks.insert(id.to_string(), endpoints);
         }
-        Self { networks }
+        Self {
+            networks,
+            addresses,
+        }
+    }
+
+    /// Whether Docker uses `ip` on any of `networks` (None: it knows none of them, so it is
+    /// not ours to judge).
+    pub fn uses_address<'a>(
+        &self,
+        mut networks: impl Iterator<Item = &'a String>,
+        ip: Ipv4Addr,
+    ) -> Option<bool> {
+        let mut known = false;
+        let used = networks.any(|n| match self.addresses.get(n) {
+            Some(set) => {
+                known = true;
+                set.contains(&ip)
+            }
+            None => false,
+        });
+        known.then_some(used)
     }
 
     pub fn attachment(&self, network_id: &str, endpoint_id: &str) -> Attachment {
@@ -76,6 +102,27 @@ impl DockerView {
             },
         }
     }
+}
+
+/// The addresses a network inspect shows in use: each endpoint's `IPv4Address`, and the IPAM
+/// config's `Gateway` and `AuxiliaryAddresses` (Docker holds those without an endpoint).
+fn addresses_in_use(net: &Value) -> BTreeSet<Ipv4Addr> {
+    let plain = |v: &Value| -> Option<Ipv4Addr> { v.as_str()?.split('/').next()?.parse().ok() };
+    let endpoints = net["Containers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, ep)| plain(&ep["IPv4Address"]));
+    let config = net["IPAM"]["Config"].as_array().into_iter().flatten();
+    let reserved = config.flat_map(|c| {
+        let aux = c["AuxiliaryAddresses"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, v)| plain(v));
+        plain(&c["Gateway"]).into_iter().chain(aux)
+    });
+    endpoints.chain(reserved).collect()
 }
 
 /// Docker's current view: its berth-net networks, each inspected.
@@ -122,6 +169,9 @@ pub struct LeakTracker {
     grace: Option<Duration>,
     missing_since: HashMap<String, Instant>,
     reported: HashMap<String, Instant>,
+    /// The same for addresses held for no endpoint, by record key.
+    unused_since: HashMap<String, Instant>,
+    reported_addresses: HashMap<String, Instant>,
 }
 
 impl LeakTracker {
@@ -130,7 +180,54 @@ impl LeakTracker {
             grace,
             missing_since: HashMap::new(),
             reported: HashMap::new(),
+            unused_since: HashMap::new(),
+            reported_addresses: HashMap::new(),
         }
+    }
+
+    /// This host's addresses held for no endpoint (`unlinked`) that Docker has used on none of
+    /// the networks of their pool (`pools`: network id → pool id) for the grace period, and
+    /// are at least that old: a ReleaseAddress Docker sent while the plugin was down (it
+    /// ignores the error). Docker holds an address without an endpoint only for a moment
+    /// (RequestAddress, then CreateEndpoint), or as a gateway or `--aux-address`, which it
+    /// shows. Pools of networks this Docker does not know are never touched.
+    pub fn plan_addresses(
+        &mut self,
+        view: &DockerView,
+        unlinked: &[UnlinkedAddress],
+        pools: &HashMap<String, String>,
+        now: Instant,
+        now_unix: u64,
+    ) -> Vec<UnlinkedAddress> {
+        let mut release = Vec::new();
+        let mut still_unused = HashMap::new();
+        for a in unlinked {
+            let networks = pools
+                .iter()
+                .filter(|(_, pool)| **pool == a.pool_id)
+                .map(|(net, _)| net);
+            if view.uses_address(networks, a.address) != Some(false) {
+                continue;
+            }
+            let since = *self.unused_since.get(&a.key).unwrap_or(&now);
+            still_unused.insert(a.key.clone(), since);
+            let Some(grace) = self.grace else {
+                if !self.reported_addresses.contains_key(&a.key) {
+                    warn!(address = %a.address, pool = %a.pool_id,
+                        "this host holds an address for no endpoint and Docker does not use it (a lost ReleaseAddress?); it stays held without --release-leaked-after");
+                    self.reported_addresses.insert(a.key.clone(), now);
+                }
+                continue;
+            };
+            let old_enough = now_unix.saturating_sub(a.created_at) >= grace.as_secs();
+            if old_enough && now.duration_since(since) >= grace {
+                release.push(a.clone());
+            }
+        }
+        self.reported_addresses
+            .retain(|k, _| still_unused.contains_key(k));
+        self.unused_since = still_unused;
+        release
     }
 
     /// `labels`: host interface → the container id its OVS interface carries now.
@@ -237,13 +334,38 @@ async fn sweep(
             debug!(endpoint = %short(&ep.id), error = %e, "labelling the port with its container failed; retrying");
         }
     }
-    if plan.release.is_empty() {
+    let addresses = match svc.unlinked_addresses() {
+        Some((unlinked, pools)) => {
+            tracker.plan_addresses(view, &unlinked, &pools, Instant::now(), now())
+        }
+        None => Vec::new(),
+    };
+    if plan.release.is_empty() && addresses.is_empty() {
         return Ok(());
     }
     // Releasing is not undone by anything: ask Docker once more right before.
     let Ok(fresh) = fetch_view(docker).await else {
         return Ok(());
     };
+    if !addresses.is_empty() {
+        // The pools as of now, too: a network created meanwhile may use one.
+        let pools = svc
+            .unlinked_addresses()
+            .map(|(_, pools)| pools)
+            .unwrap_or_default();
+        for a in &addresses {
+            let networks = pools
+                .iter()
+                .filter(|(_, pool)| **pool == a.pool_id)
+                .map(|(net, _)| net);
+            if fresh.uses_address(networks, a.address) != Some(false) {
+                continue;
+            }
+            if let Err(e) = svc.release_unlinked_address(a).await {
+                warn!(address = %a.address, error = %e, "releasing an unused address failed; retrying");
+            }
+        }
+    }
     for ep in &plan.release {
         if fresh.attachment(&ep.network_id, &ep.id) != Attachment::Missing {
             continue;

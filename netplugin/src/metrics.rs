@@ -105,6 +105,12 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
         "Endpoints of this host released outside Docker's DeleteEndpoint: reason=leaked (Docker no longer listed them for --release-leaked-after), reason=admin (`netplugin endpoint release`)",
         released.clone(),
     );
+    let addresses_released: Counter = Counter::default();
+    metrics.register(
+        "addresses_released",
+        "Addresses this host held for no endpoint that Docker used nowhere, released by the leak sweep after --release-leaked-after (a ReleaseAddress Docker sent while the plugin was down)",
+        addresses_released.clone(),
+    );
     let dropped: Family<DropLabel, Gauge> = Family::default();
     metrics.register(
         "rate_limit_dropped_packets",
@@ -145,6 +151,10 @@ pub fn register(metrics: &plugin_transport::metrics::Metrics, svc: Arc<Service>)
         let lost = svc.ipam().lost_races();
         if lost > lost_races.get() {
             lost_races.inc_by(lost - lost_races.get());
+        }
+        let released_addresses = svc.released_addresses();
+        if released_addresses > addresses_released.get() {
+            addresses_released.inc_by(released_addresses - addresses_released.get());
         }
         let (leaked, by_admin) = svc.released_counts();
         for (reason, now) in [("leaked", leaked), ("admin", by_admin)] {

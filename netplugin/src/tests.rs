@@ -759,6 +759,71 @@ async fn same_network_on_two_hosts() {
     assert!(show.addresses.iter().any(|x| x.held_by.contains("gateway")));
 }
 
+/// An address held for no endpoint that Docker uses nowhere is released after the grace
+/// period; one Docker shows (an endpoint's, the gateway, an aux address) or on a pool of a
+/// network this Docker does not know, never.
+#[test]
+fn unused_address_plan() {
+    use crate::docker_sync::{DockerView, LeakTracker};
+    use crate::network::UnlinkedAddress;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    let unlinked = |ip: &str, pool: &str| UnlinkedAddress {
+        key: format!("addrs/{pool}/{ip}"),
+        pool_id: pool.into(),
+        address: ip.parse().unwrap(),
+        created_at: 1_000,
+    };
+    let all = [
+        unlinked("10.231.8.7", "p1"),
+        unlinked("10.231.8.9", "p1"),
+        unlinked("10.231.8.10", "p1"),
+        unlinked("10.231.8.1", "p1"),
+        unlinked("10.231.9.7", "p2"),
+    ];
+    let pools: HashMap<String, String> = [(N1.to_string(), "p1".to_string())].into();
+    let view = DockerView::from_inspects(&[json!({
+        "Id": N1,
+        "IPAM": {"Config": [{"Subnet": "10.231.8.0/24", "Gateway": "10.231.8.1",
+                             "AuxiliaryAddresses": {"router": "10.231.8.10"}}]},
+        "Containers": {"c0ffee": {"EndpointID": E1, "IPv4Address": "10.231.8.9/24"}},
+    })]);
+    let grace = Duration::from_secs(60);
+    let mut tracker = LeakTracker::new(Some(grace));
+    let start = Instant::now();
+    assert!(
+        tracker
+            .plan_addresses(&view, &all, &pools, start, 1_000)
+            .is_empty(),
+        "young, first sighting"
+    );
+    let later = start + grace;
+    let released: Vec<String> = tracker
+        .plan_addresses(&view, &all, &pools, later, 1_060)
+        .iter()
+        .map(|a| a.address.to_string())
+        .collect();
+    assert_eq!(released, ["10.231.8.7"]);
+    // Docker using it again resets the clock.
+    let back = DockerView::from_inspects(&[json!({
+        "Id": N1,
+        "Containers": {"c1": {"EndpointID": E2, "IPv4Address": "10.231.8.7/24"}},
+    })]);
+    assert!(tracker
+        .plan_addresses(&back, &all, &pools, later, 1_060)
+        .is_empty());
+    assert!(tracker
+        .plan_addresses(&view, &all, &pools, later, 1_060)
+        .is_empty());
+    // With `off`: reported, never released.
+    let mut off = LeakTracker::new(None);
+    off.plan_addresses(&view, &all, &pools, start, 1_000);
+    assert!(off
+        .plan_addresses(&view, &all, &pools, later, 1_060)
+        .is_empty());
+}
+
 #[tokio::test]
 async fn leaked_endpoint_release_and_labels() {
     use crate::dataplane::Dataplane;

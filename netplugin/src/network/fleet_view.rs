@@ -35,7 +35,7 @@ use super::Service;
 use crate::dataplane::{ArpChange, ArpEntry, ArpKey};
 use crate::error::{NetError, NetResult};
 use crate::state::{
-    addr_key, decode, store_op, AddrRecord, EndpointRecord, NetworkRecord, RateLimits,
+    addr_key, decode, store_op, AddrKind, AddrRecord, EndpointRecord, NetworkRecord, RateLimits,
 };
 use crate::store::{Event, KeyValue, Listing};
 
@@ -76,6 +76,17 @@ struct NetworkPool {
     vlan: u16,
 }
 
+/// An address this host holds for an endpoint, with no endpoint linked to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlinkedAddress {
+    /// Its record's key (`addrs/<pool>/<hex>`).
+    pub key: String,
+    pub pool_id: String,
+    pub address: std::net::Ipv4Addr,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
 /// The fleet's endpoint records as of their watch's revision, indexed for the ARP proxy, with
 /// what decides who holds an address: the address records naming an endpoint and the
 /// networks' pools.
@@ -97,6 +108,9 @@ pub struct FleetView {
     holders: HashMap<String, (String, i64)>,
     /// Network id → its pool and VLAN, and the revision it was written at.
     networks: HashMap<String, (NetworkPool, i64)>,
+    /// This host's addresses held for an endpoint that none is linked to (yet), by record key:
+    /// what a ReleaseAddress lost while the plugin was down leaves behind (`docker_sync.rs`).
+    unlinked: HashMap<String, UnlinkedAddress>,
     /// Keys and whole VLANs whose answers may have changed since the datapath was told.
     dirty: BTreeSet<ArpKey>,
     dirty_vlans: BTreeSet<u16>,
@@ -155,7 +169,10 @@ impl FleetView {
         };
         match source {
             Source::Endpoints => self.remove(id).is_some(),
-            Source::Addresses => self.set_holder(key, None),
+            Source::Addresses => {
+                self.unlinked.remove(key);
+                self.set_holder(key, None)
+            }
             Source::Networks => self.set_network(id, None),
         }
     }
@@ -220,9 +237,26 @@ impl FleetView {
             Err(e) => {
                 // Unreadable: nobody is answered for by it (the endpoint claiming it is not).
                 warn!(error = %e, "address record skipped by the ARP proxy");
+                self.unlinked.remove(&kv.key);
                 return self.set_holder(&kv.key, None);
             }
         };
+        if record.host_id == self.host_id
+            && record.kind == AddrKind::Address
+            && record.endpoint_id.is_none()
+        {
+            self.unlinked.insert(
+                kv.key.clone(),
+                UnlinkedAddress {
+                    key: kv.key.clone(),
+                    pool_id: record.pool_id.clone(),
+                    address: record.address,
+                    created_at: record.created_at,
+                },
+            );
+        } else {
+            self.unlinked.remove(&kv.key);
+        }
         if let Some((_, rev)) = self.holders.get(&kv.key) {
             if *rev >= kv.mod_revision {
                 return false;
@@ -289,6 +323,19 @@ impl FleetView {
             }
         }
         true
+    }
+
+    /// This host's addresses with no endpoint linked.
+    pub fn unlinked(&self) -> Vec<UnlinkedAddress> {
+        self.unlinked.values().cloned().collect()
+    }
+
+    /// Network id → its pool id.
+    pub fn network_pools(&self) -> HashMap<String, String> {
+        self.networks
+            .iter()
+            .filter_map(|(id, (n, _))| Some((id.clone(), n.pool_id.clone()?)))
+            .collect()
     }
 
     /// This host's endpoints' limits, by endpoint id: what a full pass applies to the meters.
@@ -413,6 +460,14 @@ impl Service {
     pub fn local_limits(&self) -> Option<BTreeMap<String, RateLimits>> {
         let view = self.fleet();
         view.listed().then(|| view.local_limits())
+    }
+
+    /// This host's addresses with no endpoint linked, and each network's pool (None until the
+    /// view is listed).
+    pub fn unlinked_addresses(&self) -> Option<(Vec<UnlinkedAddress>, HashMap<String, String>)> {
+        let view = self.fleet();
+        view.listed()
+            .then(|| (view.unlinked(), view.network_pools()))
     }
 
     pub(super) fn fleet(&self) -> MutexGuard<'_, FleetView> {
@@ -685,6 +740,39 @@ mod tests {
 
     fn answer_for(v: &mut FleetView, key: ArpKey) -> Option<ArpEntry> {
         v.take_all().into_iter().find(|e| e.key() == key)
+    }
+
+    /// The view keeps this host's addresses held for no endpoint (what a lost ReleaseAddress
+    /// leaves), and only those: not another host's, not one an endpoint is linked to.
+    #[test]
+    fn unlinked_addresses_are_this_hosts_without_an_endpoint() {
+        let mut v = FleetView::new("b");
+        v.reset(&[(Source::Networks, &[], 1)]);
+        apply(&mut v, network(200, 2));
+        assert_eq!(v.network_pools().get("n").map(String::as_str), Some("p"));
+        let ips = |v: &FleetView| -> Vec<String> {
+            let mut l: Vec<String> = v.unlinked().iter().map(|a| a.address.to_string()).collect();
+            l.sort();
+            l
+        };
+        apply(&mut v, address("10.0.0.5", None, 3));
+        apply(&mut v, address("10.0.0.6", Some("e6"), 4));
+        assert_eq!(ips(&v), ["10.0.0.5"]);
+        // CreateEndpoint links it.
+        apply(&mut v, address("10.0.0.5", Some("e5"), 5));
+        assert!(ips(&v).is_empty());
+        // Released, then taken again by a RequestAddress with no endpoint yet.
+        let key = addr_key("p", "10.0.0.5".parse().unwrap());
+        apply(&mut v, delete(Source::Addresses, key.clone(), 6));
+        apply(&mut v, address("10.0.0.5", None, 7));
+        assert_eq!(ips(&v), ["10.0.0.5"]);
+        apply(&mut v, delete(Source::Addresses, key, 8));
+        assert!(ips(&v).is_empty());
+        // Another host's address is never this host's to release.
+        let mut other = FleetView::new("a");
+        other.reset(&[(Source::Addresses, &[], 1)]);
+        apply(&mut other, address("10.0.0.9", None, 2));
+        assert!(ips(&other).is_empty());
     }
 
     /// Answers only on VLANs with a local port; the first local port brings its VLAN's

@@ -16,7 +16,7 @@ mod local_changes;
 mod options;
 
 pub use admin::{AddressView, EndpointView, NetworkView, PoolView, Stats};
-pub use fleet_view::FleetView;
+pub use fleet_view::{FleetView, UnlinkedAddress};
 pub use latency::{Latencies, LatencySummary};
 pub use limits::{EndpointLimits, LimitsChange, LimitsReport};
 
@@ -81,6 +81,8 @@ pub struct Service {
     local_changes: LocalChanges,
     /// Endpoints released because Docker no longer knew them, and by `endpoint release`.
     released_leaked: AtomicU64,
+    /// Addresses released by the sweep: held for no endpoint, and Docker used none of them.
+    released_addresses: AtomicU64,
     released_by_admin: AtomicU64,
     /// Ports a reconcile pass left alone (not this host's label), logged once each.
     prune_logged: std::sync::Mutex<BTreeSet<String>>,
@@ -225,6 +227,7 @@ impl Service {
             lock_waits: LockWaits::default(),
             local_changes: LocalChanges::default(),
             released_leaked: AtomicU64::new(0),
+            released_addresses: AtomicU64::new(0),
             released_by_admin: AtomicU64::new(0),
             prune_logged: Default::default(),
             prune_held: Default::default(),
@@ -769,6 +772,30 @@ impl Service {
         warn!(endpoint = %release.endpoint_id, network = %release.network_id, address = %release.address,
             address_released, ?reason, datapath_error = ?release.datapath_error, "endpoint released outside Docker");
         Ok(release)
+    }
+
+    /// Releases an address this host holds for no endpoint, that Docker does not use (the
+    /// caller's check): what a ReleaseAddress lost while the plugin was down leaves. The
+    /// store's record is read again and released only if it still names no endpoint (a
+    /// CreateEndpoint linking it meanwhile wins). Whether it was released.
+    pub async fn release_unlinked_address(&self, address: &UnlinkedAddress) -> NetResult<bool> {
+        let ipam = self.ipam.clone();
+        let (pool, ip) = (address.pool_id.clone(), address.address.to_string());
+        let released = store_op("release an unused address", move || {
+            ipam.release_unused(&pool, &ip)
+        })
+        .await?;
+        if released {
+            self.released_addresses.fetch_add(1, Ordering::Relaxed);
+            warn!(address = %address.address, pool = %address.pool_id,
+                "address released outside Docker: this host held it for no endpoint and Docker used it nowhere (its ReleaseAddress was lost while the plugin was down)");
+        }
+        Ok(released)
+    }
+
+    /// Addresses released by the sweep so far ([`Service::release_unlinked_address`]).
+    pub fn released_addresses(&self) -> u64 {
+        self.released_addresses.load(Ordering::Relaxed)
     }
 
     /// [`Service::release_endpoint`]'s work under the endpoint's lock: (the datapath's error,
