@@ -53,8 +53,8 @@ pub trait SoakHost: Sync {
     fn veths(&self) -> Result<Vec<String>>;
     /// `netplugin endpoint ls --json`: every endpoint record the store has (the fleet's).
     fn endpoints(&self) -> Result<Vec<Value>>;
-    /// `netplugin pool show SUBNET`'s `allocated`.
-    fn allocated(&self, subnet: &str) -> Result<u64>;
+    /// `netplugin pool show SUBNET --json`: `allocated`, and `addresses` with their holders.
+    fn pool(&self, subnet: &str) -> Result<Value>;
     /// `volplugin volume ls --json`.
     fn volumes(&self) -> Result<Vec<Value>>;
     /// Loop devices, images and mounts of volplugin that no volume or container accounts for.
@@ -140,7 +140,7 @@ impl<'a> Soak<'a> {
                 )?;
             }
         }
-        let held_at_start = hosts[0].allocated(plan.subnet)?;
+        let held_at_start = allocated(&hosts[0].pool(plan.subnet)?)?;
         Ok(Soak {
             hosts,
             plan,
@@ -200,10 +200,19 @@ impl<'a> Soak<'a> {
                 v.push(format!("address {ip} in two endpoint records"));
             }
         }
-        let held = self.hosts[0].allocated(self.plan.subnet)?;
+        let pool = self.hosts[0].pool(self.plan.subnet)?;
+        let held = allocated(&pool)?;
         if held != self.held_at_start + running.len() as u64 {
+            // Which ones, and who holds them: what a violation needs to be understood.
+            let extra: Vec<String> = pool["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| !ips.contains(a["address"].as_str().unwrap_or_default()))
+                .map(|a| a.to_string())
+                .collect();
             v.push(format!(
-                "{held} addresses held for {} containers ({} before any)",
+                "{held} addresses held for {} containers ({} before any); not a running container's: {extra:?}",
                 running.len(),
                 self.held_at_start
             ));
@@ -479,6 +488,12 @@ impl<'a> Soak<'a> {
             plan.volumes * self.hosts.len()
         ))
     }
+}
+
+fn allocated(pool: &Value) -> Result<u64> {
+    pool["allocated"]
+        .as_u64()
+        .with_context(|| format!("pool show: {pool}"))
 }
 
 fn volume_name(k: usize) -> String {

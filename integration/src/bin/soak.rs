@@ -16,7 +16,7 @@ use std::process::Output;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use integration::netplugin::Netplugin;
 use integration::ovs::OvsEnv;
 use integration::plugins::{binary, Volplugin, DOCKER_PLUGIN_DIR};
@@ -159,11 +159,8 @@ impl SoakHost for Rig {
         Ok(list.as_array().cloned().unwrap_or_default())
     }
 
-    fn allocated(&self, subnet: &str) -> Result<u64> {
-        let pool = locked(&self.net).admin_json(&["pool", "show", subnet])?;
-        pool["allocated"]
-            .as_u64()
-            .with_context(|| format!("pool show {subnet}: {pool}"))
+    fn pool(&self, subnet: &str) -> Result<Value> {
+        locked(&self.net).admin_json(&["pool", "show", subnet])
     }
 
     fn volumes(&self) -> Result<Vec<Value>> {

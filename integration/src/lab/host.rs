@@ -778,11 +778,8 @@ impl SoakHost for Host {
             .unwrap_or_default())
     }
 
-    fn allocated(&self, subnet: &str) -> Result<u64> {
-        let pool = self.netplugin_json(&["pool", "show", subnet])?;
-        pool["allocated"]
-            .as_u64()
-            .with_context(|| format!("pool show {subnet}: {pool}"))
+    fn pool(&self, subnet: &str) -> Result<Value> {
+        self.netplugin_json(&["pool", "show", subnet])
     }
 
     fn volumes(&self) -> Result<Vec<Value>> {
