@@ -232,12 +232,10 @@ mod tests {
         let mut local = endpoint(1, "h1", 100, 1);
         local.limits.egress_kbps = Some(8_000);
         write(&*store, &local);
-        let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(run(
+        let reconciler = Reconciler::start(
             service_on(dp.clone(), store.clone()),
             Duration::from_secs(3600),
-            shutdown,
-        ));
+        );
         let host_if = local.host_if_name();
         let limit_of = |dp: &FakeDataplane| {
             dp.endpoints
@@ -259,8 +257,7 @@ mod tests {
             || limit_of(&dp) == Some(Some(20_000)),
         )
         .await;
-        stop.send(true).unwrap();
-        task.await.unwrap();
+        reconciler.stop().await;
     }
 
     /// Other hosts' endpoint changes reach the ARP proxy through the watch, one flow change
@@ -272,12 +269,10 @@ mod tests {
         let store = counting();
         let local = endpoint(1, "h1", 100, 1);
         write(&*store, &local);
-        let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(run(
+        let reconciler = Reconciler::start(
             service_on(dp.clone(), store.clone()),
             Duration::from_secs(3600),
-            shutdown,
-        ));
+        );
         eventually("the local endpoint answered for", || {
             answers(&dp) == vec![answer(&local)]
         })
@@ -316,8 +311,7 @@ mod tests {
             "a full ARP sync"
         );
         assert!(dp.arp_updates.load(Ordering::SeqCst) >= 3);
-        stop.send(true).unwrap();
-        task.await.unwrap();
+        reconciler.stop().await;
     }
 
     /// A pass stuck in the datapath (a busy ovsdb-server, a host with many ports) does not
@@ -328,12 +322,10 @@ mod tests {
         let store = counting();
         let local = endpoint(1, "h1", 100, 1);
         write(&*store, &local);
-        let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(run(
+        let reconciler = Reconciler::start(
             service_on(dp.clone(), store.clone()),
             Duration::from_millis(100),
-            shutdown,
-        ));
+        );
         eventually("the local endpoint answered for", || {
             answers(&dp) == vec![answer(&local)]
         })
@@ -356,8 +348,26 @@ mod tests {
             "a pass finished meanwhile: the test proves nothing"
         );
         dp.release("reassert");
-        stop.send(true).unwrap();
-        task.await.unwrap();
+        reconciler.stop().await;
+    }
+
+    /// [`run`] on its own task, as the daemon runs it.
+    struct Reconciler {
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Reconciler {
+        fn start(svc: Arc<Service>, interval: Duration) -> Self {
+            let (stop, shutdown) = watch::channel(false);
+            let task = tokio::spawn(run(svc, interval, shutdown));
+            Reconciler { stop, task }
+        }
+
+        async fn stop(self) {
+            self.stop.send(true).unwrap();
+            self.task.await.unwrap();
+        }
     }
 
     fn service(dp: Arc<FakeDataplane>) -> Arc<Service> {
@@ -416,12 +426,10 @@ mod tests {
         for e in [&here, &there, &elsewhere] {
             write(&*store, e);
         }
-        let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(run(
+        let reconciler = Reconciler::start(
             service_on(dp.clone(), store.clone()),
             Duration::from_secs(3600),
-            shutdown,
-        ));
+        );
         eventually("VLAN 100 answered for, VLAN 101 not", || {
             answers(&dp) == vec![answer(&here), answer(&there)]
         })
@@ -446,8 +454,7 @@ mod tests {
             answers(&dp) == vec![answer(&elsewhere), answer(&local_101)]
         })
         .await;
-        stop.send(true).unwrap();
-        task.await.unwrap();
+        reconciler.stop().await;
     }
 
     /// OVS down at start: nothing is re-asserted until it is reachable, then at once (not
@@ -460,12 +467,7 @@ mod tests {
             .lock()
             .unwrap()
             .insert(stray_port().host_if, stray_port());
-        let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(run(
-            service(dp.clone()),
-            Duration::from_secs(3600),
-            shutdown,
-        ));
+        let reconciler = Reconciler::start(service(dp.clone()), Duration::from_secs(3600));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(dp.endpoints.lock().unwrap().len(), 1, "touched while down");
         dp.set_down(false);
@@ -473,27 +475,19 @@ mod tests {
             dp.endpoints.lock().unwrap().is_empty()
         })
         .await;
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(2), task)
+        tokio::time::timeout(Duration::from_secs(2), reconciler.stop())
             .await
-            .expect("loop ended on shutdown")
-            .unwrap();
+            .expect("loop ended on shutdown");
     }
 
     /// Drift while OVS stays up is repaired at the next interval.
     #[tokio::test]
     async fn repairs_drift_every_interval() {
         let dp = Arc::new(FakeDataplane::new());
-        let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(run(
-            service(dp.clone()),
-            Duration::from_millis(50),
-            shutdown,
-        ));
+        let reconciler = Reconciler::start(service(dp.clone()), Duration::from_millis(50));
         tokio::time::sleep(Duration::from_millis(100)).await;
         dp.create_endpoint(&stray_port()).await.unwrap();
         eventually("drift repaired", || dp.endpoints.lock().unwrap().is_empty()).await;
-        stop.send(true).unwrap();
-        task.await.unwrap();
+        reconciler.stop().await;
     }
 }
