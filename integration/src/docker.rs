@@ -644,6 +644,24 @@ fn append_marker(path: &Path, what: &str) -> std::io::Result<()> {
 /// Lays out a rootfs: /bin/busybox (copied from the host's busybox-static) plus a symlink per
 /// applet of `busybox --list`, /sbin, /usr/bin, /usr/sbin pointing at /bin, and minimal
 /// /etc/passwd and /etc/group (root, nobody).
+/// The arguments of `docker network create` for a berth network (berth-net driver and IPAM)
+/// on `subnet`, with `extra` options (`-o vlan=101`, `--aux-address r=...`), named `name`.
+pub fn berth_network_args<'a>(subnet: &'a str, extra: &[&'a str], name: &'a str) -> Vec<&'a str> {
+    let mut args = vec![
+        "network",
+        "create",
+        "-d",
+        "berth-net",
+        "--ipam-driver",
+        "berth-net",
+        "--subnet",
+        subnet,
+    ];
+    args.extend_from_slice(extra);
+    args.push(name);
+    args
+}
+
 pub fn build_busybox_rootfs(rootfs: &Path) -> Result<()> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()

@@ -29,6 +29,6 @@ pub mod soak;
 pub mod thin_guest;
 pub mod vm;
 
-pub use docker::{DockerEnv, DockerOptions, TEST_IMAGE};
+pub use docker::{berth_network_args, DockerEnv, DockerOptions, TEST_IMAGE};
 pub use docker_root::DockerVersion;
 pub use procs::{wait_until, Daemon};

@@ -24,7 +24,7 @@ use plugin_transport::fuzz::Rng;
 use serde_json::Value;
 
 use crate::procs::wait_until;
-use crate::TEST_IMAGE;
+use crate::{berth_network_args, TEST_IMAGE};
 
 /// What a kill hits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -110,19 +110,7 @@ impl<'a> Soak<'a> {
         for h in &hosts {
             ok(
                 *h,
-                &[
-                    "network",
-                    "create",
-                    "-d",
-                    "berth-net",
-                    "--ipam-driver",
-                    "berth-net",
-                    "--subnet",
-                    plan.subnet,
-                    "-o",
-                    &vlan,
-                    plan.network,
-                ],
+                &berth_network_args(plan.subnet, &["-o", &vlan], plan.network),
             )?;
             for v in 0..plan.volumes {
                 let name = volume_name(v);

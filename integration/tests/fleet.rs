@@ -13,7 +13,7 @@ use integration::lab::relay::Relay;
 use integration::lab::traffic::{first_reply_seq, ping_counts, ping_raw, tcp_transfer};
 use integration::lab::{n_packets, Host, Lab, LabOptions, MGMT_IF};
 use integration::procs::wait_until;
-use integration::{harness, TEST_IMAGE};
+use integration::{berth_network_args, harness, TEST_IMAGE};
 use serde_json::Value;
 
 /// The network every host has: same subnet, same VLAN.
@@ -68,21 +68,9 @@ impl Ctx {
 
 fn create_net(h: &Host, name: &str, subnet: &str, vlan: u16, extra: &[&str]) -> Result<String> {
     let vlan = format!("vlan={vlan}");
-    let mut args = vec![
-        "network",
-        "create",
-        "-d",
-        "berth-net",
-        "--ipam-driver",
-        "berth-net",
-        "--subnet",
-        subnet,
-        "-o",
-        &vlan,
-    ];
-    args.extend_from_slice(extra);
-    args.push(name);
-    h.ok(&args)
+    let mut options = vec!["-o", vlan.as_str()];
+    options.extend_from_slice(extra);
+    h.ok(&berth_network_args(subnet, &options, name))
 }
 
 fn sleeper(h: &Host, name: &str, net: &str, extra: &[&str]) -> Result<String> {

@@ -14,7 +14,9 @@ use integration::netplugin::Netplugin;
 use integration::ovs::OvsEnv;
 use integration::plugins::{binary, DOCKER_PLUGIN_DIR};
 use integration::procs::{run_with_timeout, wait_until};
-use integration::{harness, DockerEnv, DockerOptions, DockerVersion, TEST_IMAGE};
+use integration::{
+    berth_network_args, harness, DockerEnv, DockerOptions, DockerVersion, TEST_IMAGE,
+};
 use serde_json::{json, Value};
 
 /// netplugin's `--release-leaked-after` here: short, so the test sees the sweep act.
@@ -810,17 +812,9 @@ fn t_restart_ovs(c: &Ctx) -> Result<()> {
         ovs.stop_ovsdb()?;
     }
     let res = (|| -> Result<()> {
-        let e = c.docker.fails(&[
-            "network",
-            "create",
-            "-d",
-            "berth-net",
-            "--ipam-driver",
-            "berth-net",
-            "--subnet",
-            "10.231.7.0/24",
-            "n7",
-        ])?;
+        let e = c
+            .docker
+            .fails(&berth_network_args("10.231.7.0/24", &[], "n7"))?;
         ensure!(e.contains("Open vSwitch is not reachable"), "{e}");
         let (s, v) = c.net().call(
             "IpamDriver.RequestPool",
@@ -1055,19 +1049,11 @@ fn t_leaked_endpoints(c: &Ctx) -> Result<()> {
     // A ReleaseAddress lost while netplugin was down (Docker ignores the error): the address
     // is held for no endpoint, and Docker uses it nowhere. The sweep releases it; an
     // `--aux-address` and the gateway, held the same way but shown by Docker, stay.
-    c.d(&[
-        "network",
-        "create",
-        "-d",
-        "berth-net",
-        "--ipam-driver",
-        "berth-net",
-        "--subnet",
+    c.d(&berth_network_args(
         "10.231.77.0/24",
-        "--aux-address",
-        "router=10.231.77.10",
+        &["--aux-address", "router=10.231.77.10"],
         "naux",
-    ])?;
+    ))?;
     let (s, v) = c.net().call(
         "IpamDriver.RequestAddress",
         Some(&format!(

@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
+use integration::berth_network_args;
 use integration::lab::traffic::{first_reply_seq, ping_raw, tcp_transfer};
 use integration::lab::{Host, Lab, LabOptions};
 use integration::procs::{cpu_seconds, wait_until};
@@ -55,19 +56,11 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn create_net(h: &Host, name: &str, subnet: &str, vlan: &str) -> Result<()> {
-    h.ok(&[
-        "network",
-        "create",
-        "-d",
-        "berth-net",
-        "--ipam-driver",
-        "berth-net",
-        "--subnet",
+    h.ok(&berth_network_args(
         subnet,
-        "-o",
-        &format!("vlan={vlan}"),
+        &["-o", &format!("vlan={vlan}")],
         name,
-    ])?;
+    ))?;
     Ok(())
 }
 

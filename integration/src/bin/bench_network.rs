@@ -22,7 +22,7 @@ use integration::lab::traffic::tcp_send_from;
 use integration::netplugin::Netplugin;
 use integration::ovs::{delete_link, OvsEnv};
 use integration::plugins::{binary, docker_call, metric_value, scrape_metrics, DOCKER_PLUGIN_DIR};
-use integration::{DockerEnv, TEST_IMAGE};
+use integration::{berth_network_args, DockerEnv, TEST_IMAGE};
 
 const METRICS: &str = "127.0.0.1:19473";
 
@@ -97,19 +97,11 @@ fn main() -> Result<()> {
         .args(["link", "set", "bbdum0", "up"])
         .status()?;
 
-    docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        "berth-net",
-        "--ipam-driver",
-        "berth-net",
-        "--subnet",
+    docker.ok(&berth_network_args(
         "10.231.96.0/24",
-        "-o",
-        "vlan=200",
+        &["-o", "vlan=200"],
         "bench-berth",
-    ])?;
+    ))?;
     docker.ok(&[
         "network",
         "create",
