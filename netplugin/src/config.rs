@@ -13,10 +13,9 @@ use netplugin::dataplane::ovs::{resolve_datapath, OvsConfig};
 use netplugin::ipam::IpamConfig;
 use netplugin::ipnet::Ipv4Net;
 use netplugin::network::NetConfig;
-use netplugin::store::etcd::EtcdConfig;
+use netplugin::store::etcd::{EtcdConfig, DEFAULT_PREFIX as DEFAULT_ETCD_PREFIX};
 
 pub const DEFAULT_STORE: &str = "embedded";
-pub const DEFAULT_ETCD_PREFIX: &str = "/berth/v1/";
 /// Seconds.
 pub const DEFAULT_ETCD_TIMEOUT: f64 = 3.0;
 pub const DEFAULT_BRIDGE: &str = "br-berth";

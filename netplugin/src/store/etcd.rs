@@ -28,6 +28,9 @@ use super::{
 /// Keys per page of a range read (one response stays far below gRPC's message limit).
 const PAGE: i64 = 2000;
 
+/// `--etcd-prefix` when none is given.
+pub const DEFAULT_PREFIX: &str = "/berth/v1/";
+
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
     /// `http://host:port` or `https://...` (TLS).

@@ -30,6 +30,8 @@
 //! Bounded: the whole run is abandoned after --limit seconds (default 1200); everything the
 //! lab started is stopped by pid on every exit (and by the harness on a signal).
 
+mod rest;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,9 @@ struct Opts {
     hosts: usize,
     base: usize,
     endpoints: usize,
+    /// Real endpoints (veth, OVS port) per measured host; the rest of ENDPOINTS is made by the
+    /// rest of the fleet ([`rest`]).
+    ports: usize,
     vlans: usize,
     samples: usize,
     idle: Duration,
@@ -53,6 +58,7 @@ fn parse() -> Result<Opts> {
         hosts: 50,
         base: 10,
         endpoints: 10_000,
+        ports: 40,
         vlans: 5,
         samples: 40,
         idle: Duration::from_secs(30),
@@ -68,11 +74,12 @@ fn parse() -> Result<Opts> {
             "--hosts" => o.hosts = n_usize,
             "--base" => o.base = n_usize,
             "--endpoints" => o.endpoints = n_usize,
+            "--ports" => o.ports = n_usize,
             "--vlans" => o.vlans = n_usize,
             "--samples" => o.samples = n_usize,
             "--idle" => o.idle = Duration::from_secs(n),
             "--limit" => o.limit = Duration::from_secs(n),
-            other => bail!("unknown flag {other} (--hosts --base --endpoints --vlans --samples --idle --limit)"),
+            other => bail!("unknown flag {other} (--hosts --base --endpoints --ports --vlans --samples --idle --limit)"),
         }
     }
     ensure!(
@@ -145,9 +152,9 @@ fn create_network(h: &Host, index: usize, vlan_index: usize) -> Result<HostNet> 
     Ok(HostNet { vlan, pool, net })
 }
 
-/// RequestAddress + CreateEndpoint as for `docker run --network`; (ip, time of the
-/// CreateEndpoint call). Endpoint ids differ in their first 10 hex digits (the veth names).
-fn create_endpoint(h: &Host, n: &HostNet, seq: u64) -> Result<(String, Instant)> {
+/// RequestAddress + CreateEndpoint as for `docker run --network`; (ip, endpoint id, start of
+/// the CreateEndpoint call). Endpoint ids differ in their first 10 hex digits (the veth names).
+fn create_endpoint(h: &Host, n: &HostNet, seq: u64) -> Result<(String, String, Instant)> {
     let v = call(
         h,
         "IpamDriver.RequestAddress",
@@ -162,7 +169,11 @@ fn create_endpoint(h: &Host, n: &HostNet, seq: u64) -> Result<(String, Instant)>
         json!({"NetworkID":n.net,"EndpointID":id,
                "Interface":{"Address":addr,"AddressIPv6":"","MacAddress":""},"Options":{}}),
     )?;
-    Ok((addr.split('/').next().unwrap_or_default().to_string(), t0))
+    Ok((
+        addr.split('/').next().unwrap_or_default().to_string(),
+        id,
+        t0,
+    ))
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -241,9 +252,16 @@ struct Figures {
     cpu: f64,
     arp_answers: usize,
     vlan_endpoints: usize,
-    p50: f64,
-    p99: f64,
+    samples: Vec<Sample>,
     missed: usize,
+}
+
+impl Figures {
+    /// p50 / p99 of one part of the propagation samples.
+    fn pcts(&self, part: impl Fn(&Sample) -> f64) -> String {
+        let v: Vec<f64> = self.samples.iter().map(part).collect();
+        format!("{:.0} / {:.0}", pct(&v, 0.5), pct(&v, 0.99))
+    }
 }
 
 /// ARP answer flows (table 2, priority 100) on `h`: all, and those of `vlan`.
@@ -288,6 +306,18 @@ fn idle_cost(lab: &Lab, hosts: &[Host], window: Duration) -> Result<(f64, f64, f
     ))
 }
 
+/// One propagation sample, in ms from the start of the CreateEndpoint call.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    /// The call returned.
+    call: f64,
+    /// A client watching the store (beside the hosts) had both the endpoint's and its address's
+    /// records.
+    records: f64,
+    /// The other host had the ARP answer flow.
+    flow: f64,
+}
+
 /// CreateEndpoint on hosts[k % n] until hosts[(k + vlans) % n] (same VLAN) has its ARP answer.
 fn propagation(
     hosts: &[Host],
@@ -295,27 +325,39 @@ fn propagation(
     vlans: usize,
     samples: usize,
     seq: &AtomicUsize,
-) -> Result<(Vec<f64>, usize)> {
+    watch: &rest::RecordWatch,
+) -> Result<(Vec<Sample>, usize)> {
     let n = hosts.len();
-    let (mut lat, mut missed) = (Vec::new(), 0);
+    let (mut out, mut missed) = (Vec::new(), 0);
     for k in 0..samples {
         // Spread over the hosts: the creating hosts differ from sample to sample.
         let from = (k * 7) % n;
         let to = (from + vlans) % n;
-        let (ip, t0) = create_endpoint(&hosts[from], &nets[from], next_seq(seq, from))?;
+        let (ip, id, t0) = create_endpoint(&hosts[from], &nets[from], next_seq(seq, from))?;
+        let call = t0.elapsed();
         let filter = format!("table=2,arp,dl_vlan={},arp_tpa={ip}", nets[to].vlan);
         let seen = wait_until(Duration::from_secs(10), Duration::from_millis(5), || {
             hosts[to]
                 .ofctl("dump-flows", &[&filter])
                 .is_ok_and(|d| d.lines().any(|l| l.contains("priority=100")))
         });
-        if seen {
-            lat.push(t0.elapsed().as_secs_f64() * 1000.0);
-        } else {
-            missed += 1;
+        let flow = t0.elapsed();
+        let addr_key = netplugin::state::addr_key(&nets[from].pool, ip.parse()?);
+        let records = watch.both_seen(
+            &format!("endpoints/{id}"),
+            &addr_key,
+            Duration::from_secs(1),
+        );
+        match (seen, records) {
+            (true, Some(r)) => out.push(Sample {
+                call: call.as_secs_f64() * 1000.0,
+                records: r.saturating_duration_since(t0).as_secs_f64() * 1000.0,
+                flow: flow.as_secs_f64() * 1000.0,
+            }),
+            _ => missed += 1,
         }
     }
-    Ok((lat, missed))
+    Ok((out, missed))
 }
 
 /// Endpoint ids: the host's index in the top bits, then a counter (unique first 10 hex digits).
@@ -335,6 +377,7 @@ fn measure(
     fleet: usize,
     per_vlan: &[usize],
     seq: &AtomicUsize,
+    watch: &rest::RecordWatch,
 ) -> Result<Figures> {
     let (etcd_rps, etcd_bps, cpu) = idle_cost(lab, hosts, o.idle)?;
     // The host measured: the last one started, with one local VLAN.
@@ -345,7 +388,7 @@ fn measure(
         "host {} answers ARP on VLANs it has no port on ({arp_answers} answers, {on_vlan} on its VLAN)",
         hosts[probe].name
     );
-    let (lat, missed) = propagation(hosts, nets, o.vlans, o.samples, seq)?;
+    let (samples, missed) = propagation(hosts, nets, o.vlans, o.samples, seq, watch)?;
     Ok(Figures {
         hosts: hosts.len(),
         fleet,
@@ -354,8 +397,7 @@ fn measure(
         cpu,
         arp_answers,
         vlan_endpoints: per_vlan[nets[probe].vlan - FIRST_VLAN],
-        p50: pct(&lat, 0.5),
-        p99: pct(&lat, 0.99),
+        samples,
         missed,
     })
 }
@@ -402,7 +444,7 @@ fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let share = o.endpoints / o.hosts;
+    let share = o.ports.min(o.endpoints / o.hosts);
     let errs: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = lab
             .hosts
@@ -445,19 +487,33 @@ fn main() -> Result<()> {
     for i in 0..o.hosts {
         per_vlan[i % o.vlans] += share;
     }
-    let mut fleet = share * o.hosts;
+    let real = share * o.hosts;
     println!(
-        "{fleet} endpoints created through the plugin sockets of {} hosts ({share} each) in {:.1} s ({:.0}/s); {} calls failed and were retried",
+        "{real} endpoints created through the plugin sockets of {} hosts ({share} each: veth, OVS port, flows) in {:.1} s ({:.0}/s); {} calls failed and were retried",
         o.hosts,
         t.elapsed().as_secs_f64(),
-        fleet as f64 / t.elapsed().as_secs_f64(),
+        real as f64 / t.elapsed().as_secs_f64(),
         FAILED.load(Ordering::SeqCst)
     );
+    let rest_total = o.endpoints - real;
+    let rest_per_vlan: Vec<usize> = (0..o.vlans)
+        .map(|v| rest_total / o.vlans + usize::from(v < rest_total % o.vlans))
+        .collect();
+    let secs = rest::fill(&lab, &rest_per_vlan)?;
+    for (v, n) in rest_per_vlan.iter().enumerate() {
+        per_vlan[v] += n;
+    }
+    let mut fleet = real + rest_total;
+    println!(
+        "{rest_total} endpoints of the rest of the fleet ({} in-process hosts: netplugin's service, etcd store and IPAM, in-memory datapath) in {secs:.1} s; {fleet} in the fleet",
+        rest::FILLER_HOSTS
+    );
+    let watch = rest::RecordWatch::start(&lab)?;
 
     // At HOSTS hosts, then at BASE hosts: the others' netplugins stop (their endpoints stay in
     // the fleet: without --reclaim-after nobody takes them), the fleet and each running host's
     // own endpoints are the same.
-    let f_all = measure(&lab, &lab.hosts, &nets, &o, fleet, &per_vlan, &seq)?;
+    let f_all = measure(&lab, &lab.hosts, &nets, &o, fleet, &per_vlan, &seq, &watch)?;
     fleet += o.samples;
     for k in 0..o.samples {
         per_vlan[nets[(k * 7) % o.hosts].vlan - FIRST_VLAN] += 1;
@@ -473,6 +529,7 @@ fn main() -> Result<()> {
         fleet,
         &per_vlan,
         &seq,
+        &watch,
     )?;
     ovs_footprint(&lab, Duration::from_secs(10))?;
     let (f1, f2) = (f_base, f_all);
@@ -520,9 +577,27 @@ fn main() -> Result<()> {
     );
     row(
         &format!("propagation p50 / p99 ms ({} samples)", o.samples),
-        format!("{:.0} / {:.0}", f1.p50, f1.p99),
-        format!("{:.0} / {:.0}", f2.p50, f2.p99),
+        f1.pcts(|s| s.flow),
+        f2.pcts(|s| s.flow),
         "p99 <= 200 ms",
+    );
+    row(
+        "  of which the CreateEndpoint call",
+        f1.pcts(|s| s.call),
+        f2.pcts(|s| s.call),
+        "",
+    );
+    row(
+        "  records seen by a watcher, from the call's start",
+        f1.pcts(|s| s.records),
+        f2.pcts(|s| s.records),
+        "",
+    );
+    row(
+        "  the other host's flow, after the records",
+        f1.pcts(|s| s.flow - s.records),
+        f2.pcts(|s| s.flow - s.records),
+        "",
     );
     row(
         "  samples not seen within 10 s",
