@@ -269,10 +269,8 @@ mod tests {
         let store = counting();
         let local = endpoint(1, "h1", 100, 1);
         write(&*store, &local);
-        let reconciler = Reconciler::start(
-            service_on(dp.clone(), store.clone()),
-            Duration::from_secs(3600),
-        );
+        let svc = service_on(dp.clone(), store.clone());
+        let reconciler = Reconciler::start(svc.clone(), Duration::from_secs(3600));
         eventually("the local endpoint answered for", || {
             answers(&dp) == vec![answer(&local)]
         })
@@ -311,6 +309,12 @@ mod tests {
             "a full ARP sync"
         );
         assert!(dp.arp_updates.load(Ordering::SeqCst) >= 3);
+        // Each push is timed from the change's arrival (the `arp_follow` latency).
+        let follow = svc.latencies().summary().remove("arp_follow");
+        assert!(
+            follow.is_some_and(|f| f.count >= 3),
+            "arp_follow not recorded"
+        );
         reconciler.stop().await;
     }
 

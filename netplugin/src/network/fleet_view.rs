@@ -116,6 +116,8 @@ pub struct FleetView {
     dirty_vlans: BTreeSet<u16>,
     /// The datapath needs every flow (after a listing, or a change that failed).
     full: bool,
+    /// When the oldest change not yet pushed reached this host (the `arp_follow` latency).
+    changed_at: Option<std::time::Instant>,
 }
 
 impl FleetView {
@@ -512,7 +514,10 @@ impl Service {
     /// flows, or all of them after a listing or a failure. Returns (added, removed).
     pub async fn push_arp(&self) -> NetResult<(usize, usize)> {
         let _arp = self.lock_arp("ARP push").await?;
-        let changes = self.fleet().take_changes();
+        let (changes, changed_at) = {
+            let mut view = self.fleet();
+            (view.take_changes(), view.changed_at.take())
+        };
         let result = match changes {
             Some(c) if c.is_empty() => return Ok((0, 0)),
             Some(c) => match self.dp.update_arp(&c).await {
@@ -529,10 +534,22 @@ impl Service {
                 self.dp.sync_arp(&entries).await
             }
         };
-        result.map_err(|e| {
-            self.fleet().need_full();
-            NetError::Datapath(e)
-        })
+        match result {
+            Ok(counts) => {
+                if let Some(t) = changed_at {
+                    self.latencies.record("arp_follow", t.elapsed());
+                }
+                Ok(counts)
+            }
+            Err(e) => {
+                let mut view = self.fleet();
+                view.need_full();
+                if let Some(t) = changed_at {
+                    view.changed_at = Some(view.changed_at.map_or(t, |later| later.min(t)));
+                }
+                Err(NetError::Datapath(e))
+            }
+        }
     }
 
     /// Keeps the view: lists the endpoint, address and network records, follows their
@@ -610,6 +627,9 @@ impl Service {
                             }
                         }
                         if any {
+                            self.fleet()
+                                .changed_at
+                                .get_or_insert_with(std::time::Instant::now);
                             changed.notify_one();
                         }
                         if gone {
